@@ -1,0 +1,5 @@
+import sys
+
+from mailjournal.cli import main
+
+sys.exit(main())

@@ -1,0 +1,475 @@
+"""The configuration model: one TOML file plus ``MAILJOURNAL_...`` environment overrides.
+
+Every section refuses unknown keys, so a typo is an error at start, never a silently ignored
+setting. Journaling in a direction without its NDR address is refused (the seed makes the NDR
+address mandatory whenever journaling in that direction is on).
+
+Environment overrides use ``__`` between path segments, e.g.
+``MAILJOURNAL_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
+``MAILJOURNAL_JOURNAL__INBOUND__ADDRESS=journal-in@corp.example``.
+Values are parsed as TOML values when they parse (numbers, booleans, arrays), else taken as strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from mailjournal.addresses import AddressError, domain_of, validate_mailbox
+
+ENV_PREFIX = "MAILJOURNAL_"
+
+
+def _mailbox(value: str) -> str:
+    try:
+        return validate_mailbox(value)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _domain(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    try:
+        validate_mailbox(f"postmaster@{value}")
+    except AddressError:
+        raise ValueError(f"not a valid domain: {value!r}") from None
+    return value
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"not a valid IP network: {value!r}") from None
+
+
+Mailbox = Annotated[str, AfterValidator(_mailbox)]
+Domain = Annotated[str, AfterValidator(_domain)]
+Network = Annotated[str, AfterValidator(_network)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReportFormat(StrEnum):
+    REPORT = "report"  # Exchange-style envelope journal report, original attached byte for byte
+    COPY = "copy"  # the original message, unaltered
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    INTERNAL = "internal"
+
+
+class OrganizationConfig(Strict):
+    name: str = "mailjournal"
+    accepted_domains: list[Domain] = Field(min_length=1)
+    trusted_networks: list[Network] = ["127.0.0.0/8", "::1/128"]
+    include_subdomains: bool = False  # also treat sub.accepted.example as internal
+
+    def is_internal_domain(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        for accepted in self.accepted_domains:
+            if domain == accepted or (self.include_subdomains and domain.endswith("." + accepted)):
+                return True
+        return False
+
+    def is_internal_address(self, address: str) -> bool:
+        return bool(address) and self.is_internal_domain(domain_of(address))
+
+    def is_trusted_ip(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in ipaddress.ip_network(net) for net in self.trusted_networks)
+
+
+class DirectionJournalConfig(Strict):
+    """Journaling of one direction: the seed's ``<Dir>Journal``, ``<Dir>JournalNDR`` and
+    ``<Dir>RecipJournalProp`` values."""
+
+    enabled: bool = True
+    address: Mailbox | None = None  # global journal address for the direction
+    ndr_address: Mailbox | None = None  # mandatory when journaling in the direction is on
+    recipient_attribute: str | None = None  # per-recipient journal address: directory attribute
+    format: ReportFormat | None = None  # defaults to [journal].format
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and (self.address is not None or self.recipient_attribute is not None)
+
+
+class JournalConfig(Strict):
+    format: ReportFormat = ReportFormat.REPORT
+    sender: Mailbox = "mailjournal@localhost.localdomain"  # From: of journal reports
+    inbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
+    outbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
+    internal: DirectionJournalConfig = DirectionJournalConfig(enabled=False)  # off by default
+    # decisions per transaction on the messages -> journal hop (exactly-once batching)
+    batch_max_messages: int = Field(default=500, ge=1)
+    batch_max_ms: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _ndr_mandatory(self) -> JournalConfig:
+        for name in ("inbound", "outbound", "internal"):
+            direction: DirectionJournalConfig = getattr(self, name)
+            if direction.active and direction.ndr_address is None:
+                raise ValueError(
+                    f"journal.{name}.ndr_address is required when journal.{name} journaling is on "
+                    f"(address or recipient_attribute is set)"
+                )
+        return self
+
+    def direction(self, direction: Direction | str) -> DirectionJournalConfig:
+        cfg: DirectionJournalConfig = getattr(self, str(direction))
+        return cfg
+
+    def format_for(self, direction: Direction | str) -> ReportFormat:
+        return self.direction(direction).format or self.format
+
+    def protected_addresses(self) -> set[str]:
+        """Journal and NDR addresses: never journaled, never reachable from outside."""
+        out: set[str] = set()
+        for name in ("inbound", "outbound", "internal"):
+            d = self.direction(name)
+            out.update(a.casefold() for a in (d.address, d.ndr_address) if a)
+        return out
+
+
+class FileDirectoryConfig(Strict):
+    # TOML/JSON/CSV mapping address -> {attribute: value}; reloaded when its mtime changes
+    path: Path
+
+
+class LdapDirectoryConfig(Strict):
+    url: str = "ldap://127.0.0.1:389"
+    start_tls: bool = False
+    ca_file: Path | None = None
+    bind_dn: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    base_dn: str
+    # {address} is replaced by the escaped address; matches primary mail and proxy aliases
+    filter: str = "(|(mail={address})(proxyAddresses=smtp:{address}))"
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    pool_size: int = Field(default=4, ge=1)
+
+    def password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return None
+
+
+class DirectoryConfig(Strict):
+    backend: Literal["none", "file", "ldap"] = "none"
+    file: FileDirectoryConfig | None = None
+    ldap: LdapDirectoryConfig | None = None
+    cache_ttl_seconds: float = Field(default=300, ge=0)
+    negative_ttl_seconds: float = Field(default=60, ge=0)
+    cache_size: int = Field(default=100_000, ge=0)
+    retry_initial_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> DirectoryConfig:
+        if self.backend == "file" and self.file is None:
+            raise ValueError("directory.file is required when directory.backend = 'file'")
+        if self.backend == "ldap" and self.ldap is None:
+            raise ValueError("directory.ldap is required when directory.backend = 'ldap'")
+        return self
+
+
+class TopicConfig(Strict):
+    name: str
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int = Field(default=1, ge=1)
+    retention_ms: int = 7 * 24 * 3600 * 1000  # -1 = forever
+    compact: bool = False  # cleanup.policy=compact (keyed audit trails)
+
+    @model_validator(mode="after")
+    def _isr(self) -> TopicConfig:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) exceeds replication_factor "
+                f"({self.replication_factor}) for topic {self.name!r}"
+            )
+        return self
+
+
+def _default_topics() -> dict[str, TopicConfig]:
+    day = 24 * 3600 * 1000
+    return {
+        "messages": TopicConfig(name="mailjournal.messages", retention_ms=7 * day),
+        "journal": TopicConfig(name="mailjournal.journal", retention_ms=7 * day),
+        "retry": TopicConfig(name="mailjournal.journal.retry", retention_ms=7 * day),
+        "outcomes": TopicConfig(name="mailjournal.outcomes", retention_ms=30 * day, compact=True),
+        "dead_letters": TopicConfig(name="mailjournal.dead-letters", retention_ms=-1),
+    }
+
+
+class TopicsConfig(Strict):
+    messages: TopicConfig = _default_topics()["messages"]
+    journal: TopicConfig = _default_topics()["journal"]
+    retry: TopicConfig = _default_topics()["retry"]
+    outcomes: TopicConfig = _default_topics()["outcomes"]
+    dead_letters: TopicConfig = _default_topics()["dead_letters"]
+
+    def all(self) -> dict[str, TopicConfig]:
+        return {
+            "messages": self.messages,
+            "journal": self.journal,
+            "retry": self.retry,
+            "outcomes": self.outcomes,
+            "dead_letters": self.dead_letters,
+        }
+
+
+LibrdkafkaProps = dict[str, str | int | float | bool]
+
+
+class KafkaConfig(Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id_prefix: str = "mailjournal"
+    schema_registry_url: str | None = None  # Confluent wire format when set
+    # pass-through librdkafka properties: common, then per role (role wins)
+    properties: LibrdkafkaProps = {}
+    producer: LibrdkafkaProps = {}
+    consumer: LibrdkafkaProps = {}
+    admin: LibrdkafkaProps = {}
+    topics: TopicsConfig = TopicsConfig()
+    # consumer groups of the stages
+    journal_group: str = "mailjournal-journal"
+    delivery_group: str = "mailjournal-delivery"
+
+
+class ListenerConfig(Strict):
+    name: str
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    role: Literal["internet", "relay"] = "internet"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    require_starttls: bool = False
+    auth: bool = False  # AUTH PLAIN/LOGIN, offered only after STARTTLS
+    credentials_file: Path | None = None
+    proxy_protocol: bool = False  # expect a PROXY v1/v2 header (behind a TCP load balancer)
+
+    @model_validator(mode="after")
+    def _tls(self) -> ListenerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(f"listener {self.name!r}: tls_cert_file and tls_key_file go together")
+        if self.require_starttls and self.tls_cert_file is None:
+            raise ValueError(f"listener {self.name!r}: require_starttls needs tls_cert_file")
+        if self.auth and self.tls_cert_file is None:
+            raise ValueError(
+                f"listener {self.name!r}: auth needs TLS (tls_cert_file); AUTH is only offered "
+                f"after STARTTLS"
+            )
+        if self.auth and self.credentials_file is None:
+            raise ValueError(f"listener {self.name!r}: auth needs credentials_file")
+        return self
+
+
+class IngestConfig(Strict):
+    hostname: str = "localhost"  # announced in the banner and EHLO
+    listeners: list[ListenerConfig] = []
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=500, ge=1)
+    max_line_length: int = Field(default=998 + 2, ge=80)  # RFC 5322 text line + CRLF
+    command_timeout_seconds: float = Field(default=300, gt=0)
+    data_timeout_seconds: float = Field(default=600, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_client: int = Field(default=50, ge=1)
+    kafka_ack_timeout_seconds: float = Field(default=30, gt=0)
+    max_inflight_messages: int = Field(default=2000, ge=1)
+    max_inflight_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    # "reject": bare CR/LF in DATA is refused with 550 5.6.0 (never ends DATA, never splits)
+    bare_newline: Literal["reject", "normalize"] = "reject"
+
+
+class SmartHostConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: Literal["off", "opportunistic", "required"] = "off"
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    helo_name: str | None = None
+
+
+class DeliveryConfig(Strict):
+    smart_host: SmartHostConfig = SmartHostConfig()
+    concurrency: int = Field(default=16, ge=1)  # parallel SMTP sessions
+    max_inflight: int = Field(default=256, ge=1)  # records fetched but not final
+    connect_timeout_seconds: float = Field(default=10, gt=0)
+    command_timeout_seconds: float = Field(default=60, gt=0)
+    retry_initial_seconds: float = Field(default=60, gt=0)
+    retry_max_seconds: float = Field(default=3600, gt=0)
+    expiry_seconds: float = Field(default=48 * 3600, gt=0)
+    ndr_attach_max_bytes: int = Field(default=1024 * 1024, ge=0)  # above: headers only
+    reporting_mta: str = "localhost"
+
+
+class MetricsConfig(Strict):
+    host: str = "127.0.0.1"
+    ingest_port: int = Field(default=9101, ge=0, le=65535)  # 0 = disabled
+    journal_port: int = Field(default=9102, ge=0, le=65535)
+    delivery_port: int = Field(default=9103, ge=0, le=65535)
+
+
+class LoggingConfig(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(Strict):
+    organization: OrganizationConfig
+    journal: JournalConfig = JournalConfig()
+    directory: DirectoryConfig = DirectoryConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    ingest: IngestConfig = IngestConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        uses_attr = any(
+            self.journal.direction(d).active and self.journal.direction(d).recipient_attribute
+            for d in Direction
+        )
+        if uses_attr and self.directory.backend == "none":
+            raise ValueError(
+                "directory.backend must be 'file' or 'ldap' when a journal.*.recipient_attribute "
+                "is set (per-recipient journaling reads the directory)"
+            )
+        return self
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; ``errors`` lists one message per problem."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a mailjournal setting; check the spelling)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, raw in sorted(environ.items()):
+        # only names with "__" are overrides; MAILJOURNAL_CONFIG and friends are not settings
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError([f"{name}: empty segment in the setting's path"])
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([f"{name}: {'.'.join(path)} does not name a setting"])
+            node = child
+        node[path[-1]] = _parse_env_value(raw)
+    return data
+
+
+def load_config_dict(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    data = apply_env_overrides(data, os.environ if environ is None else environ)
+    config = load_config_dict(data)
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative file paths in the config are relative to the config file."""
+
+    def fix(model: BaseModel) -> BaseModel:
+        updates: dict[str, Any] = {}
+        for fname in type(model).model_fields:
+            value = getattr(model, fname)
+            if isinstance(value, Path) and not value.is_absolute():
+                updates[fname] = (base / value).resolve()
+            elif isinstance(value, BaseModel):
+                fixed = fix(value)
+                if fixed is not value:
+                    updates[fname] = fixed
+            elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                updates[fname] = [fix(v) for v in value]
+        return model.model_copy(update=updates) if updates else model
+
+    fixed = fix(config)
+    assert isinstance(fixed, Config)
+    return fixed
+
+
+def _is_secret(key: str) -> bool:
+    # password_file / password_env name where the secret lives, not the secret itself
+    return ("password" in key or "secret" in key) and not key.endswith(("_file", "_env"))
+
+
+def masked_dump(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets masked (for ``config check``)."""
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ("***" if _is_secret(k) and v else mask(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [mask(v) for v in node]
+        return node
+
+    return mask(config.model_dump(mode="json"))
