@@ -121,6 +121,10 @@ class DirectionJournalConfig(Strict):
 class JournalConfig(Strict):
     format: ReportFormat = ReportFormat.REPORT
     sender: Mailbox = "mailjournal@localhost.localdomain"  # From: of journal reports
+    # HMAC key for the loop-guard stamp on our journal reports and NDRs; without it a stamp is
+    # honoured only on mail from trusted networks (an outsider must not opt out of journaling)
+    stamp_secret: str | None = None
+    stamp_secret_file: Path | None = None
     inbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
     outbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
     internal: DirectionJournalConfig = DirectionJournalConfig(enabled=False)  # off by default
@@ -138,6 +142,11 @@ class JournalConfig(Strict):
                     f"(address or recipient_attribute is set)"
                 )
         return self
+
+    def stamp_key(self) -> bytes | None:
+        if self.stamp_secret_file is not None:
+            return self.stamp_secret_file.read_bytes().strip()
+        return self.stamp_secret.encode() if self.stamp_secret else None
 
     def direction(self, direction: Direction | str) -> DirectionJournalConfig:
         cfg: DirectionJournalConfig = getattr(self, str(direction))
@@ -326,8 +335,10 @@ class DeliveryConfig(Strict):
     max_inflight: int = Field(default=256, ge=1)  # records fetched but not final
     connect_timeout_seconds: float = Field(default=10, gt=0)
     command_timeout_seconds: float = Field(default=60, gt=0)
-    retry_initial_seconds: float = Field(default=60, gt=0)
-    retry_max_seconds: float = Field(default=3600, gt=0)
+    # one retry topic per delay ("<topics.retry.name>.<i>"): a topic holds records of one delay,
+    # so its head is always the next due; attempt n waits delays[min(n, len-1)] (+/- jitter)
+    retry_delays_seconds: list[float] = Field(default=[60, 300, 900, 1800, 3600], min_length=1)
+    retry_jitter: float = Field(default=0.1, ge=0, le=0.5)
     expiry_seconds: float = Field(default=48 * 3600, gt=0)
     ndr_attach_max_bytes: int = Field(default=1024 * 1024, ge=0)  # above: headers only
     reporting_mta: str = "localhost"
