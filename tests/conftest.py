@@ -4,4 +4,9 @@ slapd, ...), and are registered here so every test module can use them."""
 pytest_plugins = [
     "tests.fixtures.config",
     "tests.fixtures.kafka",
+    "tests.fixtures.smtp",
+    "tests.fixtures.ldap",
+    "tests.fixtures.ingest",
+    "tests.fixtures.journal",
+    "tests.fixtures.delivery",
 ]

@@ -1,0 +1,69 @@
+# mailjournal: `make run` runs the whole pipeline on one machine, `make test` passes the suite.
+# Both install what they need first: a Python venv, Debian packages, the Kafka jars (Maven).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/mailjournal.example.toml
+PYTEST_ARGS ?=
+
+.PHONY: help install sysdeps kafka-jars run test test-fast lint format typecheck bench clean
+
+help:
+	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
+	@echo "make test   - install and run the whole test suite (real Kafka, SMTP, slapd, Prometheus)"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - benchmarks against Postfix and smtp-sink"
+
+$(BIN)/mailjournal: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/mailjournal
+
+# Debian packages: Java + Maven (Kafka from Maven Central), Postfix (smtp-source/smtp-sink and the
+# peer in benchmarks), swaks, OpenLDAP slapd, Prometheus (promtool). Installed only when missing.
+SYSDEPS := java:openjdk-17-jre-headless mvn:maven /usr/sbin/smtp-sink:postfix swaks:swaks \
+	/usr/sbin/slapd:slapd ldapadd:ldap-utils promtool:prometheus openssl:openssl
+sysdeps:
+	@missing=""; for pair in $(SYSDEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x "$$cmd" ] || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections; \
+	  echo "slapd slapd/no_configuration boolean true" | $$SUDO debconf-set-selections; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing </dev/null >/dev/null \
+	  || { echo "apt-get install failed for:$$missing" >&2; exit 1; }; \
+	fi
+
+kafka-jars: install
+	$(BIN)/mailjournal kafka-local fetch
+
+run: install sysdeps kafka-jars
+	$(BIN)/mailjournal run --config $(CONFIG) --local-kafka var/kafka-local --capture var/maildir
+
+test: install sysdeps kafka-jars
+	$(BIN)/ruff check .
+	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; \
+	exit $$rc
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy mailjournal schemas ingest journal_worker delivery
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install sysdeps kafka-jars
+	$(BIN)/python -m bench.run_all
+
+clean:
+	-$(BIN)/mailjournal kafka-local down --dir var/kafka-local
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache
