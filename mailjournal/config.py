@@ -63,7 +63,7 @@ Network = Annotated[str, AfterValidator(_network)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ReportFormat(StrEnum):
@@ -81,7 +81,8 @@ class OrganizationConfig(Strict):
     name: str = "mailjournal"
     accepted_domains: list[Domain] = Field(min_length=1)
     trusted_networks: list[Network] = ["127.0.0.0/8", "::1/128"]
-    include_subdomains: bool = False  # also treat sub.accepted.example as internal
+    include_subdomains: bool = False
+    """Also treat sub.accepted.example as internal."""
 
     def is_internal_domain(self, domain: str) -> bool:
         domain = domain.lower().rstrip(".")
@@ -108,10 +109,14 @@ class DirectionJournalConfig(Strict):
     ``<Dir>RecipJournalProp`` values."""
 
     enabled: bool = True
-    address: Mailbox | None = None  # global journal address for the direction
-    ndr_address: Mailbox | None = None  # mandatory when journaling in the direction is on
-    recipient_attribute: str | None = None  # per-recipient journal address: directory attribute
-    format: ReportFormat | None = None  # defaults to [journal].format
+    address: Mailbox | None = None
+    """Global journal address for the direction."""
+    ndr_address: Mailbox | None = None
+    """Mandatory when journaling in the direction is on."""
+    recipient_attribute: str | None = None
+    """Per-recipient journal address: directory attribute."""
+    format: ReportFormat | None = None
+    """Defaults to [journal].format."""
 
     @property
     def active(self) -> bool:
@@ -120,14 +125,16 @@ class DirectionJournalConfig(Strict):
 
 class JournalConfig(Strict):
     format: ReportFormat = ReportFormat.REPORT
-    sender: Mailbox = "mailjournal@localhost.localdomain"  # From: of journal reports
+    sender: Mailbox = "mailjournal@localhost.localdomain"
+    """From: of journal reports."""
     # HMAC key for the loop-guard stamp on our journal reports and NDRs; without it a stamp is
     # honoured only on mail from trusted networks (an outsider must not opt out of journaling)
     stamp_secret: str | None = None
     stamp_secret_file: Path | None = None
     inbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
     outbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
-    internal: DirectionJournalConfig = DirectionJournalConfig(enabled=False)  # off by default
+    internal: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
+    """Off by default."""
     # decisions per transaction on the messages -> journal hop (exactly-once batching)
     batch_max_messages: int = Field(default=500, ge=1)
     batch_max_ms: int = Field(default=100, ge=1)
@@ -214,8 +221,10 @@ class TopicConfig(Strict):
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     min_insync_replicas: int = Field(default=1, ge=1)
-    retention_ms: int = 7 * 24 * 3600 * 1000  # -1 = forever
-    compact: bool = False  # cleanup.policy=compact (keyed audit trails)
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    """-1 = forever."""
+    compact: bool = False
+    """Cleanup.policy=compact (keyed audit trails)."""
 
     @model_validator(mode="after")
     def _isr(self) -> TopicConfig:
@@ -261,7 +270,8 @@ LibrdkafkaProps = dict[str, str | int | float | bool]
 class KafkaConfig(Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id_prefix: str = "mailjournal"
-    schema_registry_url: str | None = None  # Confluent wire format when set
+    schema_registry_url: str | None = None
+    """Confluent wire format when set."""
     # pass-through librdkafka properties: common, then per role (role wins)
     properties: LibrdkafkaProps = {}
     producer: LibrdkafkaProps = {}
@@ -281,9 +291,11 @@ class ListenerConfig(Strict):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     require_starttls: bool = False
-    auth: bool = False  # AUTH PLAIN/LOGIN, offered only after STARTTLS
+    auth: bool = False
+    """AUTH PLAIN/LOGIN, offered only after STARTTLS."""
     credentials_file: Path | None = None
-    proxy_protocol: bool = False  # expect a PROXY v1/v2 header (behind a TCP load balancer)
+    proxy_protocol: bool = False
+    """Expect a PROXY v1/v2 header (behind a TCP load balancer)."""
 
     @model_validator(mode="after")
     def _tls(self) -> ListenerConfig:
@@ -302,11 +314,13 @@ class ListenerConfig(Strict):
 
 
 class IngestConfig(Strict):
-    hostname: str = "localhost"  # announced in the banner and EHLO
+    hostname: str = "localhost"
+    """Announced in the banner and EHLO."""
     listeners: list[ListenerConfig] = []
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(default=500, ge=1)
-    max_line_length: int = Field(default=998 + 2, ge=80)  # RFC 5322 text line + CRLF
+    max_line_length: int = Field(default=998 + 2, ge=80)
+    """RFC 5322 text line + CRLF."""
     command_timeout_seconds: float = Field(default=300, gt=0)
     data_timeout_seconds: float = Field(default=600, gt=0)
     max_connections: int = Field(default=1000, ge=1)
@@ -331,8 +345,10 @@ class SmartHostConfig(Strict):
 
 class DeliveryConfig(Strict):
     smart_host: SmartHostConfig = SmartHostConfig()
-    concurrency: int = Field(default=16, ge=1)  # parallel SMTP sessions
-    max_inflight: int = Field(default=256, ge=1)  # records fetched but not final
+    concurrency: int = Field(default=16, ge=1)
+    """Parallel SMTP sessions."""
+    max_inflight: int = Field(default=256, ge=1)
+    """Records fetched but not final."""
     connect_timeout_seconds: float = Field(default=10, gt=0)
     command_timeout_seconds: float = Field(default=60, gt=0)
     # one retry topic per delay ("<topics.retry.name>.<i>"): a topic holds records of one delay,
@@ -340,13 +356,15 @@ class DeliveryConfig(Strict):
     retry_delays_seconds: list[float] = Field(default=[60, 300, 900, 1800, 3600], min_length=1)
     retry_jitter: float = Field(default=0.1, ge=0, le=0.5)
     expiry_seconds: float = Field(default=48 * 3600, gt=0)
-    ndr_attach_max_bytes: int = Field(default=1024 * 1024, ge=0)  # above: headers only
+    ndr_attach_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Above: headers only."""
     reporting_mta: str = "localhost"
 
 
 class MetricsConfig(Strict):
     host: str = "127.0.0.1"
-    ingest_port: int = Field(default=9101, ge=0, le=65535)  # 0 = disabled
+    ingest_port: int = Field(default=9101, ge=0, le=65535)
+    """0 = disabled."""
     journal_port: int = Field(default=9102, ge=0, le=65535)
     delivery_port: int = Field(default=9103, ge=0, le=65535)
 

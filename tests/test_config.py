@@ -196,3 +196,11 @@ def test_config_check_reports_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[organization\n")
     proc = run_cli("config", "check", str(bad))
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    from mailjournal.config_doc import render
+
+    assert (ROOT / "docs" / "configuration.md").read_text() == render(), (
+        "docs/configuration.md is stale: run `python -m mailjournal.config_doc > docs/configuration.md`"
+    )

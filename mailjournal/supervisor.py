@@ -1,0 +1,245 @@
+"""``mailjournal run``: the whole pipeline on one machine.
+
+A small supervisor: optionally starts the local real Kafka and a capture SMTP server (the smart
+host of the example config), ensures the topics, then runs one process per stage, restarts a stage
+that dies (with backoff), forwards SIGINT/SIGTERM, and stops everything it started on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from mailjournal.config import Config, ConfigError, load_config
+
+log = logging.getLogger("mailjournal.run")
+
+STAGES = ("deliver", "journal", "ingest")  # start order: consumers first, the front door last
+RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+STOP_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.started_at = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, deadline: float) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", self.name)
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _stage_argv(stage: str, config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "mailjournal", stage, "--config", str(config_path)]
+
+
+def banner(cfg: Config, capture: Path | None) -> str:
+    lines = ["", "mailjournal is running."]
+    for lst in cfg.ingest.listeners:
+        lines.append(f"  send mail to   {lst.host}:{lst.port}  (listener {lst.name!r}, {lst.role})")
+    domain = cfg.organization.accepted_domains[0]
+    j = cfg.journal
+    if j.inbound.active:
+        lines.append(
+            f"  inbound:  external sender -> someone@{domain}  ==> journal {j.inbound.address or '-'}"
+            f" (NDRs to {j.inbound.ndr_address})"
+        )
+    if j.outbound.active:
+        lines.append(
+            f"  outbound: someone@{domain} from a trusted network -> external  ==> journal "
+            f"{j.outbound.address or '-'} (NDRs to {j.outbound.ndr_address})"
+        )
+    for d in ("inbound", "outbound"):
+        attr = j.direction(d).recipient_attribute
+        if attr and j.direction(d).active:
+            where = cfg.directory.file.path if cfg.directory.file else cfg.directory.backend
+            lines.append(f"  per-recipient ({d}): directory attribute {attr!r} from {where}")
+    sh = cfg.delivery.smart_host
+    lines.append(f"  journal copies go to the smart host {sh.host}:{sh.port}")
+    if capture is not None:
+        lines.append(f"  ... which files them in Maildirs under {capture}/<recipient>/new/")
+    lines.append("  try:  .venv/bin/mailjournal send-test   (or swaks, see README)")
+    lines.append("  Ctrl-C stops everything.")
+    return "\n".join(lines) + "\n"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True)
+    parser.add_argument(
+        "--local-kafka",
+        metavar="DIR",
+        help="start a local real Kafka (one broker) in DIR for the run, and stop it after",
+    )
+    parser.add_argument(
+        "--embedded-kafka",
+        action="store_true",
+        help="zero-install demo: librdkafka's in-process mock cluster (NOTHING IS DURABLE)",
+    )
+    parser.add_argument(
+        "--capture",
+        metavar="MAILDIR",
+        help="also run a capture SMTP server on the smart host's address, filing into MAILDIR",
+    )
+    parser.add_argument("--no-restart", action="store_true", help="exit when a stage dies")
+
+
+def _bootstrap_port(bootstrap: str) -> int | None:
+    first = bootstrap.split(",")[0]
+    _, _, port = first.rpartition(":")
+    return int(port) if port.isdigit() else None
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace, cfg: Config):
+        self.args = args
+        self.cfg = cfg
+        self.config_path = Path(args.config).resolve()
+        self.children: list[Child] = []
+        self.stopping = False
+        self.kafka_local = None
+        self.mock_holder = None
+        self.env = dict(os.environ)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            log.info("signal %d: stopping", signum)
+        self.stopping = True
+
+    def start_kafka(self) -> None:
+        if self.args.embedded_kafka:
+            from mailjournal.embedded_kafka import start_mock_cluster
+
+            self.mock_holder, bootstrap = start_mock_cluster(self.cfg)
+            print(
+                "\n!!! DEMO MODE: librdkafka's in-process mock cluster. NOTHING IS DURABLE: every "
+                "message is lost when this process stops. Never use this for real mail. !!!\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif self.args.local_kafka:
+            from mailjournal.kafka_local import KafkaLocal
+
+            port = _bootstrap_port(self.cfg.kafka.bootstrap_servers)
+            self.kafka_local = KafkaLocal(Path(self.args.local_kafka), brokers=1, base_port=port)
+            bootstrap = self.kafka_local.up()
+            log.info("local Kafka at %s", bootstrap)
+        else:
+            return
+        self.env["MAILJOURNAL_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
+        self.cfg = self.cfg.model_copy(
+            update={"kafka": self.cfg.kafka.model_copy(update={"bootstrap_servers": bootstrap})}
+        )
+
+    def ensure_topics(self) -> None:
+        from mailjournal.topics import ensure_topics
+
+        report = ensure_topics(self.cfg)
+        log.info("topics: %s", report)
+
+    def build_children(self) -> None:
+        if self.args.capture:
+            sh = self.cfg.delivery.smart_host
+            self.children.append(
+                Child(
+                    "capture",
+                    [
+                        sys.executable,
+                        "-m",
+                        "mailjournal",
+                        "capture",
+                        "--listen",
+                        f"{sh.host}:{sh.port}",
+                        "--maildir",
+                        str(Path(self.args.capture).resolve()),
+                    ],
+                    self.env,
+                )
+            )
+        for stage in STAGES:
+            self.children.append(Child(stage, _stage_argv(stage, self.config_path), self.env))
+
+    def loop(self) -> int:
+        for child in self.children:
+            child.start()
+        print(banner(self.cfg, Path(self.args.capture) if self.args.capture else None), flush=True)
+        while not self.stopping:
+            now = time.monotonic()
+            for child in self.children:
+                if child.alive():
+                    if now - child.started_at > 60:
+                        child.restarts = 0  # a stage that ran a minute is healthy again
+                    continue
+                if child.proc is not None and child.next_start == 0.0:
+                    rc = child.proc.returncode
+                    if self.args.no_restart:
+                        log.error("%s exited with %s; stopping (--no-restart)", child.name, rc)
+                        return 1
+                    delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
+                    log.error("%s exited with %s; restarting in %.0f s", child.name, rc, delay)
+                    child.next_start = now + delay
+                    child.restarts += 1
+                if child.next_start and now >= child.next_start:
+                    child.next_start = 0.0
+                    child.start()
+            time.sleep(0.2)
+        return 0
+
+    def shutdown(self) -> None:
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        # the front door first, so nothing new arrives while the rest drains
+        for child in reversed(self.children):
+            child.stop(deadline)
+        if self.kafka_local is not None:
+            log.info("stopping the local Kafka")
+            self.kafka_local.down()
+        self.mock_holder = None
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s run %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    sup = Supervisor(args, cfg)
+    signal.signal(signal.SIGINT, sup._on_signal)
+    signal.signal(signal.SIGTERM, sup._on_signal)
+    try:
+        sup.start_kafka()
+        sup.ensure_topics()
+        if sup.stopping:
+            return 130
+        sup.build_children()
+        return sup.loop()
+    finally:
+        sup.shutdown()
