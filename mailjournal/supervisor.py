@@ -160,6 +160,8 @@ class Supervisor:
         )
 
     def ensure_topics(self) -> None:
+        if self.args.embedded_kafka:
+            return  # the mock cluster auto-creates topics and serves no CreateTopics
         from mailjournal.topics import ensure_topics
 
         report = ensure_topics(self.cfg)

@@ -1,0 +1,445 @@
+"""``mailjournal audit``: prove every accepted message was journaled, and name every gap.
+
+Reads the messages, journal and outcomes topics (``read_committed``) for a time window and
+reconciles, per accepted message: the copies the decision logic owes (recomputed now), the copies
+emitted, and each copy's outcome. One streaming pass per topic; memory is bounded by the number of
+messages and copies in the window, not the topic history.
+
+Gaps (exit status 1): a message owed copies and has none emitted after the grace period; an owed
+copy missing; a copy emitted twice to the journal topic (exactly-once broken); a copy with no
+outcome after the grace period; a copy still retrying past its expiry; an NDR with no final
+outcome. Duplicate *deliveries* (at-least-once, a crash between the remote 250 and the offset
+commit) are listed but are not gaps unless ``--strict-duplicates``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mailjournal.config import Config, ConfigError, load_config
+
+log = logging.getLogger("mailjournal.audit")
+
+FINAL = {"DELIVERED", "NDR_SENT", "DEAD_LETTERED"}
+
+
+def _ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value or 0)
+
+
+@dataclass
+class CopyState:
+    event_id: str
+    kind: str = "JOURNAL"
+    owed: bool = False
+    emitted: int = 0
+    status: str | None = None
+    delivered: int = 0
+    ndr_copy_id: str | None = None
+    last_at: int = 0
+
+
+@dataclass
+class MessageState:
+    received_at: int
+    owed: set[str] = field(default_factory=set)
+    skipped_reason: str | None = None
+
+
+@dataclass
+class Gap:
+    kind: str
+    event_id: str
+    copy_id: str | None
+    detail: str
+
+    def line(self) -> str:
+        copy = f" copy {self.copy_id}" if self.copy_id else ""
+        return f"GAP {self.kind}: message {self.event_id}{copy}: {self.detail}"
+
+
+@dataclass
+class AuditReport:
+    messages: int
+    copies_owed: int
+    states: Counter[str]
+    gaps: list[Gap]
+    duplicates: list[tuple[str, int]]
+    unexpected: list[str]
+    oldest_pending_ms: int | None
+
+    def has_gaps(self, strict_duplicates: bool = False) -> bool:
+        return bool(self.gaps) or (strict_duplicates and bool(self.duplicates))
+
+    def render(self) -> str:
+        out = [
+            f"messages in window: {self.messages}",
+            f"journal copies owed: {self.copies_owed}",
+            "copy states: "
+            + (", ".join(f"{k.lower()}={v}" for k, v in sorted(self.states.items())) or "none"),
+        ]
+        if self.oldest_pending_ms is not None:
+            age = time.time() - self.oldest_pending_ms / 1000
+            when = datetime.fromtimestamp(self.oldest_pending_ms / 1000, UTC).isoformat()
+            out.append(f"oldest pending: {when} ({age:.0f} s ago)")
+        for copy_id, n in self.duplicates:
+            out.append(f"DUPLICATE delivery: copy {copy_id} delivered {n} times")
+        for copy_id in self.unexpected:
+            out.append(f"NOTE copy {copy_id} is not owed under the current rules (changed config?)")
+        out.extend(g.line() for g in self.gaps)
+        out.append(f"gaps: {len(self.gaps)}")
+        return "\n".join(out)
+
+
+class Reconciler:
+    """Pure bookkeeping: feed it messages, journal copies and outcomes, then ask for the report."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, MessageState] = {}
+        self.copies: dict[str, CopyState] = {}
+        self.journal_dupes: Counter[str] = Counter()
+
+    def add_message(self, event_id: str, received_at: int, owed: Iterable[str]) -> None:
+        state = MessageState(received_at, set(owed))
+        self.messages[event_id] = state
+        for copy_id in state.owed:
+            self.copies.setdefault(copy_id, CopyState(event_id)).owed = True
+
+    def add_copy(self, copy_id: str, event_id: str, kind: str = "JOURNAL") -> None:
+        state = self.copies.setdefault(copy_id, CopyState(event_id, kind))
+        state.kind = kind
+        state.emitted += 1
+
+    def add_outcome(
+        self, copy_id: str, event_id: str, kind: str, status: str, at: int, ndr_copy_id: str | None
+    ) -> None:
+        state = self.copies.get(copy_id)
+        if state is None:
+            if kind != "NDR" and event_id not in self.messages:
+                return  # a copy of a message outside the window
+            state = self.copies.setdefault(copy_id, CopyState(event_id, kind))
+        if status == "DELIVERED":
+            state.delivered += 1
+        # the latest outcome wins; a final one is never undone by a late retry record
+        if at >= state.last_at and not (state.status in FINAL and status == "RETRYING"):
+            state.status, state.last_at = status, at
+        if ndr_copy_id:
+            state.ndr_copy_id = ndr_copy_id
+
+    def report(self, now_ms: int, grace_ms: int, expiry_ms: int) -> AuditReport:
+        gaps: list[Gap] = []
+        states: Counter[str] = Counter()
+        oldest: int | None = None
+        for event_id, msg in self.messages.items():
+            old_enough = now_ms - msg.received_at > grace_ms
+            for copy_id in sorted(msg.owed):
+                copy = self.copies[copy_id]
+                if copy.emitted == 0:
+                    if old_enough:
+                        gaps.append(
+                            Gap("not-journaled", event_id, copy_id, "owed copy never emitted")
+                        )
+                    else:
+                        states["AWAITING_JOURNAL"] += 1
+                        oldest = msg.received_at if oldest is None else min(oldest, msg.received_at)
+        for copy_id, copy in self.copies.items():
+            if copy.emitted > 1 and copy.kind == "JOURNAL":
+                gaps.append(
+                    Gap("duplicate-copy", copy.event_id, copy_id, f"emitted {copy.emitted} times")
+                )
+            if copy.emitted == 0 and copy.kind == "JOURNAL":
+                continue  # counted above
+            msg = self.messages.get(copy.event_id)
+            received = msg.received_at if msg else copy.last_at
+            status = copy.status
+            if status is None:
+                if now_ms - received > grace_ms:
+                    gaps.append(Gap("no-outcome", copy.event_id, copy_id, "no delivery outcome"))
+                else:
+                    states["IN_FLIGHT"] += 1
+                    oldest = received if oldest is None else min(oldest, received)
+                continue
+            states[status] += 1
+            if status == "RETRYING":
+                oldest = received if oldest is None else min(oldest, received)
+                if now_ms - received > expiry_ms + grace_ms:
+                    gaps.append(Gap("stuck", copy.event_id, copy_id, "still retrying past expiry"))
+            if status == "NDR_SENT" and copy.ndr_copy_id:
+                ndr = self.copies.get(copy.ndr_copy_id)
+                if ndr is None or ndr.status not in {"DELIVERED", "DEAD_LETTERED"}:
+                    if now_ms - received > grace_ms:
+                        gaps.append(
+                            Gap(
+                                "ndr-pending",
+                                copy.event_id,
+                                copy_id,
+                                "its NDR has no final outcome",
+                            )
+                        )
+        duplicates = sorted((cid, c.delivered) for cid, c in self.copies.items() if c.delivered > 1)
+        unexpected = sorted(
+            cid
+            for cid, c in self.copies.items()
+            if c.kind == "JOURNAL" and c.emitted and not c.owed and c.event_id in self.messages
+        )
+        return AuditReport(
+            messages=len(self.messages),
+            copies_owed=sum(len(m.owed) for m in self.messages.values()),
+            states=states,
+            gaps=gaps,
+            duplicates=duplicates,
+            unexpected=unexpected,
+            oldest_pending_ms=oldest,
+        )
+
+
+# --- reading the topics --------------------------------------------------------------------------
+
+
+def read_window(
+    cfg: Config, topic: str, since_ms: int | None, timeout: float = 30.0
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """Every committed record of ``topic`` from ``since_ms`` (or the start) up to the end offsets
+    as they were when the read began (a stable snapshot, so the audit terminates)."""
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+    from mailjournal.kafka import make_consumer
+
+    consumer = make_consumer(
+        cfg,
+        f"mailjournal-audit-{time.time_ns()}",
+        role="audit",
+        extra={"enable.partition.eof": True},
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if meta.error is not None:
+            raise RuntimeError(f"topic {topic}: {meta.error}")
+        parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+        ends = {}
+        for tp in parts:
+            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            ends[tp.partition] = high
+        if since_ms is not None:
+            starts = consumer.offsets_for_times(
+                [TopicPartition(topic, tp.partition, since_ms) for tp in parts], timeout=timeout
+            )
+        else:
+            starts = [TopicPartition(topic, tp.partition, OFFSET_BEGINNING) for tp in parts]
+        todo = []
+        for tp in starts:
+            if tp.offset < 0 and since_ms is not None:
+                continue  # nothing at or after since_ms in this partition
+            if ends[tp.partition] > 0:
+                todo.append(tp)
+        if not todo:
+            return
+        consumer.assign(todo)
+        remaining = {tp.partition for tp in todo}
+        idle_deadline = time.monotonic() + timeout
+        while remaining:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                if time.monotonic() > idle_deadline:
+                    raise TimeoutError(f"audit: no progress reading {topic} for {timeout:.0f} s")
+                continue
+            idle_deadline = time.monotonic() + timeout
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(msg.partition())
+                    continue
+                raise RuntimeError(f"reading {topic}: {msg.error()}")
+            offset = msg.offset()
+            if offset is not None and offset >= ends[msg.partition()] - 1:
+                remaining.discard(msg.partition())
+            if offset is not None and offset < ends[msg.partition()]:
+                yield msg.key(), msg.value() or b""
+    finally:
+        consumer.close()
+
+
+OwedFn = Callable[[dict[str, Any]], list[str]]
+
+
+def default_owed(cfg: Config) -> OwedFn:
+    """The copy ids the journal decision logic owes a message (recomputed with today's rules and
+    directory)."""
+    from journal_worker.audit_hook import owed_copy_ids_factory
+
+    return owed_copy_ids_factory(cfg)
+
+
+def run_audit(
+    cfg: Config,
+    *,
+    since_ms: int | None,
+    until_ms: int | None,
+    grace_ms: int,
+    owed: OwedFn | None = None,
+    now_ms: int | None = None,
+) -> AuditReport:
+    from schemas import decode_with_name
+
+    owed = owed or default_owed(cfg)
+    rec = Reconciler()
+    topics = cfg.kafka.topics
+    until = until_ms if until_ms is not None else 2**62
+    for _key, value in read_window(cfg, topics.messages.name, since_ms):
+        try:
+            _, msg = decode_with_name(value)
+        except ValueError as exc:
+            log.warning("undecodable record on %s: %s", topics.messages.name, exc)
+            continue
+        received = _ms(msg["received_at"])
+        if received > until or (since_ms is not None and received < since_ms):
+            continue
+        rec.add_message(msg["event_id"], received, owed(msg))
+    copy_topics = [topics.journal.name] + [
+        f"{topics.retry.name}.{i}" for i in range(len(cfg.delivery.retry_delays_seconds))
+    ]
+    for topic in copy_topics:
+        is_journal = topic == topics.journal.name
+        for _key, value in read_window(cfg, topic, since_ms):
+            try:
+                _, copy = decode_with_name(value)
+            except ValueError:
+                continue
+            if is_journal:
+                if copy["event_id"] in rec.messages:
+                    rec.add_copy(copy["copy_id"], copy["event_id"], str(copy["kind"]))
+            elif str(copy["kind"]) == "NDR" and copy["copy_id"] not in rec.copies:
+                rec.add_copy(copy["copy_id"], copy["event_id"], "NDR")
+    for _key, value in read_window(cfg, topics.outcomes.name, since_ms):
+        try:
+            _, out = decode_with_name(value)
+        except ValueError:
+            continue
+        rec.add_outcome(
+            out["copy_id"],
+            out["event_id"],
+            str(out["kind"]),
+            str(out["status"]),
+            _ms(out["at"]),
+            out.get("ndr_copy_id"),
+        )
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    return rec.report(now, grace_ms, int(cfg.delivery.expiry_seconds * 1000))
+
+
+def parse_time(value: str | None) -> int | None:
+    """ISO 8601 time, or a relative age such as ``2h``, ``30m``, ``1d``; as epoch milliseconds."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+        return int((time.time() - float(value[:-1]) * units[value[-1]]) * 1000)
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def publish_metrics(report: AuditReport) -> None:
+    from prometheus_client import Gauge
+
+    gauges = _audit_gauges(Gauge)
+    gauges["messages"].set(report.messages)
+    by_kind = Counter(g.kind for g in report.gaps)
+    for kind in ("not-journaled", "duplicate-copy", "no-outcome", "stuck", "ndr-pending"):
+        gauges["gaps"].labels(kind=kind).set(by_kind.get(kind, 0))
+    for state in ("DELIVERED", "NDR_SENT", "DEAD_LETTERED", "RETRYING", "IN_FLIGHT"):
+        gauges["copies"].labels(state=state.lower()).set(report.states.get(state, 0))
+    gauges["duplicates"].set(len(report.duplicates))
+    gauges["last_run"].set_to_current_time()
+
+
+_GAUGES: dict[str, Any] = {}
+
+
+def _audit_gauges(gauge: Any) -> dict[str, Any]:
+    if not _GAUGES:
+        _GAUGES.update(
+            messages=gauge("mailjournal_audit_messages", "Accepted messages in the audit window"),
+            gaps=gauge("mailjournal_audit_gaps", "Gaps found by the last audit", ["kind"]),
+            copies=gauge("mailjournal_audit_copies", "Journal copies by state", ["state"]),
+            duplicates=gauge(
+                "mailjournal_audit_duplicate_deliveries", "Copies delivered more than once"
+            ),
+            last_run=gauge(
+                "mailjournal_audit_last_run_timestamp_seconds", "When the last audit finished"
+            ),
+        )
+    return _GAUGES
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--since", help="ISO time or age (e.g. 24h); default: everything retained")
+    parser.add_argument("--until", help="ISO time or age; default: now")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        help="seconds a message may take through the pipeline before its absence is a gap",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--strict-duplicates", action="store_true")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve the results as Prometheus metrics on this port"
+    )
+    parser.add_argument(
+        "--interval", type=float, help="with --metrics-port: re-run every INTERVAL seconds"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.metrics_port is not None:
+        from mailjournal.metrics import serve_metrics
+
+        serve_metrics(cfg.metrics.host, args.metrics_port)
+    while True:
+        report = run_audit(
+            cfg,
+            since_ms=parse_time(args.since),
+            until_ms=parse_time(args.until),
+            grace_ms=int(args.grace * 1000),
+        )
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "messages": report.messages,
+                        "copies_owed": report.copies_owed,
+                        "states": dict(report.states),
+                        "gaps": [g.__dict__ for g in report.gaps],
+                        "duplicates": report.duplicates,
+                        "unexpected": report.unexpected,
+                        "oldest_pending_ms": report.oldest_pending_ms,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            print(report.render())
+        if args.metrics_port is not None:
+            publish_metrics(report)
+        if not args.interval:
+            return 1 if report.has_gaps(args.strict_duplicates) else 0
+        time.sleep(args.interval)
