@@ -177,16 +177,9 @@ class Reconciler:
                     gaps.append(Gap("stuck", copy.event_id, copy_id, "still retrying past expiry"))
             if status == "NDR_SENT" and copy.ndr_copy_id:
                 ndr = self.copies.get(copy.ndr_copy_id)
-                if ndr is None or ndr.status not in {"DELIVERED", "DEAD_LETTERED"}:
-                    if now_ms - received > grace_ms:
-                        gaps.append(
-                            Gap(
-                                "ndr-pending",
-                                copy.event_id,
-                                copy_id,
-                                "its NDR has no final outcome",
-                            )
-                        )
+                ndr_final = ndr is not None and ndr.status in {"DELIVERED", "DEAD_LETTERED"}
+                if not ndr_final and now_ms - received > grace_ms:
+                    gaps.append(Gap("ndr-pending", copy.event_id, copy_id, "NDR not final"))
         duplicates = sorted((cid, c.delivered) for cid, c in self.copies.items() if c.delivered > 1)
         unexpected = sorted(
             cid
