@@ -1,0 +1,183 @@
+"""Kafka client plumbing: librdkafka configuration built from ``Config``, and client factories.
+
+Precedence, lowest first: this product's defaults, ``[kafka].properties`` (all roles), the role's
+table (``[kafka.producer]``, ``[kafka.consumer]``, ``[kafka.admin]``), then what the calling stage
+states explicitly (``group_id``, ``transactional_id``, ``read_committed``, ``extra``): those are
+part of a stage's correctness, not tunables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from mailjournal.config import Config
+
+MiB = 1024 * 1024
+# room for a record's key, headers and framing on top of its value
+RECORD_OVERHEAD = 32 * 1024
+# and for the record batch around it: the topic limit is checked per (compressed) batch
+BATCH_OVERHEAD = 32 * 1024
+# what librdkafka and the broker send per fetch by default (50 MiB)
+DEFAULT_FETCH_MAX_BYTES = 50 * MiB
+
+ClientConfig = dict[str, Any]
+
+__all__ = [
+    "ClientConfig",
+    "KafkaException",
+    "admin_config",
+    "client_id",
+    "consumer_config",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+    "max_record_bytes",
+    "producer_config",
+    "producer_max_message_bytes",
+    "raise_on_error",
+    "topic_max_message_bytes",
+]
+
+
+def client_id(role: str, prefix: str = "mailjournal") -> str:
+    """``<prefix>-<role>-<host>-<pid>``: tells brokers' logs and quotas which process is which."""
+    return f"{prefix}-{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+def max_record_bytes(config: Config) -> int:
+    """Largest record value we produce: a journal copy carries the original message and an NDR
+    carries the journal copy, so allow twice the accepted message size plus 1 MiB of reports."""
+    return 2 * config.ingest.max_message_size + MiB
+
+
+def topic_max_message_bytes(config: Config) -> int:
+    """Topic ``max.message.bytes``: anything the producer lets through, the broker accepts."""
+    return producer_max_message_bytes(config) + BATCH_OVERHEAD
+
+
+def producer_max_message_bytes(config: Config) -> int:
+    """Producer ``message.max.bytes``: one record with the largest value, key and headers."""
+    return max_record_bytes(config) + RECORD_OVERHEAD
+
+
+def _merge(
+    defaults: Mapping[str, Any], config: Config, role: Mapping[str, Any], fixed: Mapping[str, Any]
+) -> ClientConfig:
+    return {**defaults, **config.kafka.properties, **role, **fixed}
+
+
+def _base(config: Config, role: str) -> ClientConfig:
+    return {
+        "bootstrap.servers": config.kafka.bootstrap_servers,
+        "client.id": client_id(role, config.kafka.client_id_prefix),
+    }
+
+
+def producer_config(
+    config: Config,
+    *,
+    transactional_id: str | None = None,
+    role: str = "producer",
+    extra: Mapping[str, Any] | None = None,
+) -> ClientConfig:
+    """Durable producer: ``acks=all`` + idempotence (no loss, no duplicates from retries)."""
+    transactional = transactional_id is not None
+    defaults: ClientConfig = {
+        **_base(config, role),
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "zstd",
+        "linger.ms": 5,
+        "message.max.bytes": producer_max_message_bytes(config),
+        # librdkafka refuses a transactional producer whose delivery timeout exceeds the
+        # transaction timeout; a short transaction timeout also bounds how long a crashed
+        # worker's open transaction holds back read_committed consumers
+        "delivery.timeout.ms": 60_000 if transactional else 120_000,
+    }
+    if transactional:
+        defaults["transaction.timeout.ms"] = 60_000
+    fixed: ClientConfig = dict(extra or {})
+    if transactional:
+        fixed["transactional.id"] = transactional_id
+    return _merge(defaults, config, config.kafka.producer, fixed)
+
+
+def consumer_config(
+    config: Config,
+    group_id: str,
+    *,
+    read_committed: bool = True,
+    role: str = "consumer",
+    extra: Mapping[str, Any] | None = None,
+) -> ClientConfig:
+    """Consumer that commits explicitly and, by default, sees only committed transactions."""
+    # a fetch must be able to carry the largest record batch a topic accepts
+    fetch_max = max(DEFAULT_FETCH_MAX_BYTES, topic_max_message_bytes(config))
+    defaults: ClientConfig = {
+        **_base(config, role),
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": fetch_max,
+        # librdkafka requires receive.message.max.bytes >= fetch.max.bytes + 512
+        "receive.message.max.bytes": fetch_max + MiB,
+        "session.timeout.ms": 45_000,
+        "heartbeat.interval.ms": 3_000,
+        # delivering a batch of large journal copies by SMTP may take minutes
+        "max.poll.interval.ms": 600_000,
+    }
+    fixed: ClientConfig = {
+        **(extra or {}),
+        "group.id": group_id,
+        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+    }
+    return _merge(defaults, config, config.kafka.consumer, fixed)
+
+
+def admin_config(
+    config: Config, *, role: str = "admin", extra: Mapping[str, Any] | None = None
+) -> ClientConfig:
+    return _merge(_base(config, role), config, config.kafka.admin, dict(extra or {}))
+
+
+def make_producer(
+    config: Config,
+    *,
+    transactional_id: str | None = None,
+    role: str = "producer",
+    extra: Mapping[str, Any] | None = None,
+) -> Producer:
+    return Producer(
+        producer_config(config, transactional_id=transactional_id, role=role, extra=extra)
+    )
+
+
+def make_consumer(
+    config: Config,
+    group_id: str,
+    *,
+    read_committed: bool = True,
+    role: str = "consumer",
+    extra: Mapping[str, Any] | None = None,
+) -> Consumer:
+    return Consumer(
+        consumer_config(config, group_id, read_committed=read_committed, role=role, extra=extra)
+    )
+
+
+def make_admin(
+    config: Config, *, role: str = "admin", extra: Mapping[str, Any] | None = None
+) -> AdminClient:
+    return AdminClient(admin_config(config, role=role, extra=extra))
+
+
+def raise_on_error(err: KafkaError | None) -> None:
+    """For delivery reports and message errors: turn a ``KafkaError`` into ``KafkaException``
+    (whose ``args[0]`` keeps the error, with ``retriable()`` / ``fatal()``)."""
+    if err is not None:
+        raise KafkaException(err)
