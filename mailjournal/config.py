@@ -251,8 +251,22 @@ class TopicsConfig(Strict):
     messages: TopicConfig = _default_topics()["messages"]
     journal: TopicConfig = _default_topics()["journal"]
     retry: TopicConfig = _default_topics()["retry"]
+    """Base of the retry tiers: delivery uses one topic per delay, named ``<name>.<i>``."""
     outcomes: TopicConfig = _default_topics()["outcomes"]
     dead_letters: TopicConfig = _default_topics()["dead_letters"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        # a table that sets only some keys keeps the topic's other defaults (e.g. compaction)
+        if not isinstance(data, dict):
+            return data
+        defaults = _default_topics()
+        merged = dict(data)
+        for key, value in data.items():
+            if key in defaults and isinstance(value, dict):
+                merged[key] = {**defaults[key].model_dump(), **value}
+        return merged
 
     def all(self) -> dict[str, TopicConfig]:
         return {

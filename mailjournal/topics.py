@@ -63,10 +63,20 @@ class EnsureReport:
         )
 
 
+def retry_topic_name(config: Config, tier: int) -> str:
+    """Topic of retry tier ``tier`` (delay ``delivery.retry_delays_seconds[tier]``)."""
+    return f"{config.kafka.topics.retry.name}.{tier}"
+
+
 def topic_specs(config: Config) -> list[TopicSpec]:
     max_bytes = str(topic_max_message_bytes(config))
     specs = []
-    for key, t in config.kafka.topics.all().items():
+    topics = dict(config.kafka.topics.all())
+    # delivery's retry tiers: one topic per delay, each shaped like the configured retry topic
+    retry = topics.pop("retry")
+    for i in range(len(config.delivery.retry_delays_seconds)):
+        topics[f"retry.{i}"] = retry.model_copy(update={"name": retry_topic_name(config, i)})
+    for key, t in topics.items():
         specs.append(
             TopicSpec(
                 key=key,

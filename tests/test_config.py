@@ -204,3 +204,10 @@ def test_configuration_reference_is_up_to_date() -> None:
     assert (ROOT / "docs" / "configuration.md").read_text() == render(), (
         "docs/configuration.md is stale: run `python -m mailjournal.config_doc > docs/configuration.md`"
     )
+
+
+def test_partial_topic_table_keeps_the_topic_defaults() -> None:
+    cfg = make_config({"kafka": {"topics": {"outcomes": {"name": "acme.outcomes"}}}})
+    assert cfg.kafka.topics.outcomes.name == "acme.outcomes"
+    assert cfg.kafka.topics.outcomes.compact  # compaction is not lost by renaming the topic
+    assert cfg.kafka.topics.dead_letters.retention_ms == -1
