@@ -266,11 +266,21 @@ OwedFn = Callable[[dict[str, Any]], list[str]]
 
 
 def default_owed(cfg: Config) -> OwedFn:
-    """The copy ids the journal decision logic owes a message (recomputed with today's rules and
-    directory)."""
-    from journal_worker.audit_hook import owed_copy_ids_factory
+    """The copy ids the journal decision logic owes a message, recomputed with the journal
+    worker's own pure functions, today's configuration and directory (a directory outage raises:
+    an audit never guesses)."""
+    from journal_worker.decide import decide, needed_lookups
+    from journal_worker.directory import make_directory, resolve
 
-    return owed_copy_ids_factory(cfg)
+    directory = make_directory(cfg.directory)
+    stamp_key = cfg.journal.stamp_key()
+
+    def owed(event: dict[str, Any]) -> list[str]:
+        lookups = needed_lookups(event, cfg, stamp_key)
+        answers = resolve(directory, lookups) if lookups and directory is not None else {}
+        return [c.copy_id for c in decide(event, cfg, answers, stamp_key).copies]
+
+    return owed
 
 
 def run_audit(
