@@ -1,0 +1,166 @@
+"""Delivery throughput: copies/s from a pre-filled journal topic to Postfix's ``smtp-sink``.
+
+Starts a real single-node Kafka (``KafkaLocal``) in a temporary directory and ``smtp-sink`` on a
+free port, fills the journal topic with journal copies of 1 KB and 100 KB originals (sent as
+envelope journal reports), then runs one delivery worker (in this process) until every copy has
+its DELIVERED outcome acknowledged. Prints, per size: copies/s over the whole run (including the
+consumer group join) and in steady state (first to last delivery), MB/s of reports, CPU seconds
+and peak RSS of this process.
+
+    .venv/bin/python bench/bench_delivery.py [--count-1k 20000] [--count-100k 3000]
+                                             [--concurrency 16] [--kafka-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import string
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from delivery.report import build_report
+from delivery.retry import tier_topics
+from delivery.worker import DeliveryWorker
+from mailjournal.config import Config
+from mailjournal.kafka_local import KafkaLocal
+from mailjournal.topics import ensure_topics
+from tests.fixtures.config import make_config
+from tests.fixtures.delivery import ensure_retry_tiers, make_copy, produce_copies
+from tests.fixtures.smtp import SmtpSink
+
+
+def original_of(size: int, rng: random.Random) -> bytes:
+    head = (
+        b"From: Alice <alice@ext.example>\r\nTo: bob@corp.example\r\n"
+        b"Subject: benchmark\r\nMessage-ID: <bench@ext.example>\r\n\r\n"
+    )
+    body = bytearray()
+    alphabet = string.ascii_letters + string.digits + " "
+    while len(head) + len(body) < size:
+        body += "".join(rng.choices(alphabet, k=76)).encode() + b"\r\n"
+    return head + bytes(body[: size - len(head)])
+
+
+def bench_config(bootstrap: str, suffix: str, smtp_port: int, concurrency: int) -> Config:
+    topics = {
+        k: {"name": f"bench.{k}.{suffix}", "partitions": 6}
+        for k in ("messages", "journal", "retry", "outcomes", "dead_letters")
+    }
+    return make_config(
+        {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "topics": topics,
+                "delivery_group": f"bench-delivery-{suffix}",
+            },
+            "delivery": {
+                "smart_host": {"host": "127.0.0.1", "port": smtp_port},
+                "concurrency": concurrency,
+                "max_inflight": 512,
+            },
+            "metrics": {"delivery_port": 0},
+        }
+    )
+
+
+def run_size(
+    bootstrap: str, sink: SmtpSink, size: int, count: int, concurrency: int
+) -> dict[str, Any]:
+    rng = random.Random(size)
+    config = bench_config(bootstrap, f"{size}-{os.getpid()}", sink.port, concurrency)
+    ensure_topics(config)
+    ensure_retry_tiers(config)
+    original = original_of(size, rng)
+    copies = [make_copy(original=original) for _ in range(count)]
+    report_bytes = len(build_report(copies[0], config))
+    t0 = time.monotonic()
+    produce_copies(config, copies)
+    fill = time.monotonic() - t0
+    del copies
+
+    worker = DeliveryWorker(config)
+    proc = psutil.Process()
+    cpu0 = proc.cpu_times()
+    peak_rss = proc.memory_info().rss
+    thread = threading.Thread(target=worker.run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    first = None
+    # the clock stops when every copy is final: delivered and its outcome acknowledged by Kafka
+    while worker.stats.finished < count:
+        if first is None and worker.stats.delivered:
+            first = time.monotonic()
+        peak_rss = max(peak_rss, proc.memory_info().rss)
+        time.sleep(0.01)
+        if time.monotonic() - start > 900:
+            raise SystemExit(f"timed out: {worker.stats}")
+    end = time.monotonic()
+    assert worker.stats.delivered == count, worker.stats
+    worker.stop()
+    thread.join()
+    cpu1 = proc.cpu_times()
+    first = first or start
+    steady = max(end - first, 1e-9)
+    return {
+        "size": size,
+        "count": count,
+        "fill_s": fill,
+        "wall_s": end - start,
+        "rate_total": count / (end - start),
+        "rate_steady": count / steady,
+        "mb_s": count * report_bytes / steady / 1e6,
+        "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+        "peak_rss_mb": peak_rss / 1e6,
+        "report_bytes": report_bytes,
+        "tiers": len(tier_topics(config)),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--count-1k", type=int, default=20000)
+    p.add_argument("--count-100k", type=int, default=3000)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--kafka-dir", type=Path, default=None)
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
+        kafka = KafkaLocal(args.kafka_dir or Path(tmp) / "kafka", brokers=1, die_with_parent=True)
+        bootstrap = kafka.up()
+        try:
+            with SmtpSink(log_path=Path(tmp) / "sink.log") as sink:
+                print(f"kafka {bootstrap}, smtp-sink {sink.address}, {args.concurrency} sessions")
+                results = [
+                    run_size(bootstrap, sink, 1024, args.count_1k, args.concurrency),
+                    run_size(bootstrap, sink, 100 * 1024, args.count_100k, args.concurrency),
+                ]
+        finally:
+            kafka.down()
+    print()
+    print(
+        f"{'original':>9} {'copies':>7} {'report B':>9} {'copies/s':>9} {'steady/s':>9} "
+        f"{'MB/s':>6} {'CPU s':>6} {'peak RSS MB':>11}"
+    )
+    for r in results:
+        print(
+            f"{r['size'] // 1024:>7}KB {r['count']:>7} {r['report_bytes']:>9} "
+            f"{r['rate_total']:>9.0f} {r['rate_steady']:>9.0f} {r['mb_s']:>6.1f} "
+            f"{r['cpu_s']:>6.1f} {r['peak_rss_mb']:>11.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Non-delivery reports (pure: no I/O): RFC 3464 ``multipart/report; report-type=delivery-status``.
+
+An NDR reports a journal copy that failed permanently (a 5xx reply) or expired. It goes to the NDR
+address of the copy's direction with the null reverse-path (``MAIL FROM:<>``), is marked
+``Auto-Submitted: auto-replied`` and carries our loop-guard stamp, so it is never journaled, never
+answered by another NDR, and never reaches the original sender.
+
+The NDR is itself queued as a :class:`JournalCopy` of kind NDR (``original`` = the NDR bytes), so
+it goes through the same sending, retry and expiry machinery; an NDR that cannot be delivered is
+dead-lettered (see :mod:`delivery.worker`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from delivery.report import (
+    CRLF,
+    body_transfer_encoding,
+    choose_boundary,
+    clean_text,
+    combine_encodings,
+    decode_header_text,
+    header_block,
+    journal_headers,
+    message_id_for,
+    rfc5322_date,
+    simple_header,
+    text_part,
+    to_millis,
+)
+from mailjournal.config import Config
+from schemas.events import make_ndr_copy_id
+
+_ENHANCED = re.compile(r"^\s*([245])\d\d[ -]+([245]\.\d{1,3}\.\d{1,3})\b")
+_CODE = re.compile(r"^\s*([245])\d\d\b")
+
+EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a copy is given up."""
+
+    reply: str  # last remote reply ("550 5.1.1 ...") or local error text
+    remote: bool  # the reply came from the SMTP server (vs. a local/network error)
+    expired: bool  # retried until the expiry, not refused permanently
+    attempts: int
+    last_attempt_ms: int
+    remote_mta: str | None = None  # smart host that answered
+
+
+def dsn_status(failure: Failure) -> str:
+    """RFC 3463 status: the server's enhanced code when it gave one, 4.4.7 for expiry, else the
+    class of its reply code with 0.0 (``5.0.0``)."""
+    if failure.remote:
+        m = _ENHANCED.match(failure.reply)
+        if m and (m.group(1) == "5" or failure.expired):
+            return m.group(2)
+    if failure.expired:
+        return EXPIRED_STATUS
+    m = _CODE.match(failure.reply) if failure.remote else None
+    return f"{m.group(1)}.0.0" if m else "5.0.0"
+
+
+def diagnostic_code(failure: Failure) -> str:
+    text = clean_text(failure.reply) or "no reply"
+    return f"smtp; {text}" if failure.remote else f"X-mailjournal; {text}"
+
+
+def _address_type(address: str) -> str:
+    return "rfc822" if address.isascii() else "utf-8"  # RFC 6533 for non-ASCII addresses
+
+
+def human_text(
+    copy: Mapping[str, Any], failure: Failure, config: Config, attached: str
+) -> list[str]:
+    hours = config.delivery.expiry_seconds / 3600
+    reason = (
+        f"it could not be delivered within {hours:g} hours (expired after "
+        f"{failure.attempts} attempts)"
+        if failure.expired
+        else "the receiving server refused it permanently"
+    )
+    return [
+        f"This is the mail journaling system at {config.delivery.reporting_mta}.",
+        "",
+        "A journal copy could not be delivered to its journal address and has been given up:",
+        reason + ".",
+        "",
+        f"  Journal address:   {clean_text(copy.get('journal_address'))}",
+        f"  Copy id:           {clean_text(copy.get('copy_id'))}",
+        f"  Event id:          {clean_text(copy.get('event_id'))}",
+        f"  Original sender:   {clean_text(copy.get('original_sender')) or '<>'}",
+        f"  Original subject:  {decode_header_text(copy.get('subject'))}",
+        f"  Message-ID:        {clean_text(copy.get('message_id'))}",
+        f"  Attempts:          {failure.attempts}",
+        f"  Last reply:        {clean_text(failure.reply)}",
+        "",
+        f"The journal copy is attached ({attached}).",
+        "This report was sent to the journaling NDR address, not to the original sender.",
+    ]
+
+
+def delivery_status(copy: Mapping[str, Any], failure: Failure, config: Config) -> bytes:
+    address = str(copy.get("journal_address") or "")
+    per_message = [
+        f"Reporting-MTA: dns; {clean_text(config.delivery.reporting_mta)}",
+        f"X-MailJournal-Copy-Id: {clean_text(copy.get('copy_id'))}",
+        f"Arrival-Date: {rfc5322_date(to_millis(copy.get('received_at')))}",
+    ]
+    per_recipient = [
+        f"Final-Recipient: {_address_type(address)}; {clean_text(address)}",
+        "Action: failed",
+        f"Status: {dsn_status(failure)}",
+    ]
+    if failure.remote and failure.remote_mta:
+        per_recipient.append(f"Remote-MTA: dns; {clean_text(failure.remote_mta)}")
+    per_recipient += [
+        f"Diagnostic-Code: {diagnostic_code(failure)}",
+        f"Last-Attempt-Date: {rfc5322_date(failure.last_attempt_ms)}",
+    ]
+    return ("\r\n".join(per_message) + "\r\n\r\n" + "\r\n".join(per_recipient) + "\r\n").encode(
+        "utf-8"
+    )
+
+
+def build_ndr(
+    copy: Mapping[str, Any],
+    sent_message: bytes,
+    failure: Failure,
+    config: Config,
+    *,
+    now_ms: int,
+) -> bytes:
+    """The NDR message about ``copy`` (whose sent form was ``sent_message``)."""
+    ndr_id = make_ndr_copy_id(str(copy["copy_id"]))
+    limit = config.delivery.ndr_attach_max_bytes
+    if len(sent_message) <= limit:
+        attachment, attach_type, attached = sent_message, "message/rfc822", "complete"
+    else:
+        attachment = header_block(sent_message)
+        attach_type = "text/rfc822-headers"
+        attached = f"header section only: the copy exceeds {limit} bytes"
+    text, text_cte = text_part(human_text(copy, failure, config, attached))
+    status = delivery_status(copy, failure, config)
+    status_cte = "7bit" if status.isascii() else "8bit"
+    attach_cte = body_transfer_encoding(attachment)
+    boundary = choose_boundary(ndr_id, attachment, text, status)
+    subject = "Undeliverable journal report"
+    original_subject = decode_header_text(copy.get("subject"))
+    if original_subject:
+        subject += f": {original_subject}"
+    ndr_address = str(copy.get("ndr_address") or "")
+    headers = journal_headers(
+        copy,
+        config,
+        subject=subject,
+        date_ms=now_ms,
+        copy_id=ndr_id,
+        to=ndr_address,
+        from_=f"Mail Delivery System <{config.journal.sender}>",
+        auto_submitted="auto-replied",
+    )
+    headers[6:6] = [
+        simple_header(
+            "Content-Type",
+            f'multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        ),
+        simple_header(
+            "Content-Transfer-Encoding", combine_encodings(text_cte, status_cte, attach_cte)
+        ),
+    ]
+    headers.append(simple_header("X-MailJournal-About-Copy-Id", str(copy["copy_id"])))
+    delimiter = b"--" + boundary.encode("ascii")
+    return b"".join(
+        [
+            *headers,
+            CRLF,
+            delimiter,
+            CRLF,
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Transfer-Encoding: " + text_cte.encode("ascii") + CRLF,
+            CRLF,
+            text,
+            delimiter,
+            CRLF,
+            b"Content-Type: message/delivery-status\r\n",
+            b"Content-Transfer-Encoding: " + status_cte.encode("ascii") + CRLF,
+            CRLF,
+            status,
+            delimiter,
+            CRLF,
+            b"Content-Type: " + attach_type.encode("ascii") + CRLF,
+            b"Content-Transfer-Encoding: " + attach_cte.encode("ascii") + CRLF,
+            CRLF,
+            attachment,
+            CRLF,
+            delimiter,
+            b"--",
+            CRLF,
+        ]
+    )
+
+
+def make_ndr_copy(
+    copy: Mapping[str, Any], ndr_message: bytes, config: Config, *, now_ms: int
+) -> dict[str, Any]:
+    """The JournalCopy of kind NDR that carries ``ndr_message`` to the copy's NDR address.
+
+    Its id is derived from the failed copy's (one NDR per copy; a re-sent duplicate has the same
+    Message-ID); its received_at is now, so its own expiry window starts when it is created."""
+    ndr_address = str(copy["ndr_address"])
+    sender = config.journal.sender
+    return {
+        "copy_id": make_ndr_copy_id(str(copy["copy_id"])),
+        "event_id": copy["event_id"],
+        "kind": "NDR",
+        "received_at": now_ms,
+        "directions": list(copy.get("directions") or []),
+        "sources": list(copy.get("sources") or []),
+        "journal_address": ndr_address,
+        "ndr_address": ndr_address,
+        "format": "COPY",
+        "original_sender": "",
+        "recipients": [],
+        "message_id": message_id_for(make_ndr_copy_id(str(copy["copy_id"])), sender),
+        "subject": copy.get("subject"),
+        "attempt": 0,
+        "not_before": 0,
+        "first_attempt_at": None,
+        "last_reply": None,
+        "original": ndr_message,
+        "about_copy_id": copy["copy_id"],
+    }

@@ -1,0 +1,300 @@
+"""The message delivery sends for a journal copy (pure: no I/O).
+
+Format ``report`` (default) is an envelope journal report in the Exchange 2007+ layout that
+archivers parse::
+
+    X-MS-Journal-Report:
+    multipart/mixed
+      text/plain       Sender: / Subject: / Message-ID: / one line per covered recipient
+      message/rfc822   the original, byte for byte
+
+Format ``copy`` is the original bytes, unaltered.
+
+The multipart body is assembled here rather than by ``email.generator``: the generator re-folds
+and may re-encode a parsed ``message/rfc822`` part, and an archive must receive exactly the bytes
+ingest accepted. The header fields are still produced by the standard library's ``email.policy``
+(folding, RFC 2047 encoding), fed only with values that were decoded and stripped of CR, LF and
+other control characters first, so nothing from the original can inject a header or a recipient
+line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from email import policy
+from email.quoprimime import body_encode
+from email.utils import format_datetime
+from typing import Any
+
+from mailjournal.addresses import domain_of
+from mailjournal.config import Config
+from mailjournal.stamp import HEADER as STAMP_HEADER
+from mailjournal.stamp import make_stamp
+
+CRLF = b"\r\n"
+# RFC 5322 §2.1.1: 998 characters per line at most, CRLF excluded
+MAX_LINE = 998
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")  # keeps TAB
+_SPACES = re.compile(r"[ \t]+")
+_MSGID_UNSAFE = re.compile(r"[^A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]")
+
+RECIPIENT_PREFIX = {"TO": "To", "CC": "Cc", "BCC": "Bcc", "RECIPIENT": "Recipient"}
+
+# The Avro enums are upper case; headers and reports show them in lower case.
+_SMTP_ASCII = policy.SMTP
+_SMTP_UTF8 = policy.SMTPUTF8
+
+
+def clean_text(value: str | None) -> str:
+    """One line of display text: surrogates from undecodable bytes made visible, CR/LF and other
+    control characters replaced by a space, runs of blanks collapsed, ends stripped."""
+    if not value:
+        return ""
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    value = _CONTROL.sub(" ", value)
+    return _SPACES.sub(" ", value).strip()
+
+
+def decode_header_text(raw: str | None) -> str:
+    """A raw header value (RFC 2047 encoded-words possibly inside) as clean display text."""
+    if not raw:
+        return ""
+    # unfold first: a folded raw value must not leave its CRLF for the header parser
+    text = clean_text(raw)
+    # a malformed encoded word: show the raw text rather than nothing
+    with contextlib.suppress(Exception):
+        text = str(policy.default.header_factory("subject", text))
+    return clean_text(text)
+
+
+def fold_header(name: str, value: str, *, utf8: bool = False) -> bytes:
+    """``Name: value`` folded and encoded by the standard library, value cleaned first."""
+    pol = _SMTP_UTF8 if utf8 else _SMTP_ASCII
+    # a header object, not a str: ``policy.fold`` passes a short str through unencoded
+    folded = pol.header_factory(name, clean_text(value)).fold(policy=pol)
+    return folded.encode("utf-8" if utf8 else "ascii")
+
+
+def simple_header(name: str, value: str) -> bytes:
+    """A header whose value we built from safe parts (ids, dates, validated addresses)."""
+    value = clean_text(value)
+    line = f"{name}: {value}" if value else f"{name}:"
+    return line.encode("utf-8") + CRLF
+
+
+def message_id_for(copy_id: str, sender: str) -> str:
+    """``<copy_id@sender-domain>``: the same copy always carries the same Message-ID, so an archive
+    recognises a duplicate send."""
+    local = _MSGID_UNSAFE.sub("_", copy_id) or "copy"
+    return f"<{local}@{domain_of(sender) or 'localhost'}>"
+
+
+def directions_text(directions: Iterable[str]) -> str:
+    return ", ".join(str(d).lower() for d in directions)
+
+
+def to_millis(value: Any) -> int:
+    """Timestamp fields decode as datetime; records built in code may hold int milliseconds."""
+    if value is None:
+        return 0
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def rfc5322_date(ms: int) -> str:
+    return format_datetime(datetime.fromtimestamp(ms / 1000, tz=UTC))
+
+
+def choose_boundary(seed: str, *contents: bytes) -> str:
+    """A deterministic boundary (same copy, same bytes) that occurs in none of ``contents``.
+
+    ``=_`` cannot appear in quoted-printable or base64 text, and the hash makes a collision with
+    the original vanishingly unlikely; the loop makes it impossible."""
+    n = 0
+    while True:
+        digest = hashlib.sha256(f"{seed}/{n}".encode()).hexdigest()[:32]
+        boundary = f"=_mailjournal_{digest}"
+        marker = b"--" + boundary.encode("ascii")
+        if not any(marker in c for c in contents):
+            return boundary
+        n += 1
+
+
+def body_transfer_encoding(data: bytes) -> str:
+    """The Content-Transfer-Encoding that truthfully describes ``data`` (RFC 2045 §2.7-2.9):
+    ``7bit`` ASCII lines, ``8bit`` with 8-bit octets, ``binary`` with NUL, bare CR/LF or lines
+    over 998 octets."""
+    if b"\x00" in data or has_bare_eol(data) or _has_long_line(data):
+        return "binary"
+    return "7bit" if data.isascii() else "8bit"
+
+
+def has_bare_eol(data: bytes) -> bool:
+    """A CR or LF that is not part of a CRLF (counting is much faster than a regex scan)."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+
+def _has_long_line(data: bytes) -> bool:
+    if len(data) <= MAX_LINE:
+        return False
+    # a line's CR belongs to its CRLF, not to the 998 characters
+    lines = data.split(b"\n")
+    return max(map(len, lines[:-1]), default=0) > MAX_LINE + 1 or len(lines[-1]) > MAX_LINE
+
+
+def text_part(lines: Iterable[str]) -> tuple[bytes, str]:
+    """(body, transfer encoding) of a text/plain; charset=utf-8 part: 7bit when ASCII, else
+    quoted-printable so the report stays 7-bit clean outside the attached original."""
+    text = "\r\n".join(lines) + "\r\n"
+    raw = text.encode("utf-8")
+    if raw.isascii():
+        return raw, "7bit"
+    encoded = body_encode(raw.decode("latin-1"), maxlinelen=76, eol="\r\n")
+    if not encoded.endswith("\r\n"):
+        encoded += "\r\n"
+    return encoded.encode("ascii"), "quoted-printable"
+
+
+def combine_encodings(*encodings: str) -> str:
+    """A multipart entity's encoding is the widest of its parts' (RFC 2045 §6.4)."""
+    order = ["7bit", "quoted-printable", "8bit", "binary"]
+    widest = max(order.index(e) for e in encodings)
+    return "7bit" if widest <= 1 else order[widest]
+
+
+def recipient_line(recipient: Mapping[str, Any]) -> str:
+    prefix = RECIPIENT_PREFIX.get(str(recipient.get("type") or "RECIPIENT"), "Recipient")
+    line = f"{prefix}: {clean_text(recipient.get('address'))}"
+    if recipient.get("expanded"):
+        line += f", Expanded: {clean_text(recipient['expanded'])}"
+    if recipient.get("forwarded"):
+        line += f", Forwarded: {clean_text(recipient['forwarded'])}"
+    return line
+
+
+def report_lines(copy: Mapping[str, Any]) -> list[str]:
+    """The envelope part of the report: Sender, Subject, Message-ID, one line per recipient."""
+    sender = clean_text(copy.get("original_sender")) or "<>"
+    lines = [
+        f"Sender: {sender}",
+        f"Subject: {decode_header_text(copy.get('subject'))}",
+        f"Message-ID: {clean_text(copy.get('message_id'))}",
+    ]
+    lines.extend(recipient_line(r) for r in copy.get("recipients") or [])
+    return lines
+
+
+def _needs_utf8_headers(*addresses: str) -> bool:
+    return not all(a.isascii() for a in addresses)
+
+
+def journal_headers(
+    copy: Mapping[str, Any],
+    config: Config,
+    *,
+    subject: str,
+    date_ms: int,
+    copy_id: str | None = None,
+    to: str | None = None,
+    from_: str | None = None,
+    auto_submitted: str = "auto-generated",
+) -> list[bytes]:
+    """The header fields our reports and NDRs share (From, To, Subject, Date, Message-ID, our
+    identification and loop-guard fields, Auto-Submitted)."""
+    copy_id = copy_id or str(copy["copy_id"])
+    sender = config.journal.sender
+    to = to or str(copy["journal_address"])
+    utf8 = _needs_utf8_headers(sender, to)
+    return [
+        simple_header("From", from_ or sender),
+        simple_header("To", to),
+        fold_header("Subject", subject, utf8=utf8),
+        simple_header("Date", rfc5322_date(date_ms)),
+        simple_header("Message-ID", message_id_for(copy_id, sender)),
+        simple_header("MIME-Version", "1.0"),
+        simple_header("Auto-Submitted", auto_submitted),
+        simple_header(STAMP_HEADER, make_stamp(copy_id, config.journal.stamp_key())),
+        simple_header("X-MailJournal-Copy-Id", copy_id),
+        simple_header("X-MailJournal-Event-Id", str(copy.get("event_id") or "")),
+        simple_header("X-MailJournal-Direction", directions_text(copy.get("directions") or [])),
+    ]
+
+
+def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
+    """The Exchange-style envelope journal report for a JOURNAL copy.
+
+    A pure function of the copy record and the configuration (the Date is the time the original
+    was received), so every attempt and every duplicate send carries the same bytes."""
+    original: bytes = bytes(copy["original"])
+    text, text_cte = text_part(report_lines(copy))
+    original_cte = body_transfer_encoding(original)
+    boundary = choose_boundary(str(copy["copy_id"]), original, text)
+    headers = journal_headers(
+        copy,
+        config,
+        subject=decode_header_text(copy.get("subject")),
+        date_ms=to_millis(copy.get("received_at")),
+    )
+    headers[6:6] = [
+        simple_header("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
+        simple_header("Content-Transfer-Encoding", combine_encodings(text_cte, original_cte)),
+        simple_header("X-MS-Journal-Report", ""),
+    ]
+    delimiter = b"--" + boundary.encode("ascii")
+    # The CRLF before each delimiter belongs to the delimiter (RFC 2046 §5.1.1): the attached
+    # part's body is exactly ``original``, whether or not it ends with a line break.
+    return b"".join(
+        [
+            *headers,
+            CRLF,
+            delimiter,
+            CRLF,
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Transfer-Encoding: " + text_cte.encode("ascii") + CRLF,
+            CRLF,
+            text,
+            delimiter,
+            CRLF,
+            b"Content-Type: message/rfc822\r\n",
+            b"Content-Transfer-Encoding: " + original_cte.encode("ascii") + CRLF,
+            CRLF,
+            original,
+            CRLF,
+            delimiter,
+            b"--",
+            CRLF,
+        ]
+    )
+
+
+def build_message(copy: Mapping[str, Any], config: Config) -> bytes:
+    """The bytes delivery sends for ``copy``: an NDR as built, a ``copy`` unaltered, else the
+    journal report."""
+    if copy.get("kind") == "NDR" or copy.get("format") == "COPY":
+        return bytes(copy["original"])
+    return build_report(copy, config)
+
+
+def envelope_sender(copy: Mapping[str, Any]) -> str:
+    """MAIL FROM: the null reverse-path for NDRs (RFC 5321 §4.5.5: no NDR about an NDR), the
+    direction's NDR address for journal copies (downstream bounces reach it)."""
+    return "" if copy.get("kind") == "NDR" else str(copy.get("ndr_address") or "")
+
+
+def header_block(message: bytes) -> bytes:
+    """The header section of ``message`` (up to and including the blank line)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        end = message.find(sep)
+        if end >= 0:
+            return message[: end + len(sep)]
+    return message if message.endswith(b"\n") else message + CRLF

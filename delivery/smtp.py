@@ -1,0 +1,340 @@
+"""SMTP client side of delivery: a pool of reused sessions to the configured smart host.
+
+Why the standard library's ``smtplib`` on threads (and not ``aiosmtplib``): the Kafka client
+(confluent-kafka) is synchronous and fastest driven from plain threads; a send spends its time
+waiting on the network, where the GIL is released, so a fixed pool of ``delivery.concurrency``
+threads, each borrowing one session, gives the bounded parallelism directly. ``smtplib`` also
+sends a bytes message unaltered apart from dot-stuffing (``aiosmtplib`` rewrites line endings
+itself) and exposes every reply, which the outcome decision and the audit trail need.
+
+Each session: connect, EHLO, STARTTLS per ``smart_host.starttls`` (``off``; ``opportunistic``:
+when offered; ``required``: or fail), the certificate verified against ``ca_file`` or the system
+store when ``tls_verify``, AUTH when a username is configured, then transactions. A session is
+reused for later messages: ``RSET`` before each reuse clears any leftover state and proves the
+connection still alive, so a connection the server dropped while idle is replaced before a
+transaction starts rather than failing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import re
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+from delivery import metrics
+from delivery.outcomes import SmtpResult
+from delivery.report import has_bare_eol
+from mailjournal.config import DeliveryConfig, SmartHostConfig
+
+log = logging.getLogger(__name__)
+
+# a server drops an idle session after its own timeout (Postfix: 300 s); renew ours before
+REUSE_TIME_LIMIT_SECONDS = 240.0
+REUSE_IDLE_LIMIT_SECONDS = 60.0
+
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+class SessionError(Exception):
+    """A session could not be set up or broke down; the attempt is temporary by nature."""
+
+    def __init__(self, stage: str, code: int | None, text: str):
+        super().__init__(f"{stage}: {code or ''} {text}".strip())
+        self.stage, self.code, self.text = stage, code, text
+
+
+def wire_bytes(data: bytes) -> bytes:
+    """SMTP DATA is CRLF lines (RFC 5321 §2.3.8): a bare CR or LF goes out as CRLF. Originals
+    accepted by ingest have none (it refuses them), so they pass unaltered."""
+    return _BARE_EOL.sub(b"\r\n", data) if has_bare_eol(data) else data
+
+
+def _decode_reply(msg: bytes | str) -> str:
+    text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else str(msg)
+    return " ".join(line.strip() for line in text.splitlines()).strip()
+
+
+def tls_context(cfg: SmartHostConfig) -> ssl.SSLContext:
+    if cfg.tls_verify:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+@dataclass
+class Session:
+    smtp: smtplib.SMTP
+    opened: float
+    last_used: float
+    sent: int = 0
+    tls: bool = False
+    features: dict[str, str] = field(default_factory=dict)
+
+    def reusable(self, now: float) -> bool:
+        return (
+            now - self.opened < REUSE_TIME_LIMIT_SECONDS
+            and now - self.last_used < REUSE_IDLE_LIMIT_SECONDS
+        )
+
+
+class SmtpClient:
+    """Thread-safe: any number of threads call :meth:`send`; each borrows an idle session or
+    opens one. The number of sessions is bounded by the number of calling threads."""
+
+    def __init__(self, cfg: DeliveryConfig, *, local_hostname: str | None = None):
+        self._cfg = cfg
+        self._host = cfg.smart_host
+        self._local_hostname = local_hostname or self._host.helo_name or socket.getfqdn()
+        self._idle: queue.LifoQueue[Session] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._open = 0
+        self._closed = False
+        self._password: str | None = None
+        if self._host.username and self._host.password_file:
+            self._password = self._host.password_file.read_text().strip()
+        self._ssl = tls_context(self._host) if self._host.starttls != "off" else None
+
+    @property
+    def address(self) -> str:
+        return f"{self._host.host}:{self._host.port}"
+
+    @property
+    def open_sessions(self) -> int:
+        return self._open
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _connect(self) -> Session:
+        cfg, host = self._cfg, self._host
+        smtp = smtplib.SMTP(
+            local_hostname=self._local_hostname, timeout=cfg.connect_timeout_seconds
+        )
+        stage = "connect"
+        try:
+            # smtplib takes the name to verify the certificate against from the constructor
+            smtp._host = host.host  # type: ignore[attr-defined]
+            try:
+                code, msg = smtp.connect(host.host, host.port)
+            except smtplib.SMTPConnectError as exc:
+                raise SessionError(
+                    "greeting", exc.smtp_code, _decode_reply(exc.smtp_error)
+                ) from None
+            if code != 220:
+                raise SessionError("greeting", code, _decode_reply(msg))
+            assert smtp.sock is not None
+            smtp.sock.settimeout(cfg.command_timeout_seconds)
+            stage = "ehlo"
+            code, msg = smtp.ehlo()
+            if code != 250:
+                raise SessionError("ehlo", code, _decode_reply(msg))
+            tls = False
+            if host.starttls != "off":
+                stage = "starttls"
+                if smtp.has_extn("starttls"):
+                    code, msg = smtp.starttls(context=self._ssl)
+                    if code != 220:
+                        raise SessionError("starttls", code, _decode_reply(msg))
+                    tls = True
+                    stage = "ehlo"
+                    code, msg = smtp.ehlo()
+                    if code != 250:
+                        raise SessionError("ehlo", code, _decode_reply(msg))
+                elif host.starttls == "required":
+                    raise SessionError(
+                        "starttls", None, "smart host does not offer STARTTLS (starttls = required)"
+                    )
+            if host.username:
+                stage = "auth"
+                if not smtp.has_extn("auth"):
+                    raise SessionError("auth", None, "smart host does not offer AUTH")
+                try:
+                    smtp.login(host.username, self._password or "")
+                except smtplib.SMTPAuthenticationError as exc:
+                    raise SessionError(
+                        "auth", exc.smtp_code, _decode_reply(exc.smtp_error)
+                    ) from None
+                except smtplib.SMTPException as exc:
+                    raise SessionError("auth", None, str(exc)) from None
+        except SessionError:
+            _quietly_close(smtp)
+            metrics.SMTP_CONNECTS.labels("error").inc()
+            raise
+        except (OSError, smtplib.SMTPException, ValueError) as exc:
+            _quietly_close(smtp)
+            metrics.SMTP_CONNECTS.labels("error").inc()
+            reply_code: int | None = getattr(exc, "smtp_code", None)
+            text = (
+                _decode_reply(getattr(exc, "smtp_error", b"")) if reply_code else _error_text(exc)
+            )
+            raise SessionError(stage, reply_code, text) from None
+        now = time.monotonic()
+        with self._lock:
+            self._open += 1
+        metrics.SMTP_CONNECTIONS.inc()
+        metrics.SMTP_CONNECTS.labels("ok").inc()
+        return Session(smtp, now, now, tls=tls, features=dict(smtp.esmtp_features))
+
+    def _discard(self, session: Session, *, quit: bool = False) -> None:
+        if quit:
+            with contextlib.suppress(Exception):
+                session.smtp.quit()
+        _quietly_close(session.smtp)
+        with self._lock:
+            self._open -= 1
+        metrics.SMTP_CONNECTIONS.dec()
+
+    def _borrow(self) -> Session:
+        """An idle session that answers RSET, or a new one."""
+        now = time.monotonic()
+        while True:
+            try:
+                session = self._idle.get_nowait()
+            except queue.Empty:
+                return self._connect()
+            if not session.reusable(now):
+                self._discard(session, quit=True)
+                continue
+            try:
+                code, _ = session.smtp.rset()
+            except (OSError, smtplib.SMTPException):
+                code = -1
+            if code == 250:
+                return session
+            self._discard(session)
+
+    def _give_back(self, session: Session) -> None:
+        session.last_used = time.monotonic()
+        if self._closed:
+            self._discard(session, quit=True)
+        else:
+            self._idle.put(session)
+
+    def close(self) -> None:
+        """QUIT every idle session (sessions in use are closed when given back)."""
+        self._closed = True
+        while True:
+            try:
+                session = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            self._discard(session, quit=True)
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def send(self, mail_from: str, rcpt: str, data: bytes) -> SmtpResult:
+        """One mail transaction. Never raises for SMTP or network trouble: the result says what
+        happened (``code`` None for errors without a reply)."""
+        try:
+            session = self._borrow()
+        except SessionError as exc:
+            return SmtpResult(exc.code, exc.text, exc.stage, self.address)
+        started = time.monotonic()
+        keep = True
+        try:
+            result = self._transaction(session, mail_from, rcpt, data)
+            if result.code is not None and result.stage in ("mail", "rcpt", "data"):
+                if result.code == 421:  # the server is closing the session
+                    keep = False
+            elif result.code is None and not result.permanent_local:
+                keep = False
+        except (OSError, smtplib.SMTPException, ValueError) as exc:
+            keep = False
+            code = getattr(exc, "smtp_code", None)
+            text = _decode_reply(getattr(exc, "smtp_error", b"")) if code else _error_text(exc)
+            result = SmtpResult(code if code and code > 0 else None, text, "data", self.address)
+        seconds = time.monotonic() - started
+        if keep:
+            session.sent += 1
+            self._give_back(session)
+        else:
+            self._discard(session)
+        metrics.SMTP_SECONDS.observe(seconds)
+        return SmtpResult(
+            result.code, result.text, result.stage, self.address, seconds, result.permanent_local
+        )
+
+    def _transaction(self, session: Session, mail_from: str, rcpt: str, data: bytes) -> SmtpResult:
+        smtp = session.smtp
+        addr = self.address
+        if any(c in s for s in (mail_from, rcpt) for c in "\r\n<>"):
+            return SmtpResult(
+                553,
+                "5.1.3 invalid characters in an envelope address",
+                "local",
+                addr,
+                permanent_local=True,
+            )
+        data = wire_bytes(data)
+        params: list[str] = []
+        if "size" in session.features:
+            limit = session.features["size"].strip()
+            if limit.isdigit() and int(limit) and len(data) > int(limit):
+                return SmtpResult(
+                    552,
+                    f"5.3.4 message of {len(data)} bytes exceeds the smart host's limit of {limit}",
+                    "local",
+                    addr,
+                    permanent_local=True,
+                )
+            params.append(f"SIZE={len(data)}")
+        if not data.isascii() and "8bitmime" in session.features:
+            params.append("BODY=8BITMIME")
+        utf8 = not (mail_from.isascii() and rcpt.isascii())
+        if utf8:
+            if "smtputf8" not in session.features:
+                return SmtpResult(
+                    553,
+                    "5.6.7 non-ASCII address and the smart host does not offer SMTPUTF8",
+                    "local",
+                    addr,
+                    permanent_local=True,
+                )
+            params.append("SMTPUTF8")
+        smtp.command_encoding = "utf-8" if utf8 else "ascii"
+        try:
+            args = f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params)
+            code, msg = smtp.docmd("MAIL", args)
+            if code != 250:
+                return SmtpResult(code, _decode_reply(msg), "mail", addr)
+            code, msg = smtp.docmd("RCPT", f"TO:<{rcpt}>")
+            if code not in (250, 251):
+                return SmtpResult(code, _decode_reply(msg), "rcpt", addr)
+            try:
+                code, msg = smtp.data(data)
+            except smtplib.SMTPDataError as exc:  # the reply to DATA itself (not 354)
+                return SmtpResult(exc.smtp_code, _decode_reply(exc.smtp_error), "data", addr)
+            return SmtpResult(code, _decode_reply(msg), "data", addr)
+        finally:
+            smtp.command_encoding = "ascii"
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out waiting for the smart host"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused by the smart host"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return (
+            f"smart host closed the connection ({exc})"
+            if str(exc)
+            else "smart host closed the connection"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _quietly_close(smtp: smtplib.SMTP) -> None:
+    with contextlib.suppress(Exception):
+        smtp.close()
