@@ -193,7 +193,13 @@ def replay(
     producer.begin_transaction()
     for entry, copy in replayable:
         key = str(copy["copy_id"]).encode()
-        producer.produce(topics.journal.name, key=key, value=encode(JOURNAL_COPY, copy))
+        # the header tells the audit this is a replay, not a second emission of the copy
+        producer.produce(
+            topics.journal.name,
+            key=key,
+            value=encode(JOURNAL_COPY, copy),
+            headers=[(MARKER_HEADER, entry.id.encode())],
+        )
         outcome = make_outcome(
             copy,
             OutcomeFields(

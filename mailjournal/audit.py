@@ -200,9 +200,12 @@ class Reconciler:
 # --- reading the topics --------------------------------------------------------------------------
 
 
+REPLAY_HEADER = "mailjournal-replay-of"  # set by `dlq replay` on a re-queued copy
+
+
 def read_window(
     cfg: Config, topic: str, since_ms: int | None, timeout: float = 30.0
-) -> Iterator[tuple[bytes | None, bytes]]:
+) -> Iterator[tuple[dict[str, bytes], bytes]]:
     """Every committed record of ``topic`` from ``since_ms`` (or the start) up to the end offsets
     as they were when the read began (a stable snapshot, so the audit terminates)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -257,7 +260,7 @@ def read_window(
             if offset is not None and offset >= ends[msg.partition()] - 1:
                 remaining.discard(msg.partition())
             if offset is not None and offset < ends[msg.partition()]:
-                yield msg.key(), msg.value() or b""
+                yield dict(msg.headers() or []), msg.value() or b""
     finally:
         consumer.close()
 
@@ -298,7 +301,7 @@ def run_audit(
     rec = Reconciler()
     topics = cfg.kafka.topics
     until = until_ms if until_ms is not None else 2**62
-    for _key, value in read_window(cfg, topics.messages.name, since_ms):
+    for _headers, value in read_window(cfg, topics.messages.name, since_ms):
         try:
             _, msg = decode_with_name(value)
         except ValueError as exc:
@@ -313,17 +316,19 @@ def run_audit(
     ]
     for topic in copy_topics:
         is_journal = topic == topics.journal.name
-        for _key, value in read_window(cfg, topic, since_ms):
+        for headers, value in read_window(cfg, topic, since_ms):
             try:
                 _, copy = decode_with_name(value)
             except ValueError:
                 continue
+            if is_journal and REPLAY_HEADER in headers:
+                continue  # a dead letter re-queued by an operator, not a second emission
             if is_journal:
                 if copy["event_id"] in rec.messages:
                     rec.add_copy(copy["copy_id"], copy["event_id"], str(copy["kind"]))
             elif str(copy["kind"]) == "NDR" and copy["copy_id"] not in rec.copies:
                 rec.add_copy(copy["copy_id"], copy["event_id"], "NDR")
-    for _key, value in read_window(cfg, topics.outcomes.name, since_ms):
+    for _headers, value in read_window(cfg, topics.outcomes.name, since_ms):
         try:
             _, out = decode_with_name(value)
         except ValueError:
