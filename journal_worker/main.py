@@ -1,0 +1,76 @@
+"""``mailjournal journal --config FILE``: run one journal worker.
+
+Exit status: 0 after SIGTERM/SIGINT (the current batch is committed first), 1 on a fatal Kafka
+error (fenced, or a transaction that could not be completed) so the supervisor restarts it,
+2 on an invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from mailjournal.config import ConfigError, load_config
+from mailjournal.logs import setup_logging
+
+log = logging.getLogger("mailjournal.journal")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("MAILJOURNAL_CONFIG"),
+        required="MAILJOURNAL_CONFIG" not in os.environ,
+        help="configuration file (TOML); default $MAILJOURNAL_CONFIG",
+    )
+    parser.add_argument(
+        "--instance-id",
+        default=None,
+        help="stable id of this replica, part of its Kafka transactional.id (a restarted "
+        "replica with the same id fences its predecessor); default $MAILJOURNAL_INSTANCE_ID, "
+        "else <host>-<pid>",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="override metrics.journal_port (0 disables the endpoint)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.logging, stage="journal")
+
+    from journal_worker.worker import FatalError, JournalWorker
+    from mailjournal.metrics import serve_metrics
+
+    worker = JournalWorker(config, instance_id=args.instance_id)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the current batch and stopping", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    port = config.metrics.journal_port if args.metrics_port is None else args.metrics_port
+    server = serve_metrics(config.metrics.host, port, worker.ready)
+    try:
+        worker.run()
+    except FatalError as exc:
+        log.error("fatal: %s; exiting so that a fresh instance takes over", exc)
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    log.info("stopped")
+    return 0

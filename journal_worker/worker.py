@@ -1,0 +1,559 @@
+"""The exactly-once loop: consume message events, decide, produce journal copies, commit.
+
+One Kafka transaction per batch (``journal.batch_max_messages`` / ``journal.batch_max_ms``)
+holds the batch's journal copies, its dead letters and the consumed offsets
+(``send_offsets_to_transaction`` with the consumer's group metadata, KIP-447). Readers with
+``isolation.level=read_committed`` therefore see each message's copies exactly once, whatever
+crashes or rebalances happen in between.
+
+Transactional id: ``<journal group>-<instance id>``. Give each replica a stable instance id
+(``--instance-id``, ``MAILJOURNAL_INSTANCE_ID``; e.g. a StatefulSet pod name) and a restarted
+replica fences its zombie and aborts its open transaction at once in ``init_transactions``.
+Without one it is ``<host>-<pid>``: stable across container restarts in a pod (pid 1), unique
+per process on a plain host. Correctness never depends on it: with the KIP-447 model the group
+coordinator refuses offsets from a member of an old generation, and a new partition owner waits
+for a pending transaction's offsets; a unique id only means a crashed process's open
+transaction holds back read_committed readers until ``transaction.timeout.ms``.
+
+Errors: a retriable ``KafkaException`` retries the call, one that requires abort aborts the
+transaction and rewinds the consumer to the batch's first offsets (= the last committed
+positions), anything else is fatal: :class:`FatalError` -> exit non-zero, the supervisor
+restarts the worker and the new instance fences the old transactional id.
+
+Directory outage: the decided prefix of the batch is committed, the partitions are rewound to
+the first undecided message and paused, and the lookup is retried with backoff while the
+consumer keeps polling (so it stays in the group); nothing after the undecided message is
+committed until it is decided.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from journal_worker import metrics
+from journal_worker.decide import Decider, Decision, Plan, journal_copy_record
+from journal_worker.directory import Directory, DirectoryUnavailable, make_directory, resolve
+from mailjournal.config import Config
+from mailjournal.kafka import make_consumer, make_producer
+from schemas import DEAD_LETTER, JOURNAL_COPY, MESSAGE_RECEIVED, SchemaError, new_event_id
+from schemas.events import now_millis
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Record = tuple[str, str | bytes | None, bytes]  # topic, key, value
+
+RETRY_DEADLINE_SECONDS = 120.0  # a retriable transactional call failing this long is fatal
+LAG_INTERVAL_SECONDS = 2.0
+
+
+class FatalError(Exception):
+    """The worker cannot go on (fatal Kafka error, fenced); exit non-zero and be restarted."""
+
+
+class _AbortRequired(Exception):
+    pass
+
+
+class _Unavailable(Exception):
+    """A message cannot be decided right now (directory or schema registry down)."""
+
+
+@dataclass
+class _Item:
+    msg: Message
+    event: dict[str, Any] | None = None
+    plan: Plan | None = None
+    poison: str | None = None  # reason, for the dead-letter topic
+
+
+def _position(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record (never None for one without error)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def default_instance_id() -> str:
+    return os.environ.get("MAILJOURNAL_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _registry_down(exc: SchemaError) -> bool:
+    """A SchemaError caused by the schema registry being unreachable (not the record's fault)."""
+    cause = exc.__cause__
+    if isinstance(cause, urllib.error.HTTPError):
+        return cause.code >= 500
+    return isinstance(cause, OSError)
+
+
+class JournalWorker:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        instance_id: str | None = None,
+        directory: Directory | None = None,
+        codec: Any = None,
+    ):
+        self.config = config
+        self.instance_id = instance_id or default_instance_id()
+        self.directory = directory if directory is not None else make_directory(config.directory)
+        if codec is None:
+            if config.kafka.schema_registry_url:
+                from schemas.registry import RegistryCodec
+
+                codec = RegistryCodec(config.kafka.schema_registry_url)
+            else:
+                import schemas.codec
+
+                codec = schemas.codec.default_codec()
+        self.codec = codec
+        self.decider = Decider(config, config.journal.stamp_key())
+        topics = config.kafka.topics
+        self.messages_topic = topics.messages.name
+        self.journal_topic = topics.journal.name
+        self.dead_letter_topic = topics.dead_letters.name
+        self.transactional_id = f"{config.kafka.journal_group}-{self.instance_id}"
+        self.batch_max = config.journal.batch_max_messages
+        self.batch_timeout = config.journal.batch_max_ms / 1000
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._in_transaction = False
+        self._lag_at = 0.0
+        self._lag_partitions: set[int] = set()
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self._stop.is_set()
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; raises :class:`FatalError` when it must not go on."""
+        self.producer = make_producer(
+            self.config, transactional_id=self.transactional_id, role="journal"
+        )
+        self.consumer = make_consumer(self.config, self.config.kafka.journal_group, role="journal")
+        try:
+            self._txn_call("init_transactions", self.producer.init_transactions, 30)
+            self.consumer.subscribe(
+                [self.messages_topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            log.info(
+                "journal worker %s consuming %s (transactional.id %s)",
+                self.instance_id,
+                self.messages_topic,
+                self.transactional_id,
+            )
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    msgs = self.consumer.consume(self.batch_max, self.batch_timeout)
+                except KafkaException as exc:  # raised by consume itself only when fatal
+                    metrics.KAFKA_ERRORS.labels("fatal").inc()
+                    raise FatalError(f"consume: {exc.args[0]}") from None
+                batch = [m for m in msgs if self._usable(m)]
+                if batch:
+                    self._process(batch)
+                self._update_lag()
+        except _AbortRequired as exc:  # only from init_transactions: nothing open to abort
+            raise FatalError(str(exc)) from None
+        finally:
+            self._ready.clear()
+            self._close()
+
+    def _close(self) -> None:
+        # an open transaction here is one a fatal error interrupted: leave it to the broker's
+        # timeout or to our successor's init_transactions, do not touch the dead producer
+        self._in_transaction = False
+        if self.consumer is not None:
+            try:
+                self.consumer.close()  # leave the group now: partitions move without a timeout
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the consumer: %s", exc)
+        if self.producer is not None:
+            # nothing of ours is pending after a commit; after a fatal error flushing would
+            # only raise again and hide the first error
+            with contextlib.suppress(KafkaException):
+                self.producer.flush(5)
+        if self.directory is not None:
+            self.directory.close()
+
+    # -- rebalance ----------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # callbacks run inside consume()/poll(), never while a batch is in its transaction; if
+        # that ever changed, abort first so no offsets of a revoked partition are committed
+        if self._in_transaction and self.producer is not None:
+            log.warning("partitions revoked during a transaction: aborting it")
+            self._abort()
+        for tp in partitions:
+            if tp.partition in self._lag_partitions:
+                self._lag_partitions.discard(tp.partition)
+                metrics.CONSUMER_LAG.remove(str(tp.partition))
+        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        metrics.KAFKA_ERRORS.labels("consumer").inc()
+        if err.fatal():
+            raise FatalError(f"consumer: {err}")
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer: %s", err)
+        return False
+
+    def _parse(self, msg: Message) -> _Item:
+        item = _Item(msg)
+        value = msg.value()
+        if value is None:
+            item.poison = "empty record (no value)"
+            return item
+        try:
+            item.event = self.codec.decode(value, MESSAGE_RECEIVED)
+        except SchemaError as exc:
+            if _registry_down(exc):
+                raise _Unavailable(str(exc)) from None
+            item.poison = f"undecodable {MESSAGE_RECEIVED}: {exc}"
+            return item
+        try:
+            item.plan = self.decider.plan(item.event)
+        except Exception as exc:  # a decodable event we cannot interpret (bad field contents)
+            log.exception("event at %s/%d@%d", msg.topic(), msg.partition(), msg.offset())
+            item.poison = f"undecidable {MESSAGE_RECEIVED}: {exc!r}"
+        return item
+
+    def _answers(self, items: Sequence[_Item]) -> tuple[int, dict[Any, list[str]]]:
+        """Directory answers for the longest decidable prefix of ``items``: (prefix length,
+        answers). The whole batch is asked in one go; only on an outage item by item."""
+        requests = [r for it in items if it.plan for r in it.plan.lookups]
+        if not requests:
+            return len(items), {}
+        assert self.directory is not None, "per-recipient journaling needs a directory"
+        try:
+            return len(items), resolve(self.directory, requests)
+        except DirectoryUnavailable as exc:
+            log.warning("directory unavailable: %s", exc)
+        answers: dict[Any, list[str]] = {}
+        for n, it in enumerate(items):
+            if not it.plan or not it.plan.lookups:
+                continue
+            try:
+                answers.update(resolve(self.directory, it.plan.lookups))
+            except DirectoryUnavailable:
+                return n, answers
+        return len(items), answers
+
+    def _process(self, batch: list[Message]) -> None:
+        items: list[_Item] = []
+        probe: Callable[[], object] | None = None
+        for msg in batch:
+            try:
+                items.append(self._parse(msg))
+            except _Unavailable as exc:
+                log.warning("cannot decode now (schema registry): %s", exc)
+                probe = functools.partial(self._parse, msg)
+                break
+        n, answers = self._answers(items)
+        if n < len(items):
+            assert self.directory is not None
+            # the first undecided message's own lookups probe for the end of the outage
+            plan = items[n].plan
+            assert plan is not None
+            probe = functools.partial(resolve, self.directory, plan.lookups)
+            items = items[:n]
+
+        if items:
+            self._transact(items, answers)
+        if probe is not None:
+            self._rewind(batch[len(items) :])
+            self._wait_out_outage(probe)
+
+    def _records_for(
+        self, item: _Item, answers: dict[Any, list[str]], tallies: _Tallies
+    ) -> list[Record]:
+        msg = item.msg
+        if item.poison is None:
+            assert item.event is not None and item.plan is not None
+            try:
+                decision = self.decider.decide(item.plan, answers)
+                out: list[Record] = [
+                    (
+                        self.journal_topic,
+                        c.copy_id,
+                        self.codec.encode(JOURNAL_COPY, journal_copy_record(item.event, c)),
+                    )
+                    for c in decision.copies
+                ]
+            except Exception as exc:  # a bug or an unencodable field: keep it, go on
+                log.exception("deciding %s/%d@%d", msg.topic(), msg.partition(), msg.offset())
+                item.poison = f"undecidable {MESSAGE_RECEIVED}: {exc!r}"
+            else:
+                tallies.add(decision)
+                self._log_decision(decision)
+                return out
+        tallies.dead_letters[_reason_class(item.poison)] += 1
+        log.error(
+            "dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), item.poison
+        )
+        event_id = str(item.event["event_id"]) if item.event else None
+        dead = {
+            "id": new_event_id(),
+            "at": now_millis(),
+            "reason": item.poison,
+            "source_topic": msg.topic(),
+            "partition": msg.partition(),
+            "offset": msg.offset(),
+            "key": msg.key(),
+            "value": msg.value() or b"",
+            "headers": {h[0]: h[1] or b"" for h in (msg.headers() or [])},
+            "copy_id": None,
+            "event_id": event_id,
+        }
+        key = msg.key() or event_id or f"{msg.topic()}/{msg.partition()}@{msg.offset()}"
+        return [(self.dead_letter_topic, key, self.codec.encode(DEAD_LETTER, dead))]
+
+    @staticmethod
+    def _log_decision(decision: Decision) -> None:
+        for bad in decision.invalid_values:
+            log.warning(
+                "event %s: %s of %s is not a valid journal address: %r (ignored)",
+                decision.event_id,
+                bad.attribute,
+                bad.address,
+                bad.value,
+            )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "event %s: %s",
+                decision.event_id,
+                decision.skip_reason
+                or ", ".join(f"{c.journal_address} ({c.copy_id})" for c in decision.copies),
+            )
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @staticmethod
+    def _classify(what: str, exc: KafkaException, deadline: float) -> None:
+        """Return when the call may be retried; raise otherwise."""
+        err = exc.args[0] if exc.args else None
+        if not isinstance(err, KafkaError) or err.fatal():
+            metrics.KAFKA_ERRORS.labels("fatal").inc()
+            raise FatalError(f"{what}: {err}") from None
+        if err.txn_requires_abort():
+            metrics.KAFKA_ERRORS.labels("abortable").inc()
+            raise _AbortRequired(f"{what}: {err}") from None
+        if err.retriable() and time.monotonic() < deadline:
+            metrics.KAFKA_ERRORS.labels("retriable").inc()
+            log.warning("%s: %s (retrying)", what, err)
+            return
+        metrics.KAFKA_ERRORS.labels("fatal").inc()
+        raise FatalError(f"{what}: {err}") from None
+
+    def _txn_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        deadline = time.monotonic() + RETRY_DEADLINE_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return fn(*args)
+            except KafkaException as exc:
+                self._classify(what, exc, deadline)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _produce(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+        assert self.producer is not None
+        deadline = time.monotonic() + RETRY_DEADLINE_SECONDS
+        while True:
+            try:
+                self.producer.produce(topic, value, key)
+                return
+            except BufferError:  # local queue full: let librdkafka send, then try again
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                self._classify("produce", exc, deadline)
+                self.producer.poll(0.1)
+
+    def _transact(self, items: list[_Item], answers: dict[Any, list[str]]) -> None:
+        """Decide ``items`` and produce their records in one transaction with their offsets.
+        Records are produced as they are decided, so librdkafka sends while Python decides."""
+        assert self.producer is not None and self.consumer is not None
+        offsets: dict[tuple[str, int], int] = {}
+        for it in items:
+            topic, partition, offset = _position(it.msg)
+            offsets[(topic, partition)] = max(offsets.get((topic, partition), -1), offset + 1)
+        tallies = _Tallies()
+        try:
+            self._txn_call("begin_transaction", self.producer.begin_transaction)
+            self._in_transaction = True
+            for item in items:
+                for topic, key, value in self._records_for(item, answers, tallies):
+                    self._produce(topic, key, value)
+            started = time.perf_counter()
+            self._txn_call(
+                "send_offsets_to_transaction",
+                self.producer.send_offsets_to_transaction,
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                self.consumer.consumer_group_metadata(),
+            )
+            self._txn_call("commit_transaction", self.producer.commit_transaction)
+            self._in_transaction = False
+            metrics.TRANSACTION_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        except _AbortRequired as exc:
+            log.warning("transaction aborted, rewinding %d messages: %s", len(items), exc)
+            self._abort()
+            self._rewind([it.msg for it in items])
+            return
+        metrics.TRANSACTIONS.labels("committed").inc()
+        metrics.BATCH_MESSAGES.observe(len(items))
+        tallies.publish()
+
+    def _abort(self) -> None:
+        assert self.producer is not None
+        try:
+            self._txn_call("abort_transaction", self.producer.abort_transaction)
+        except _AbortRequired as exc:  # abort cannot require an abort: treat as fatal
+            raise FatalError(str(exc)) from None
+        self._in_transaction = False
+        metrics.TRANSACTIONS.labels("aborted").inc()
+
+    def _rewind(self, msgs: Sequence[Message]) -> None:
+        """Seek each partition back to its first message in ``msgs``: they are consumed again."""
+        assert self.consumer is not None
+        first: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            topic, partition, offset = _position(m)
+            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+        for (topic, partition), offset in first.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                # revoked meanwhile: its new owner starts from the committed offset anyway
+                log.info("not rewinding %s/%d: %s", topic, partition, exc.args[0])
+
+    # -- directory outage ---------------------------------------------------------------------
+
+    def _wait_out_outage(self, probe: Callable[[], object]) -> None:
+        """Retry ``probe`` with backoff until it succeeds, polling the paused consumer so the
+        worker stays in its group; a message that arrives anyway is rewound, never dropped."""
+        assert self.consumer is not None
+        cfg = self.config.directory
+        delay = cfg.retry_initial_seconds
+        started = time.monotonic()
+        metrics.DIRECTORY_AVAILABLE.set(0)
+        self.consumer.pause(self.consumer.assignment())
+        try:
+            while not self._stop.is_set():
+                until = time.monotonic() + delay
+                while not self._stop.is_set() and time.monotonic() < until:
+                    msg = self.consumer.poll(min(0.5, max(0.0, until - time.monotonic())))
+                    if msg is not None and msg.error() is None:
+                        # newly assigned partitions are not paused: put the message back
+                        self.consumer.seek(TopicPartition(*_position(msg)))
+                    self.consumer.pause(self.consumer.assignment())
+                    self._update_lag(paused=True)  # the backlog growing in an outage is news
+                try:
+                    probe()
+                except (DirectoryUnavailable, _Unavailable) as exc:
+                    log.warning("still unavailable (next try in %.1fs): %s", delay, exc)
+                    delay = min(delay * 2, cfg.retry_max_seconds)
+                    continue
+                log.info("available again after %.1fs", time.monotonic() - started)
+                return
+        finally:
+            metrics.DIRECTORY_OUTAGE_SECONDS.inc(time.monotonic() - started)
+            metrics.DIRECTORY_AVAILABLE.set(1)
+            if not self._stop.is_set():
+                self.consumer.resume(self.consumer.assignment())
+
+    # -- lag ----------------------------------------------------------------------------------
+
+    def _update_lag(self, paused: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < LAG_INTERVAL_SECONDS or self.consumer is None:
+            return
+        self._lag_at = now
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.position(assignment):
+            if tp.offset < 0:
+                continue  # nothing fetched yet: position unknown
+            try:
+                # the fetches keep cached watermarks fresh, except while partitions are paused
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=not paused)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            self._lag_partitions.add(tp.partition)
+            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def _reason_class(reason: str | None) -> str:
+    return (reason or "unknown").split(" ", 1)[0]
+
+
+@dataclass
+class _Tallies:
+    """Metric increments of a batch, published only once its transaction committed."""
+
+    decided: Tally[str] = field(default_factory=Tally)
+    copies: Tally[tuple[str, str]] = field(default_factory=Tally)
+    skips: Tally[str] = field(default_factory=Tally)
+    invalid: Tally[str] = field(default_factory=Tally)
+    protected: int = 0
+    dead_letters: Tally[str] = field(default_factory=Tally)
+
+    def add(self, decision: Decision) -> None:
+        self.decided["journaled" if decision.copies else "skipped"] += 1
+        if decision.skip_reason:
+            self.skips[decision.skip_reason] += 1
+        for c in decision.copies:
+            direction = "+".join(str(d).lower() for d in c.directions)
+            source = "+".join(str(s).lower() for s in c.sources)
+            self.copies[(direction, source)] += 1
+        for bad in decision.invalid_values:
+            self.invalid[str(bad.direction).lower()] += 1
+        self.protected += len(decision.protected_recipients)
+
+    def publish(self) -> None:
+        for outcome, n in self.decided.items():
+            metrics.MESSAGES_DECIDED.labels(outcome).inc(n)
+        for (direction, source), n in self.copies.items():
+            metrics.COPIES_EMITTED.labels(direction, source).inc(n)
+        for reason, n in self.skips.items():
+            metrics.SKIPS.labels(reason).inc(n)
+        for direction, n in self.invalid.items():
+            metrics.INVALID_JOURNAL_ADDRESSES.labels(direction).inc(n)
+        if self.protected:
+            metrics.PROTECTED_RECIPIENTS.inc(self.protected)
+        for reason, n in self.dead_letters.items():
+            metrics.DEAD_LETTERS.labels(reason).inc(n)
+            metrics.MESSAGES_DECIDED.labels("dead_lettered").inc(n)
