@@ -4,6 +4,7 @@ same as the README's swaks example, for machines without swaks."""
 from __future__ import annotations
 
 import argparse
+import email.policy
 import smtplib
 import sys
 import time
@@ -40,7 +41,7 @@ def _send_one(smtp: smtplib.SMTP, sender: str, rcpt: str, subject: str) -> tuple
     code, reply = smtp.rcpt(rcpt)
     if code >= 400:
         raise smtplib.SMTPResponseException(code, f"RCPT: {reply.decode()}")
-    code, reply = smtp.data(build(sender, rcpt, subject).as_bytes())
+    code, reply = smtp.data(build(sender, rcpt, subject).as_bytes(policy=email.policy.SMTP))
     if code >= 400:
         raise smtplib.SMTPResponseException(code, f"DATA: {reply.decode()}")
     return code, reply
