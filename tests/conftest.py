@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.ingest",
     "tests.fixtures.journal",
     "tests.fixtures.delivery",
+    "tests.fixtures.pipeline",
 ]
