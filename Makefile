@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/mailjournal.example.toml
+RUN_DIR ?= var
 PYTEST_ARGS ?=
 
 .PHONY: help install sysdeps kafka-jars run test test-fast lint format typecheck bench clean
@@ -44,7 +45,7 @@ kafka-jars: install
 	$(BIN)/mailjournal kafka-local fetch
 
 run: install sysdeps kafka-jars
-	$(BIN)/mailjournal run --config $(CONFIG) --local-kafka var/kafka-local --capture var/maildir
+	$(BIN)/mailjournal run --config $(CONFIG) --local-kafka $(RUN_DIR)/kafka-local --capture $(RUN_DIR)/maildir
 
 test: install sysdeps kafka-jars
 	$(BIN)/ruff check .
@@ -65,5 +66,5 @@ bench: install sysdeps kafka-jars
 	$(BIN)/python -m bench.run_all
 
 clean:
-	-$(BIN)/mailjournal kafka-local down --dir var/kafka-local
+	-$(BIN)/mailjournal kafka-local down --dir $(RUN_DIR)/kafka-local
 	rm -rf var .pytest_cache .ruff_cache .mypy_cache
