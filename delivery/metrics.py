@@ -79,3 +79,10 @@ INFLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 COMMITS = Counter("mailjournal_delivery_commits_total", "Offset commits by result", ["result"])
+
+# series at 0 from the start, so rate()/increase() and alerts see the first event
+for _reason in ("ndr_failed", "ndr_expired", "no_ndr_address", "undecodable"):
+    DEAD_LETTERS.labels(_reason)
+for _direction in ("inbound", "outbound", "internal"):
+    for _why in ("permanent", "expired"):
+        NDRS.labels(_direction, _why)

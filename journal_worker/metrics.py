@@ -92,3 +92,8 @@ KAFKA_ERRORS = Counter(
 )
 
 DIRECTORY_AVAILABLE.set(1)
+# series at 0 from the start, so rate()/increase() and alerts see the first event
+for _reason in ("empty", "undecodable", "undecidable"):
+    DEAD_LETTERS.labels(_reason)
+for _kind in ("retriable", "abortable", "fatal", "consumer"):
+    KAFKA_ERRORS.labels(_kind)

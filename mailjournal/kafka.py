@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from mailjournal.config import Config
+from mailjournal.kafka_stats import stats_config
 
 MiB = 1024 * 1024
 # room for a record's key, headers and framing on top of its value
@@ -90,6 +91,7 @@ def producer_config(
     transactional = transactional_id is not None
     defaults: ClientConfig = {
         **_base(config, role),
+        **stats_config(role),
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "zstd",
@@ -121,6 +123,7 @@ def consumer_config(
     fetch_max = max(DEFAULT_FETCH_MAX_BYTES, topic_max_message_bytes(config))
     defaults: ClientConfig = {
         **_base(config, role),
+        **stats_config(role),
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": fetch_max,

@@ -71,6 +71,8 @@ class MetricsServer:
         self._ready = ready or (lambda: True)
         registry = _registry()
         ready_fn = self._ready
+        if registry is None:  # single process: the gauge says what /readyz says
+            READY.set_function(lambda: 1.0 if ready_fn() else 0.0)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
