@@ -45,6 +45,10 @@ def prepare_multiprocess(base: Path | None = None) -> Path:
     Must run before prometheus_client metrics are created in the workers."""
     path = Path(tempfile.mkdtemp(prefix="mailjournal-metrics-", dir=base))
     os.environ[MULTIPROC_ENV] = str(path)
+    # prometheus_client picks its value class at import, before the variable was set: re-pick
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
     return path
 
 

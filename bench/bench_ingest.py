@@ -1,0 +1,304 @@
+"""Benchmark of ingest against Postfix's smtp-sink, same machine, same run.
+
+Drives Postfix's ``smtp-source`` (20 sessions by default) at 1 KB, 10 KB, 100 KB and 1 MB against
+(a) ``smtp-sink``, the SMTP protocol limit on this machine, and (b) ``mailjournal ingest`` on a
+local real Kafka (started here with ``KafkaLocal`` unless ``--bootstrap`` is given), and prints
+accepted msgs/s, peak RSS and the ratio ingest/sink per size. Goal: ratio >= 0.5 at every size.
+
+    .venv/bin/python bench/bench_ingest.py [--workers 2] [--seconds 8] [--sizes 1024,10240]
+
+"accepted" for ingest is what its metrics count as answered 250 (after Kafka's acknowledgement);
+the run also checks that the messages topic holds at least as many records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mailjournal.kafka_local import KafkaLocal, free_ports  # noqa: E402
+
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+SENDER = "bench@example.org"
+RECIPIENT = "user@corp.example"
+DEFAULT_SIZES = (1024, 10 * 1024, 100 * 1024, 1024 * 1024)
+
+
+class RssSampler:
+    """Peak RSS of a process and its children, sampled every 50 ms."""
+
+    def __init__(self, pid: int):
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        total += p.memory_info().rss
+                self.peak = max(self.peak, total)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self.peak = 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def run_source(port: int, size: int, count: int, sessions: int, extra: list[str]) -> float:
+    cmd = [
+        SMTP_SOURCE,
+        "-s",
+        str(sessions),
+        "-m",
+        str(count),
+        "-l",
+        str(size),
+        "-f",
+        SENDER,
+        "-t",
+        RECIPIENT,
+        *extra,
+        f"127.0.0.1:{port}",
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"smtp-source failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return elapsed
+
+
+def count_for(size: int, seconds: float, rate_guess: float) -> int:
+    return max(200, int(rate_guess * seconds))
+
+
+def metric_value(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head, _, value = line.rpartition(" ")
+            if head == name or head.startswith(name + "{"):
+                total += float(value)
+    return total
+
+
+@contextlib.contextmanager
+def smtp_sink(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = [SMTP_SINK]
+    if os.geteuid() == 0:
+        cmd += ["-u", "nobody"]
+    cmd += [f"127.0.0.1:{port}", "1024"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def write_config(path: Path, bootstrap: str, port: int, metrics_port: int, topic: str) -> None:
+    path.write_text(
+        f"""
+[organization]
+accepted_domains = ["corp.example"]
+trusted_networks = ["10.0.0.0/8"]
+
+[journal.inbound]
+address = "journal-in@corp.example"
+ndr_address = "journal-ndr@corp.example"
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[kafka.topics.messages]
+name = "{topic}"
+partitions = 6
+
+[ingest]
+hostname = "bench.corp.example"
+max_connections = 2000
+max_connections_per_client = 2000
+
+[[ingest.listeners]]
+name = "mx"
+host = "127.0.0.1"
+port = {port}
+
+[metrics]
+ingest_port = {metrics_port}
+
+[logging]
+level = "WARNING"
+"""
+    )
+
+
+@contextlib.contextmanager
+def ingest_process(config: Path, workers: int, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = [sys.executable, "-m", "mailjournal", "ingest", "--config", str(config)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        wait_port(port, 60)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--bootstrap", help="use this Kafka instead of starting a local one")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=8.0, help="target duration per run")
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    ap.add_argument(
+        "--reuse", action="store_true", help="smtp-source -d: several messages per connection"
+    )
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    extra = ["-d"] if args.reuse else []
+    for tool in (SMTP_SOURCE, SMTP_SINK):
+        if not Path(tool).exists():
+            print(f"{tool} not found (Debian package postfix)", file=sys.stderr)
+            return 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    kafka: KafkaLocal | None = None
+    try:
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            kafka = KafkaLocal(workdir / "kafka", brokers=1, die_with_parent=True)
+            t0 = time.monotonic()
+            bootstrap = kafka.up()
+            print(f"kafka {bootstrap} up in {time.monotonic() - t0:.1f}s")
+        sink_port, ingest_port, metrics_port = free_ports(3)
+        topic = f"bench.messages.{os.getpid()}"
+        cfg_path = workdir / "ingest.toml"
+        write_config(cfg_path, bootstrap, ingest_port, metrics_port, topic)
+        subprocess.run(
+            [sys.executable, "-m", "mailjournal", "topics", "ensure", "--config", str(cfg_path)],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+        results: dict[int, dict[str, float]] = {}
+        with smtp_sink(sink_port) as sink:
+            sampler = RssSampler(sink.pid)
+            for size in sizes:
+                run_source(sink_port, size, 200, args.sessions, extra)  # warm-up
+                count = count_for(size, args.seconds, 4000 if size <= 10240 else 200_000_000 / size)
+                with sampler:
+                    elapsed = run_source(sink_port, size, count, args.sessions, extra)
+                results[size] = {"sink_rate": count / elapsed, "sink_rss": sampler.peak}
+                print(f"smtp-sink  {size:>8} B: {count / elapsed:8.0f} msgs/s")
+
+        with ingest_process(cfg_path, args.workers, ingest_port) as ingest:
+            sampler = RssSampler(ingest.pid)
+            # the first seconds of a fresh ingest and topic are slower (Kafka connections,
+            # partition leaders, log segments): warm up before measuring anything
+            run_source(ingest_port, 1024, 3000, args.sessions, extra)
+            for size in sizes:
+                run_source(ingest_port, size, 100, args.sessions, extra)  # warm-up
+                guess = results[size]["sink_rate"] * 0.6
+                count = count_for(size, args.seconds, guess)
+                before = metric_value(metrics_port, "mailjournal_ingest_messages_accepted_total")
+                with sampler:
+                    elapsed = run_source(ingest_port, size, count, args.sessions, extra)
+                accepted = (
+                    metric_value(metrics_port, "mailjournal_ingest_messages_accepted_total")
+                    - before
+                )
+                if accepted < count:
+                    print(f"  warning: {count} sent, {accepted:.0f} accepted", file=sys.stderr)
+                rate = accepted / elapsed
+                results[size].update(ingest_rate=rate, ingest_rss=sampler.peak)
+                print(f"ingest     {size:>8} B: {rate:8.0f} msgs/s")
+
+        print()
+        print(
+            f"smtp-source -s {args.sessions}{' -d' if args.reuse else ''}; ingest --workers "
+            f"{args.workers}; Kafka {bootstrap}"
+        )
+        print(
+            f"{'size':>9} | {'smtp-sink msgs/s':>16} | {'ingest msgs/s':>13} | {'ratio':>6} | "
+            f"{'sink peak RSS':>13} | {'ingest peak RSS':>15}"
+        )
+        ok = True
+        for size in sizes:
+            r = results[size]
+            ratio = r["ingest_rate"] / r["sink_rate"]
+            ok = ok and ratio >= 0.5
+            print(
+                f"{_human(size):>9} | {r['sink_rate']:16.0f} | {r['ingest_rate']:13.0f} | "
+                f"{ratio:6.2f} | {r['sink_rss'] / 2**20:10.1f} MB | "
+                f"{r['ingest_rss'] / 2**20:12.1f} MB"
+            )
+        print(f"goal ingest >= 0.5 x smtp-sink at every size: {'met' if ok else 'NOT met'}")
+        return 0
+    finally:
+        if kafka is not None:
+            kafka.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _human(size: int) -> str:
+    if size >= 2**20:
+        return f"{size // 2**20} MB"
+    if size >= 1024:
+        return f"{size // 1024} KB"
+    return f"{size} B"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

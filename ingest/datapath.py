@@ -1,0 +1,284 @@
+"""The DATA phase, read in bulk instead of line by line.
+
+aiosmtpd reads DATA one line at a time in Python, which caps it at a few hundred 100 KB messages a
+second. Here the bytes are taken from the stream as they come and the work is done by C-speed
+searches over the buffer:
+
+- the end of data is the exact sequence ``<CRLF>.<CRLF>``; the CRLF of the DATA command counts as
+  the first one, so an empty message (``.<CRLF>`` right away) ends too. Nothing else ends DATA:
+  not ``<LF>.<LF>``, ``<CR>.<CR>``, ``<LF>.<CRLF>`` nor ``<CRLF>.<LF>`` (SMTP smuggling,
+  CVE-2023-51764 class), so one DATA is always at most one message;
+- dot-unstuffing (RFC 5321 4.5.2) removes the first character of every line that starts with a
+  period, as one ``replace`` over the message, and only when the search saw such a line;
+- one regular expression finds, at every LF, a line that starts with "." (the terminator or a
+  stuffed line), is too long, or ends with a bare LF; a second one finds a bare CR. With
+  ``bare_newline = "reject"`` the message is refused after the terminator (``550 5.6.0``); with
+  ``"normalize"`` (Postfix's ``smtpd_forbid_bare_newline = normalize``) every bare CR and bare LF
+  becomes CRLF in the stored message; dot-unstuffing then applies only to lines that began after
+  a real CRLF, and the end of data still needs the exact ``<CRLF>.<CRLF>``;
+- size and line length are enforced while reading; once a limit is crossed the rest is read and
+  discarded up to the terminator, so memory stays bounded, and the refusal comes after it.
+
+:class:`DataParser` is pure (feed it chunks, however split); :func:`read_data` drives it from an
+``asyncio.StreamReader`` and hands bytes that follow the terminator (pipelined commands) back to
+the reader for the command loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import re
+import sys
+from collections.abc import Callable
+
+# a line starting with "."; the terminator and dot-stuffed lines are among them
+_DOT_LINE = re.compile(rb"\n\.")
+# a CR not followed by LF (within a region that ends with a LF)
+_BARE_CR = re.compile(rb"\r[^\n]")
+_NEWLINES = re.compile(rb"\r\n|\r|\n")
+# the whole read buffer at once: the reader is then empty, so bytes after the terminator can be
+# handed back with feed_data() in their original order
+_READ_ALL = sys.maxsize
+
+
+class DataStatus(enum.Enum):
+    OK = "ok"
+    TOO_BIG = "too_big"
+    LINE_TOO_LONG = "line_too_long"
+    BARE_NEWLINE = "bare_newline"
+    NO_MEMORY = "no_memory"  # the in-flight byte budget refused more
+
+
+@functools.lru_cache(maxsize=8)
+def _line_scanner(max_line_length: int) -> re.Pattern[bytes]:
+    """At a LF: the next line starts with "." (group 1: the terminator or a stuffed line), or
+    has more than ``max_line_length`` octets before its LF, or its LF has no CR before it (a
+    bare LF). One pass over the data; a clean line never matches."""
+    return re.compile(rb"\n(?:(\.)|[^\n]{0,%d}+(?:[^\n]|(?<!\r)\n))" % max_line_length)
+
+
+class DataParser:
+    """Incremental DATA reader. ``feed()`` chunks until it returns the bytes after the
+    terminator (possibly ``b""``); then :attr:`status` and :attr:`message` hold the result.
+
+    Clean data costs two regular-expression passes: one for dot lines, long lines and bare LFs,
+    one for bare CRs. Once a limit is crossed, only the terminator is searched for."""
+
+    __slots__ = (
+        "_bare",
+        "_buf",
+        "_cr_checked",
+        "_pos",
+        "_scanner",
+        "_stuffed",
+        "bare_newline",
+        "done",
+        "max_line_length",
+        "max_size",
+        "message",
+        "reserve",
+        "reserved",
+        "status",
+        "wire_bytes",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        max_line_length: int = 1000,
+        bare_newline: str = "reject",
+        reserve: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.max_size = max_size
+        # a line may carry max_line_length octets with its CRLF, plus a transparency dot
+        self.max_line_length = max_line_length
+        self._scanner = _line_scanner(max_line_length)
+        if bare_newline not in ("reject", "normalize"):
+            raise ValueError(f"bare_newline must be 'reject' or 'normalize', not {bare_newline!r}")
+        self.bare_newline = bare_newline
+        self.reserve = reserve
+        self.reserved = 0  # bytes taken from the in-flight budget
+        self.wire_bytes = 0
+        self.status = DataStatus.OK
+        self.message: bytes | None = None
+        self.done = False
+        # the CRLF that ended the DATA command line starts the buffer, so the terminator and a
+        # stuffed first line look like any other line start
+        self._buf = bytearray(b"\r\n")
+        self._pos = 1  # a LF: lines starting after it are not yet checked
+        self._cr_checked = 2  # start of the region not yet checked for a bare CR
+        self._stuffed = False
+        self._bare = False
+
+    @property
+    def discarding(self) -> bool:
+        return self.status is not DataStatus.OK
+
+    def _fail(self, status: DataStatus) -> None:
+        if self.status is DataStatus.OK:
+            self.status = status
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """Consume ``chunk``; returns None while the terminator has not been seen, else the bytes
+        that followed it (to be processed as commands)."""
+        if self.done:
+            raise RuntimeError("DATA already complete")
+        self.wire_bytes += len(chunk)
+        if self.status is DataStatus.OK and self.reserve is not None and chunk:
+            if self.reserve(len(chunk)):
+                self.reserved += len(chunk)
+            else:
+                self._fail(DataStatus.NO_MEMORY)
+        buf = self._buf
+        buf += chunk
+        if self.status is DataStatus.OK:
+            end = self._check()
+            if end is not None:
+                return self._done(end)
+            if len(buf) - 2 - 3 > self.max_size:  # a partial terminator is not content
+                self._fail(DataStatus.TOO_BIG)
+        if self.status is not DataStatus.OK:
+            end = self._find_terminator()
+            if end is not None:
+                return self._done(end)
+            # keep only what the terminator search still needs (and the byte before it)
+            keep_from = max(0, self._pos - 1)
+            del buf[:keep_from]
+            self._pos -= keep_from
+        return None
+
+    def _done(self, end: int) -> bytes:
+        """The terminator's LF is at ``end + 2``: the message is buf[2:end]."""
+        leftover = bytes(self._buf[end + 3 :])
+        self._finish(end)
+        return leftover
+
+    def _check(self) -> int | None:
+        """Scan the new complete lines; returns where the message ends once the terminator is
+        in, else None (and sets :attr:`status` when a check fails)."""
+        buf = self._buf
+        pos = self._pos
+        search = self._scanner.search
+        while True:
+            m = search(buf, pos)
+            if m is None:
+                break
+            i = m.start()  # buf[i] is a LF
+            if m.group(1) is not None:  # a line starting with "."
+                if len(buf) < i + 4:  # the terminator? the next chunk will tell
+                    self._pos = i
+                    return None
+                if buf[i - 1] == 13:
+                    if buf[i + 2] == 13 and buf[i + 3] == 10:
+                        self._check_cr(i + 1)
+                        return i + 1
+                    self._stuffed = True  # dot-stuffed (or a sloppy single dot)
+                # the dot line itself is a line like any other
+                line = _line_scanner_no_dot(self.max_line_length).match(buf, i)
+                if line is None:
+                    if buf.find(b"\n", i + 1) < 0:  # not complete yet: check it next time
+                        self._pos = i
+                        return None
+                    pos = i + 1
+                    continue
+                m = line
+            if buf[m.end() - 1] != 10:
+                self._fail(DataStatus.LINE_TOO_LONG)
+                self._pos = i
+                return None
+            # a bare LF ends the line
+            self._bare = True
+            if self.bare_newline == "reject":
+                self._fail(DataStatus.BARE_NEWLINE)
+                self._pos = i
+                return None
+            pos = m.end() - 1
+        last_lf = buf.rfind(b"\n", pos)
+        if last_lf >= 0:
+            self._check_cr(last_lf + 1)
+            pos = last_lf
+        # the unfinished last line is scanned again with the next chunk (a line already too long
+        # has matched above)
+        self._pos = pos
+        return None
+
+    def _check_cr(self, end: int) -> None:
+        """Bare CR check for buf[_cr_checked:end], a region after a LF and ending with one (bare
+        LFs are the scanner's)."""
+        start = self._cr_checked
+        if end <= start:
+            return
+        self._cr_checked = end
+        if self._bare:
+            return
+        if _BARE_CR.search(self._buf, start, end) is not None:
+            self._bare = True
+            if self.bare_newline == "reject":
+                self._fail(DataStatus.BARE_NEWLINE)
+
+    def _find_terminator(self) -> int | None:
+        buf = self._buf
+        pos = self._pos
+        search = _DOT_LINE.search
+        while True:
+            m = search(buf, pos)
+            if m is None:
+                self._pos = max(pos, len(buf) - 1)
+                return None
+            i = m.start()
+            if len(buf) < i + 4:
+                self._pos = i
+                return None
+            if i > 0 and buf[i - 1] == 13 and buf[i + 2] == 13 and buf[i + 3] == 10:
+                return i + 1
+            pos = i + 1
+
+    def _finish(self, end: int) -> None:
+        """buf[2:end] is the message as sent (dot-stuffed)."""
+        self.done = True
+        buf = self._buf
+        if self.status is DataStatus.OK and end - 2 > self.max_size:
+            self._fail(DataStatus.TOO_BIG)
+        if self.status is not DataStatus.OK:
+            self._buf = bytearray()
+            return
+        if self._stuffed:
+            # buf starts with the virtual CRLF, so a stuffed first line is unstuffed too
+            data = bytes(memoryview(buf)[:end]).replace(b"\r\n.", b"\r\n")[2:]
+        else:
+            data = bytes(memoryview(buf)[2:end])
+        self._buf = bytearray()
+        if self._bare:  # only reachable in "normalize" mode
+            data = _NEWLINES.sub(b"\r\n", data)
+        self.message = data
+
+
+@functools.lru_cache(maxsize=8)
+def _line_scanner_no_dot(max_line_length: int) -> re.Pattern[bytes]:
+    """:func:`_line_scanner` for a line known to start with ".": long line or bare LF only."""
+    return re.compile(rb"\n[^\n]{0,%d}+(?:[^\n]|(?<!\r)\n)" % max_line_length)
+
+
+async def read_data(
+    reader: asyncio.StreamReader,
+    parser: DataParser,
+    on_progress: Callable[[], None] | None = None,
+) -> None:
+    """Feed ``parser`` from ``reader`` until the terminator; raise ConnectionError on EOF.
+
+    ``on_progress`` runs after every chunk (to re-arm the data timeout)."""
+    while True:
+        chunk = await reader.read(_READ_ALL)
+        if not chunk:
+            raise ConnectionResetError("connection closed during DATA")
+        if on_progress is not None:
+            on_progress()
+        leftover = parser.feed(chunk)
+        if leftover is not None:
+            if leftover and not reader.at_eof():
+                # synchronous with the read above: nothing can have arrived in between
+                reader.feed_data(leftover)
+            return
