@@ -10,4 +10,6 @@ pytest_plugins = [
     "tests.fixtures.journal",
     "tests.fixtures.delivery",
     "tests.fixtures.pipeline",
+    "tests.fixtures.faults",
+    "tests.fixtures.postfix",
 ]
