@@ -27,7 +27,7 @@ from tests.fixtures.journal import (
     wait_decided,
     wait_until,
     with_overrides,
-    write_config,
+    write_config_file,
 )
 from tests.fixtures.kafka import consume_all
 
@@ -90,7 +90,7 @@ def test_kill_9_mid_batch_then_restart_is_exactly_once(
     kafka_config: Config, tmp_path: Path, worker_processes: StartWorker
 ) -> None:
     config = eo_config(kafka_config)
-    path = write_config(tmp_path / "journal.toml", config)
+    path = write_config_file(config, tmp_path / "journal.toml")
     evs = events(8000)
     produce_events(config, evs)
     expected = expected_ids(config, evs)
@@ -125,7 +125,7 @@ def test_two_workers_with_rebalances_is_exactly_once(
     kafka_config: Config, tmp_path: Path, worker_processes: StartWorker
 ) -> None:
     config = eo_config(kafka_config)
-    path = write_config(tmp_path / "journal.toml", config)
+    path = write_config_file(config, tmp_path / "journal.toml")
     first, second, third = events(3000), events(3000), events(2000)
     expected = expected_ids(config, first + second + third)
 
@@ -156,7 +156,7 @@ def test_a_second_instance_with_the_same_id_fences_the_first(
     """Zombie fencing: a replacement with the same instance id takes over the transactional id;
     the old process gets a fatal error on its next transaction and exits non-zero."""
     config = eo_config(kafka_config)
-    path = write_config(tmp_path / "journal.toml", config)
+    path = write_config_file(config, tmp_path / "journal.toml")
     evs = events(8000)
     produce_events(config, evs)
     old = worker_processes(path, "same")
