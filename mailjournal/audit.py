@@ -160,8 +160,8 @@ class Reconciler:
                 )
             if copy.emitted == 0 and copy.kind == "JOURNAL":
                 continue  # counted above
-            msg = self.messages.get(copy.event_id)
-            received = msg.received_at if msg else copy.last_at
+            owner = self.messages.get(copy.event_id)
+            received = owner.received_at if owner else copy.last_at
             status = copy.status
             if status is None:
                 if now_ms - received > grace_ms:
@@ -251,16 +251,23 @@ def read_window(
                     raise TimeoutError(f"audit: no progress reading {topic} for {timeout:.0f} s")
                 continue
             idle_deadline = time.monotonic() + timeout
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(msg.partition())
+            err = msg.error()
+            partition = msg.partition()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF and partition is not None:
+                    remaining.discard(partition)
                     continue
-                raise RuntimeError(f"reading {topic}: {msg.error()}")
+                raise RuntimeError(f"reading {topic}: {err}")
             offset = msg.offset()
-            if offset is not None and offset >= ends[msg.partition()] - 1:
-                remaining.discard(msg.partition())
-            if offset is not None and offset < ends[msg.partition()]:
-                yield dict(msg.headers() or []), msg.value() or b""
+            if offset is None or partition is None:
+                continue
+            if offset >= ends[partition] - 1:
+                remaining.discard(partition)
+            if offset < ends[partition]:
+                raw = msg.headers() or []
+                pairs = raw.items() if isinstance(raw, dict) else raw
+                headers = {k: v for k, v in pairs if isinstance(v, bytes)}
+                yield headers, msg.value() or b""
     finally:
         consumer.close()
 

@@ -244,6 +244,7 @@ def _default_topics() -> dict[str, TopicConfig]:
         "retry": TopicConfig(name="mailjournal.journal.retry", retention_ms=7 * day),
         "outcomes": TopicConfig(name="mailjournal.outcomes", retention_ms=30 * day, compact=True),
         "dead_letters": TopicConfig(name="mailjournal.dead-letters", retention_ms=-1),
+        "relay_retry": TopicConfig(name="mailjournal.relay.retry", retention_ms=7 * day),
     }
 
 
@@ -254,6 +255,9 @@ class TopicsConfig(Strict):
     """Base of the retry tiers: delivery uses one topic per delay, named ``<name>.<i>``."""
     outcomes: TopicConfig = _default_topics()["outcomes"]
     dead_letters: TopicConfig = _default_topics()["dead_letters"]
+    relay_retry: TopicConfig = _default_topics()["relay_retry"]
+    """Base of the relay's retry tiers (``<name>.<i>``, one per ``relay.retry_delays_seconds``);
+    created only when a listener relays."""
 
     @model_validator(mode="before")
     @classmethod
@@ -295,6 +299,8 @@ class KafkaConfig(Strict):
     # consumer groups of the stages
     journal_group: str = "mailjournal-journal"
     delivery_group: str = "mailjournal-delivery"
+    relay_group: str = "mailjournal-relay"
+    """Consumer group of the relay on the messages topic (fan-out: it never waits for journaling)."""
 
 
 class ListenerConfig(Strict):
@@ -310,6 +316,9 @@ class ListenerConfig(Strict):
     credentials_file: Path | None = None
     proxy_protocol: bool = False
     """Expect a PROXY v1/v2 header (behind a TCP load balancer)."""
+    relay: bool = False
+    """Inline mode: ingest's 250 takes responsibility for the original, and the relay forwards
+    every message accepted here to its next hop (see [relay]). Off for pure journaling feeds."""
 
     @model_validator(mode="after")
     def _tls(self) -> ListenerConfig:
@@ -375,12 +384,57 @@ class DeliveryConfig(Strict):
     reporting_mta: str = "localhost"
 
 
+class NextHopConfig(SmartHostConfig):
+    """A next hop of the relay: an SMTP server, or ``mx = true`` for a DNS MX lookup of each
+    recipient's domain (``host`` is then ignored)."""
+
+    mx: bool = False
+    """Look up the recipient domain's MX records (A/AAAA fallback, RFC 5321 5.1)."""
+
+
+class RelayConfig(Strict):
+    """Inline mode: where originals accepted on listeners with ``relay = true`` go next, and
+    how their failures are reported to the original sender (RFC 3461/3464)."""
+
+    inbound: NextHopConfig | None = None
+    """Next hop for internal recipients (the internal mail servers)."""
+    outbound: NextHopConfig | None = None
+    """Next hop for external recipients (a smart host, or ``mx = true``)."""
+    domains: dict[Domain, NextHopConfig] = {}
+    """Per recipient domain next hops; they win over inbound/outbound."""
+    concurrency: int = Field(default=16, ge=1)
+    """Parallel SMTP sessions of the relay worker."""
+    max_inflight: int = Field(default=256, ge=1)
+    retry_delays_seconds: list[float] = Field(
+        default=[60, 300, 900, 1800, 3600, 7200], min_length=1
+    )
+    """One retry topic per delay (``<topics.relay_retry.name>.<i>``), as in delivery."""
+    expiry_seconds: float = Field(default=5 * 24 * 3600, gt=0)
+    """Give up (failure DSN to the sender) after this long; Postfix's maximal_queue_lifetime."""
+    reporting_mta: str | None = None
+    """Reporting-MTA of DSNs to senders; defaults to delivery.reporting_mta."""
+    dsn_from: Mailbox = "MAILER-DAEMON@localhost.localdomain"
+    """From: header of DSNs to senders (their envelope sender is always <>)."""
+    delay_dsn: bool = False
+    """Send one delay DSN (Action: delayed) to senders who asked for NOTIFY=DELAY."""
+    delay_dsn_after_seconds: float = Field(default=4 * 3600, gt=0)
+    dsn_attach_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    """RET=FULL returns the whole original up to this size, headers only above."""
+    add_received: bool = True
+    """Prepend a Received: trace header when relaying (RFC 5321 4.4); it counts hops."""
+    max_received_headers: int = Field(default=50, ge=2)
+    """Loop limit: a message arriving on a relay listener with more Received: headers is
+    refused with 554 5.4.6 (Postfix's hopcount_limit)."""
+    dns_timeout_seconds: float = Field(default=10, gt=0)
+
+
 class MetricsConfig(Strict):
     host: str = "127.0.0.1"
     ingest_port: int = Field(default=9101, ge=0, le=65535)
     """0 = disabled."""
     journal_port: int = Field(default=9102, ge=0, le=65535)
     delivery_port: int = Field(default=9103, ge=0, le=65535)
+    relay_port: int = Field(default=9104, ge=0, le=65535)
 
 
 class LoggingConfig(Strict):
@@ -395,6 +449,7 @@ class Config(Strict):
     kafka: KafkaConfig = KafkaConfig()
     ingest: IngestConfig = IngestConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    relay: RelayConfig = RelayConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -409,7 +464,22 @@ class Config(Strict):
                 "directory.backend must be 'file' or 'ldap' when a journal.*.recipient_attribute "
                 "is set (per-recipient journaling reads the directory)"
             )
+        if self.relays:
+            missing = [d for d in ("inbound", "outbound") if getattr(self.relay, d) is None]
+            if missing:
+                raise ValueError(
+                    "relay." + " and relay.".join(missing) + " must be set when a listener has "
+                    "relay = true (every original needs a next hop)"
+                )
         return self
+
+    @property
+    def relays(self) -> bool:
+        """True when some listener is inline: the relay stage must run."""
+        return any(lst.relay for lst in self.ingest.listeners)
+
+    def relay_listeners(self) -> set[str]:
+        return {lst.name for lst in self.ingest.listeners if lst.relay}
 
 
 class ConfigError(Exception):

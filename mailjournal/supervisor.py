@@ -17,8 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from mailjournal.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
+    from mailjournal.kafka_local import KafkaLocal
 
 log = logging.getLogger("mailjournal.run")
 
@@ -125,8 +131,8 @@ class Supervisor:
         self.config_path = Path(args.config).resolve()
         self.children: list[Child] = []
         self.stopping = False
-        self.kafka_local = None
-        self.mock_holder = None
+        self.kafka_local: KafkaLocal | None = None
+        self.mock_holder: Producer | None = None
         self.env = dict(os.environ)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -149,8 +155,9 @@ class Supervisor:
             from mailjournal.kafka_local import KafkaLocal
 
             port = _bootstrap_port(self.cfg.kafka.bootstrap_servers)
-            self.kafka_local = KafkaLocal(Path(self.args.local_kafka), brokers=1, base_port=port)
-            bootstrap = self.kafka_local.up()
+            local = KafkaLocal(Path(self.args.local_kafka), brokers=1, base_port=port)
+            self.kafka_local = local
+            bootstrap = local.up()
             log.info("local Kafka at %s", bootstrap)
         else:
             return

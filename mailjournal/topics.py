@@ -68,6 +68,11 @@ def retry_topic_name(config: Config, tier: int) -> str:
     return f"{config.kafka.topics.retry.name}.{tier}"
 
 
+def relay_retry_topic_name(config: Config, tier: int) -> str:
+    """Topic of the relay's retry tier ``tier`` (delay ``relay.retry_delays_seconds[tier]``)."""
+    return f"{config.kafka.topics.relay_retry.name}.{tier}"
+
+
 def topic_specs(config: Config) -> list[TopicSpec]:
     max_bytes = str(topic_max_message_bytes(config))
     specs = []
@@ -76,6 +81,11 @@ def topic_specs(config: Config) -> list[TopicSpec]:
     retry = topics.pop("retry")
     for i in range(len(config.delivery.retry_delays_seconds)):
         topics[f"retry.{i}"] = retry.model_copy(update={"name": retry_topic_name(config, i)})
+    if config.relays:  # the relay's own retry tiers, only when some listener is inline
+        relay = config.kafka.topics.relay_retry
+        for i in range(len(config.relay.retry_delays_seconds)):
+            name = relay_retry_topic_name(config, i)
+            topics[f"relay_retry.{i}"] = relay.model_copy(update={"name": name})
     for key, t in topics.items():
         specs.append(
             TopicSpec(
