@@ -6,9 +6,11 @@ import json
 import random
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource
 
 from mailjournal import cli
@@ -129,7 +131,19 @@ def test_three_brokers_replicate_and_survive_one_loss(tmp_path: Path) -> None:
         md = admin.list_topics(topic, timeout=10).topics[topic]
         assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in md.partitions.values())
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-        configs = admin.describe_configs([resource])[resource].result(timeout=10)
+        # a new topic's metadata reaches every broker of a cluster a moment after creation
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                configs = admin.describe_configs([resource])[resource].result(timeout=10)
+                break
+            except KafkaException as exc:
+                if (
+                    exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART
+                    or time.monotonic() > deadline
+                ):
+                    raise
+                time.sleep(0.5)
         assert configs["min.insync.replicas"].value == "2"
 
         # one node down: acks=all still succeeds with 2 in-sync replicas
