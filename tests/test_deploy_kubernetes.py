@@ -33,19 +33,24 @@ def test_deployments_run_real_commands_with_probes_on_the_metrics_port() -> None
         "ingest": cfg.metrics.ingest_port,
         "journal": cfg.metrics.journal_port,
         "deliver": cfg.metrics.delivery_port,
+        "audit": 9104,
     }
     deployments = [d for d in documents() if d["kind"] == "Deployment"]
     assert {d["metadata"]["name"] for d in deployments} == {
         "mailjournal-ingest",
         "mailjournal-journal",
         "mailjournal-delivery",
+        "mailjournal-audit",
     }
     for dep in deployments:
         pod = dep["spec"]["template"]
         (container,) = pod["spec"]["containers"]
         command = container["args"][0]
         assert command in COMMANDS
-        assert container["args"][1:] == ["--config", "/etc/mailjournal/mailjournal.toml"]
+        assert container["args"][1:3] == ["--config", "/etc/mailjournal/mailjournal.toml"]
+        if command == "audit":
+            args = container["args"]
+            assert args[args.index("--metrics-port") + 1] == str(ports["audit"])
         metrics = next(p for p in container["ports"] if p["name"] == "metrics")
         assert metrics["containerPort"] == ports[command]
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports[command])
@@ -84,3 +89,37 @@ def test_lag_autoscalers_watch_the_stage_groups_and_topics() -> None:
         assert trigger["bootstrapServers"] == cfg.kafka.bootstrap_servers
         # more consumers than partitions would sit idle
         assert scaled[name]["spec"]["maxReplicaCount"] <= topic.partitions
+
+
+def test_manifests_are_valid_kubernetes_objects() -> None:
+    import kubernetes_validate
+
+    for doc in documents():
+        if doc["apiVersion"].startswith(("keda.sh/", "kustomize.config.k8s.io/")):
+            continue  # not core Kubernetes: the autoscalers are checked field by field above
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+
+
+def test_tls_sasl_overlay_patches_every_stage_container_and_parses() -> None:
+    overlay = K8S / "overlays" / "kafka-tls-sasl"
+    kust = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["../.."]
+    (patch_ref,) = kust["patches"]
+    patch = yaml.safe_load((overlay / patch_ref["path"]).read_text())
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    # strategic merge matches containers by name: the patch must name the base's container
+    for dep in (d for d in documents() if d["kind"] == "Deployment"):
+        assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == [
+            container["name"]
+        ]
+        assert patch_ref["target"]["labelSelector"] == "app.kubernetes.io/name=mailjournal"
+        assert dep["metadata"]["labels"]["app.kubernetes.io/name"] == "mailjournal"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # what the kubelet hands the process after expanding $(KAFKA_PASSWORD)
+    environ = {k: v.replace("$(KAFKA_PASSWORD)", "s3cret") for k, v in env.items() if v is not None}
+    cfg = load_config(K8S / "mailjournal.toml", environ=environ)
+    assert cfg.kafka.bootstrap_servers.count(":9093") == 3
+    assert cfg.kafka.properties["security.protocol"] == "SASL_SSL"
+    assert cfg.kafka.properties["sasl.password"] == "s3cret"
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(str(cfg.kafka.properties["ssl.ca.location"])).parent) in mounted
