@@ -8,7 +8,7 @@ CONFIG ?= config/mailjournal.example.toml
 RUN_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: help install sysdeps kafka-jars run test test-fast lint format typecheck bench clean
+.PHONY: help install sysdeps kafka-jars run test lint format bench bench-quick bench-paced clean
 
 help:
 	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
@@ -63,7 +63,16 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install sysdeps kafka-jars
-	$(BIN)/python -m bench.run_all
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
+
+bench-quick: install sysdeps kafka-jars
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.run_all --quick
+
+bench-paced: install sysdeps kafka-jars
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.paced
 
 clean:
 	-$(BIN)/mailjournal kafka-local down --dir $(RUN_DIR)/kafka-local

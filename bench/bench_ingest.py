@@ -21,121 +21,26 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    DEFAULT_SIZES,
+    SMTP_SINK,
+    SMTP_SOURCE,
+    ProcSampler,
+    count_for,
+    metric_value,
+    run_source,
+    smtp_sink,
+    wait_port,
+)
+from bench.common import human as _human  # noqa: E402
 from mailjournal.kafka_local import KafkaLocal, free_ports  # noqa: E402
-
-SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-SENDER = "bench@example.org"
-RECIPIENT = "user@corp.example"
-DEFAULT_SIZES = (1024, 10 * 1024, 100 * 1024, 1024 * 1024)
-
-
-class RssSampler:
-    """Peak RSS of a process and its children, sampled every 50 ms."""
-
-    def __init__(self, pid: int):
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                procs = [self.proc, *self.proc.children(recursive=True)]
-                total = 0
-                for p in procs:
-                    with contextlib.suppress(psutil.Error):
-                        total += p.memory_info().rss
-                self.peak = max(self.peak, total)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> RssSampler:
-        self.peak = 0
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-def run_source(port: int, size: int, count: int, sessions: int, extra: list[str]) -> float:
-    cmd = [
-        SMTP_SOURCE,
-        "-s",
-        str(sessions),
-        "-m",
-        str(count),
-        "-l",
-        str(size),
-        "-f",
-        SENDER,
-        "-t",
-        RECIPIENT,
-        *extra,
-        f"127.0.0.1:{port}",
-    ]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"smtp-source failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return elapsed
-
-
-def count_for(size: int, seconds: float, rate_guess: float) -> int:
-    return max(200, int(rate_guess * seconds))
-
-
-def metric_value(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, _, value = line.rpartition(" ")
-            if head == name or head.startswith(name + "{"):
-                total += float(value)
-    return total
-
-
-@contextlib.contextmanager
-def smtp_sink(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [SMTP_SINK]
-    if os.geteuid() == 0:
-        cmd += ["-u", "nobody"]
-    cmd += [f"127.0.0.1:{port}", "1024"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_port(port)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def write_config(path: Path, bootstrap: str, port: int, metrics_port: int, topic: str) -> None:
@@ -234,17 +139,22 @@ def main() -> int:
 
         results: dict[int, dict[str, float]] = {}
         with smtp_sink(sink_port) as sink:
-            sampler = RssSampler(sink.pid)
+            sampler = ProcSampler()
+            sampler.add("sink", sink.pid)
             for size in sizes:
                 run_source(sink_port, size, 200, args.sessions, extra)  # warm-up
                 count = count_for(size, args.seconds, 4000 if size <= 10240 else 200_000_000 / size)
                 with sampler:
                     elapsed = run_source(sink_port, size, count, args.sessions, extra)
-                results[size] = {"sink_rate": count / elapsed, "sink_rss": sampler.peak}
+                results[size] = {
+                    "sink_rate": count / elapsed,
+                    "sink_rss": sampler.groups["sink"].peak_rss,
+                }
                 print(f"smtp-sink  {size:>8} B: {count / elapsed:8.0f} msgs/s")
 
         with ingest_process(cfg_path, args.workers, ingest_port) as ingest:
-            sampler = RssSampler(ingest.pid)
+            sampler = ProcSampler()
+            sampler.add("ingest", ingest.pid)
             # the first seconds of a fresh ingest and topic are slower (Kafka connections,
             # partition leaders, log segments): warm up before measuring anything
             run_source(ingest_port, 1024, 3000, args.sessions, extra)
@@ -262,7 +172,7 @@ def main() -> int:
                 if accepted < count:
                     print(f"  warning: {count} sent, {accepted:.0f} accepted", file=sys.stderr)
                 rate = accepted / elapsed
-                results[size].update(ingest_rate=rate, ingest_rss=sampler.peak)
+                results[size].update(ingest_rate=rate, ingest_rss=sampler.groups["ingest"].peak_rss)
                 print(f"ingest     {size:>8} B: {rate:8.0f} msgs/s")
 
         print()
@@ -290,14 +200,6 @@ def main() -> int:
         if kafka is not None:
             kafka.down()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _human(size: int) -> str:
-    if size >= 2**20:
-        return f"{size // 2**20} MB"
-    if size >= 1024:
-        return f"{size // 1024} KB"
-    return f"{size} B"
 
 
 if __name__ == "__main__":

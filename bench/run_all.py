@@ -1,0 +1,808 @@
+"""``make bench``: mailjournal side by side with Postfix and smtp-sink, same machine, same run.
+
+    .venv/bin/python -m bench.run_all [--quick] [--seconds 20] [--sizes 1024,10240,...]
+        [--targets sink,postfix,mailjournal] [--baseline HEAD] [--out results]
+
+Starts a local real Kafka (one broker), Postfix's ``smtp-sink`` (the smart host of every target),
+a private Postfix journaling with ``recipient_bcc_maps`` (``bench/postfix_peer.py``) and the three
+mailjournal stages with production settings (acks=all, idempotence, transactions). For each target
+and body size it drives ``smtp-source`` (20 sessions) for at least ``--seconds`` and reports
+accepted msgs/s, end-to-end msgs/s (until every journal copy reached the sink), end-to-end latency
+p50/p95/p99, CPU seconds per message and peak RSS per stage, and the ratios to Postfix and
+smtp-sink. Writes ``results/bench-<time>.json``, ``.md`` and ``.png`` and prints the table.
+
+Latency: mailjournal's is read from the ``DeliveryOutcome`` events on the outcomes topic (``at``,
+stamped when the smart host answered 250, minus the receive time carried by the time-ordered
+event id); Postfix's from its own log (``delay=`` of the journal recipient's ``status=sent``).
+
+``--baseline REF`` adds a target ``mailjournal@REF`` that runs the stages from ``git archive REF``
+with their default settings: the before/after of optimisations measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    DEFAULT_SIZES,
+    POSTFIX,
+    ROOT,
+    SMTP_SINK,
+    SMTP_SOURCE,
+    ProcSampler,
+    fmt,
+    human,
+    latency_summary,
+    markdown_table,
+    metric_value,
+    missing_tools,
+    run_source,
+    smtp_sink,
+    wait_for,
+    wait_port,
+)
+from bench.postfix_peer import JOURNAL_ADDRESS, PostfixPeer
+
+# first guesses of the accepted rate (msgs/s) per target family; a calibration burst refines them
+RATE_GUESS = {"sink": 2000.0, "postfix": 300.0, "mailjournal": 800.0}
+
+
+def size_guess(rate: float, size: int) -> float:
+    return rate if size <= 10240 else min(rate, 150_000_000 / size)
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+
+class Target:
+    """One thing smtp-source sends to. ``mark()`` before a point, then ``delivered(mark)`` counts
+    journal copies that reached the sink since, ``latencies(mark)`` gives their seconds."""
+
+    name = "?"
+    family = "?"
+    copies_per_message = 1
+
+    def __init__(self, sink_port: int, sink_pid: int):
+        self.sink_port = sink_port
+        self.sink_pid = sink_pid
+        self.port = 0
+
+    def start(self, work: Path) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def groups(self) -> dict[str, int]:
+        return {}
+
+    def mark(self) -> Any:
+        return None
+
+    def delivered(self, mark: Any) -> int:
+        raise NotImplementedError
+
+    def latencies(self, mark: Any) -> list[float]:
+        return []
+
+    def accepted(self, mark: Any, sent: int) -> int:
+        return sent
+
+
+class SinkTarget(Target):
+    name = family = "sink"
+
+    def start(self, work: Path) -> None:
+        self.port = self.sink_port
+
+    def groups(self) -> dict[str, int]:
+        return {"smtp-sink": self.sink_pid}
+
+    def delivered(self, mark: Any) -> int:
+        return sys.maxsize  # the sink is the end: accepted is delivered
+
+
+class PostfixTarget(Target):
+    name = family = "postfix"
+
+    def start(self, work: Path) -> None:
+        from mailjournal.kafka_local import free_ports
+
+        (self.port,) = free_ports(1)
+        self.peer = PostfixPeer(work / "postfix", self.port, self.sink_port)
+        self.peer.start()
+
+    def stop(self) -> None:
+        if hasattr(self, "peer"):
+            self.peer.stop()
+
+    def groups(self) -> dict[str, int]:
+        pid = self.peer.master_pid()
+        assert pid, "postfix master pid unknown"
+        return {"postfix": pid, "smtp-sink": self.sink_pid}
+
+    def mark(self) -> int:
+        return self.peer.log_offset()
+
+    def _journal_delays(self, mark: int) -> list[float]:
+        return [d for rcpt, d in self.peer.sent(mark) if rcpt == JOURNAL_ADDRESS]
+
+    def delivered(self, mark: int) -> int:
+        return len(self._journal_delays(mark))
+
+    def latencies(self, mark: int) -> list[float]:
+        return self._journal_delays(mark)
+
+
+def relay_overrides() -> dict[str, Any]:
+    """HOOK (issue 10): the config overrides that make mailjournal relay the original too.
+
+    When the relay path lands, return its config keys here (e.g. ``{"relay": {...}}`` pointing at
+    the smart host) and set ``MailjournalTarget.copies_per_message`` to 2 for that target, so the
+    "journal + relay" target is compared with Postfix doing the same work (original + copy)."""
+    raise NotImplementedError("relay of originals (issue 10) is not wired into the benchmark yet")
+
+
+class MailjournalTarget(Target):
+    family = "mailjournal"
+
+    def __init__(
+        self,
+        sink_port: int,
+        sink_pid: int,
+        *,
+        name: str,
+        bootstrap: str,
+        kafka_pid: int | None,
+        tree: Path = ROOT,
+        ingest_workers: int = 2,
+        overrides: dict[str, Any] | None = None,
+        relay: bool = False,
+    ):
+        super().__init__(sink_port, sink_pid)
+        self.name = name
+        self.bootstrap = bootstrap
+        self.kafka_pid = kafka_pid
+        self.tree = tree
+        self.ingest_workers = ingest_workers
+        self.overrides = overrides or {}
+        if relay:
+            self.overrides = {**self.overrides, **relay_overrides()}
+            self.copies_per_message = 2
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, work: Path) -> None:
+        from mailjournal.config import load_config_dict
+        from mailjournal.kafka_local import free_ports
+        from tests.fixtures.config import deep_merge
+        from tests.fixtures.delivery import write_toml
+        from tests.fixtures.kafka import kafka_test_config, unique_suffix
+
+        self.port, m_in, m_jr, m_dl = free_ports(4)
+        safe = "".join(c if c.isalnum() else "-" for c in self.name)
+        base = kafka_test_config(self.bootstrap, unique_suffix(f"bench-{safe}"), partitions=6)
+        data = deep_merge(
+            base.model_dump(mode="json"),
+            {
+                "ingest": {
+                    "hostname": "mx.corp.example",
+                    "listeners": [{"name": "mx", "host": "127.0.0.1", "port": self.port}],
+                    "max_connections": 2000,
+                    "max_connections_per_client": 2000,
+                },
+                "delivery": {"smart_host": {"host": "127.0.0.1", "port": self.sink_port}},
+                "metrics": {"ingest_port": m_in, "journal_port": m_jr, "delivery_port": m_dl},
+                "logging": {"level": "WARNING"},
+            },
+        )
+        self.config = load_config_dict(deep_merge(data, self.overrides))
+        self.metrics = {"ingest": m_in, "journal": m_jr, "delivery": m_dl}
+        self.dir = work / safe
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg_file = write_toml(self.config, self.dir / "mailjournal.toml")
+        env = {**os.environ, "PYTHONPATH": str(self.tree)}
+        py = [sys.executable, "-m", "mailjournal"]
+        subprocess.run(
+            [*py, "topics", "ensure", "--config", str(cfg_file)],
+            cwd=self.tree,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.log = open(self.dir / "stages.log", "ab")  # noqa: SIM115 - closed in stop()
+        stages = {
+            "delivery": ["deliver"],
+            "journal": ["journal"],
+            "ingest": ["ingest", "--workers", str(self.ingest_workers)],
+        }
+        for stage, argv in stages.items():
+            cmd = [*py, argv[0], "--config", str(cfg_file), *argv[1:]]
+            self.procs[stage] = subprocess.Popen(
+                cmd, cwd=self.tree, env=env, stdout=self.log, stderr=self.log
+            )
+        for stage in stages:
+            if not wait_for(lambda s=stage: self._ready(s), 90, 0.2):  # type: ignore[misc]
+                raise RuntimeError(f"{self.name}: {stage} not ready; see {self.dir}/stages.log")
+        wait_port(self.port, 30)
+
+    def _ready(self, stage: str) -> bool:
+        proc = self.procs[stage]
+        if proc.poll() is not None:
+            raise RuntimeError(f"{self.name}: {stage} exited with {proc.returncode}")
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics[stage]}/readyz", timeout=2
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        for stage in ("ingest", "journal", "delivery"):  # the front door first
+            proc = self.procs.get(stage)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+        with contextlib.suppress(AttributeError):
+            self.log.close()
+
+    def groups(self) -> dict[str, int]:
+        g = {stage: p.pid for stage, p in self.procs.items()}
+        if self.kafka_pid:
+            g["kafka"] = self.kafka_pid
+        g["smtp-sink"] = self.sink_pid
+        return g
+
+    def _delivered_metric(self) -> float:
+        return metric_value(
+            self.metrics["delivery"],
+            "mailjournal_delivery_outcomes_total",
+            {"kind": "journal", "status": "delivered"},
+        )
+
+    def _accepted_metric(self) -> float:
+        return metric_value(self.metrics["ingest"], "mailjournal_ingest_messages_accepted_total")
+
+    def mark(self) -> dict[str, Any]:
+        return {
+            "delivered": self._delivered_metric(),
+            "accepted": self._accepted_metric(),
+            "offsets": self._high_watermarks(),
+        }
+
+    def accepted(self, mark: dict[str, Any], sent: int) -> int:
+        return int(self._accepted_metric() - mark["accepted"])
+
+    def delivered(self, mark: dict[str, Any]) -> int:
+        return int(self._delivered_metric() - mark["delivered"])
+
+    def _consumer(self) -> Any:
+        from confluent_kafka import Consumer
+
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"bench-reader-{os.getpid()}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+
+    def _high_watermarks(self) -> dict[int, int]:
+        c = self._consumer()
+        try:
+            topic = self.config.kafka.topics.outcomes.name
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            from confluent_kafka import TopicPartition
+
+            return {
+                p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts
+            }
+        finally:
+            c.close()
+
+    def latencies(self, mark: dict[str, Any]) -> list[float]:
+        from confluent_kafka import TopicPartition
+
+        from schemas.codec import decode
+
+        topic = self.config.kafka.topics.outcomes.name
+        start, end = mark["offsets"], self._high_watermarks()
+        c = self._consumer()
+        out: list[float] = []
+        try:
+            todo = {p for p in end if end[p] > start.get(p, 0)}
+            c.assign([TopicPartition(topic, p, start.get(p, 0)) for p in todo])
+            deadline = time.monotonic() + 120
+            while todo and time.monotonic() < deadline:
+                msg = c.poll(1.0)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() == -191:  # _PARTITION_EOF
+                        todo.discard(msg.partition())
+                    continue
+                if msg.offset() >= end[msg.partition()] - 1:
+                    todo.discard(msg.partition())
+                rec = decode(msg.value(), "DeliveryOutcome")
+                if rec["status"] != "DELIVERED" or rec["kind"] != "JOURNAL":
+                    continue
+                at = rec["at"]
+                at_ms = at.timestamp() * 1000 if isinstance(at, dt.datetime) else float(at)
+                out.append(max(0.0, at_ms - ulid_millis(rec["event_id"])) / 1000)
+        finally:
+            c.close()
+        return out
+
+
+_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
+
+
+def ulid_millis(ulid: str) -> int:
+    """The millisecond timestamp in a ULID's first 10 characters: ingest takes the event id right
+    after ``received_at`` (same clock, same millisecond in practice)."""
+    value = 0
+    for ch in ulid[:10].upper():
+        value = value * 32 + _CROCKFORD[ch]
+    return value
+
+
+# -- an SMTP NOOP probe: the longest stall a client sees on an ingest event loop --------------------
+
+
+class StallProbe:
+    """Four idle SMTP sessions that send NOOP every 20 ms; reports the slowest reply. With
+    SO_REUSEPORT the sessions spread over the ingest workers; a reply slower than 100 ms means that
+    worker's event loop (or the CPU it runs on) stalled that long."""
+
+    def __init__(self, port: int, sessions: int = 4):
+        self.port = port
+        self.sessions = sessions
+        self.rtts: list[float] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            s = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+            s.ehlo("probe.bench.example")
+            while not self._stop.wait(0.02):
+                t = time.perf_counter()
+                s.noop()
+                self.rtts.append(time.perf_counter() - t)
+            with contextlib.suppress(Exception):
+                s.quit()
+
+    def __enter__(self) -> StallProbe:
+        for _ in range(self.sessions):
+            th = threading.Thread(target=self._run, daemon=True)
+            th.start()
+            self._threads.append(th)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join(35)
+
+    def summary(self) -> dict[str, float | None]:
+        r = self.rtts
+        s = latency_summary(r)
+        return {"noop_n": len(r), "noop_p99_ms": _ms(s["p99_s"]), "noop_max_ms": _ms(s["max_s"])}
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 1)
+
+
+# -- one point ---------------------------------------------------------------------------------------
+
+
+def run_point(
+    target: Target, size: int, seconds: float, sessions: int, drain_timeout: float
+) -> dict[str, Any]:
+    guess = size_guess(RATE_GUESS[target.family], size)
+    # calibration + warm-up: about a tenth of the point; then wait for the pipeline to drain
+    cal_count = max(40, int(guess * max(1.0, seconds / 10)))
+    mark = target.mark()
+    cal_s = run_source(target.port, size, cal_count, sessions, timeout=600)
+    cal_accepted = target.accepted(mark, cal_count)
+    want = cal_accepted * target.copies_per_message
+    wait_for(lambda: target.delivered(mark) >= want, drain_timeout, 0.2)
+    rate = max(cal_accepted, 1) / cal_s
+    count = max(50, int(rate * seconds))
+
+    sampler = ProcSampler()
+    for group, pid in target.groups().items():
+        sampler.add(group, pid)
+    mark = target.mark()
+    probe = StallProbe(target.port) if target.family == "mailjournal" else None
+    with sampler, probe or contextlib.nullcontext():
+        t0 = time.perf_counter()
+        accept_s = run_source(target.port, size, count, sessions, sampler=sampler, timeout=1800)
+        accepted = target.accepted(mark, count)
+        want = accepted * target.copies_per_message
+        done = wait_for(lambda: target.delivered(mark) >= want, drain_timeout, 0.05)
+        e2e_s = time.perf_counter() - t0
+    delivered = target.delivered(mark)
+    lat = latency_summary(target.latencies(mark))
+    groups = sampler.report()
+    total_cpu = sum(g["cpu_s"] for name, g in groups.items() if name != "load")
+    row: dict[str, Any] = {
+        "target": target.name,
+        "family": target.family,
+        "size": size,
+        "sessions": sessions,
+        "sent": count,
+        "accepted": accepted,
+        "accept_s": round(accept_s, 3),
+        "accepted_rate": round(accepted / accept_s, 1),
+        "delivered": delivered,
+        "complete": bool(done),
+        "e2e_s": round(e2e_s, 3),
+        "e2e_rate": round(min(delivered, want) / target.copies_per_message / e2e_s, 1)
+        if target.family != "sink"
+        else round(accepted / accept_s, 1),
+        "latency": lat,
+        "groups": groups,
+        "cpu_ms_per_msg": {
+            name: round(g["cpu_s"] / max(accepted, 1) * 1000, 3) for name, g in groups.items()
+        },
+        "cpu_ms_per_msg_total": round(total_cpu / max(accepted, 1) * 1000, 3),
+    }
+    if probe is not None:
+        row["stall"] = probe.summary()
+    if accepted < count:
+        row["note"] = f"{count - accepted} of {count} not accepted"
+    if not done:
+        row["note"] = (row.get("note", "") + f"; drain timed out at {delivered}/{want}").strip("; ")
+    return row
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    by = {(r["target"], r["size"]): r for r in rows}
+    for r in rows:
+        for ref in ("postfix", "sink"):
+            other = by.get((ref, r["size"]))
+            if other is None or r["target"] == ref:
+                continue
+            r[f"accepted_vs_{ref}"] = round(r["accepted_rate"] / other["accepted_rate"], 2)
+            if ref == "postfix":
+                r["e2e_vs_postfix"] = round(r["e2e_rate"] / other["e2e_rate"], 2)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    headers = [
+        "target",
+        "size",
+        "accepted/s",
+        "e2e/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "CPU ms/msg (per stage)",
+        "peak RSS MB",
+        "acc vs Postfix",
+        "e2e vs Postfix",
+        "acc vs sink",
+        "ingest NOOP max ms",
+    ]
+    out = []
+    for r in rows:
+        lat = r["latency"]
+        stages = ", ".join(
+            f"{k} {v:.2f}" for k, v in r["cpu_ms_per_msg"].items() if k not in ("smtp-sink",)
+        )
+        rss = ", ".join(f"{k} {g['peak_rss_mb']:.0f}" for k, g in r["groups"].items())
+        out.append(
+            [
+                r["target"],
+                human(r["size"]),
+                fmt(r["accepted_rate"]),
+                fmt(r["e2e_rate"]) + ("" if r["complete"] else "*"),
+                fmt(_ms(lat["p50_s"])),
+                fmt(_ms(lat["p95_s"])),
+                fmt(_ms(lat["p99_s"])),
+                stages,
+                rss,
+                fmt(r.get("accepted_vs_postfix"), 2),
+                fmt(r.get("e2e_vs_postfix"), 2),
+                fmt(r.get("accepted_vs_sink"), 2),
+                fmt((r.get("stall") or {}).get("noop_max_ms")),
+            ]
+        )
+    return markdown_table(headers, out)
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install matplotlib)", file=sys.stderr)
+        return False
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    sizes = sorted({r["size"] for r in rows})
+    by = {(r["target"], r["size"]): r for r in rows}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    width = 0.8 / max(1, len(targets))
+    for i, t in enumerate(targets):
+        xs = [j + i * width for j in range(len(sizes))]
+        for ax, key in ((axes[0], "accepted_rate"), (axes[1], "e2e_rate")):
+            ax.bar(xs, [by[(t, s)][key] if (t, s) in by else 0 for s in sizes], width, label=t)
+        p99 = [(by[(t, s)]["latency"]["p99_s"] or 0) * 1000 if (t, s) in by else 0 for s in sizes]
+        axes[2].bar(xs, p99, width, label=t)
+    titles = ("accepted msgs/s", "end-to-end journaled msgs/s", "end-to-end p99 latency (ms)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))])
+        ax.set_xticklabels([human(s) for s in sizes])
+        ax.set_title(title)
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle("mailjournal vs Postfix (recipient_bcc_maps) vs smtp-sink, same machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+def git_tree(ref: str, dest: Path) -> Path:
+    """The files of ``ref`` (``git archive``; the work tree is not touched)."""
+    data = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref], check=True, capture_output=True
+    ).stdout
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run_all",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--quick", action="store_true", help="smoke run: ~3 s per point, 1 KB+100 KB")
+    ap.add_argument("--seconds", type=float, default=20.0, help="load per point (default 20)")
+    ap.add_argument("--sizes", help="comma-separated body sizes in bytes")
+    ap.add_argument("--targets", default="sink,postfix,mailjournal")
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--ingest-workers", type=int, default=2)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="config override for the mailjournal target, e.g. delivery.concurrency=32",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=JSON,KEY=JSON",
+        help="also run mailjournal-NAME with these overrides (A/B in the same invocation)",
+    )
+    ap.add_argument("--baseline", metavar="REF", help="also run mailjournal@REF (git archive)")
+    ap.add_argument("--relay", action="store_true", help="also the journal + relay target (hook)")
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--drain-timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+    if args.sizes:
+        args.size_list = [int(s) for s in args.sizes.split(",")]
+    else:
+        args.size_list = [1024, 100 * 1024] if args.quick else list(DEFAULT_SIZES)
+    if args.quick:
+        args.seconds = min(args.seconds, 3.0)
+        args.drain_timeout = min(args.drain_timeout, 120.0)
+    return args
+
+
+def overrides_from(sets: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        if parts[:2] in (["kafka", "consumer"], ["kafka", "producer"]):
+            parts = [*parts[:2], ".".join(parts[2:])]  # librdkafka property names hold dots
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_tools((SMTP_SOURCE, SMTP_SINK, POSTFIX))
+    if missing:
+        print(
+            f"missing {', '.join(missing)}: install the Debian package postfix "
+            "(make sysdeps does; the benchmark never touches the system's Postfix)",
+            file=sys.stderr,
+        )
+        return 2
+    sys.path.insert(0, str(ROOT))
+    from mailjournal.kafka_local import KafkaLocal, free_ports
+
+    wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    work = Path(tempfile.mkdtemp(prefix="mailjournal-bench-"))
+    work.chmod(0o755)  # the private Postfix's daemons run as user postfix
+    started = time.strftime("%Y%m%d-%H%M%S")
+    kafka: KafkaLocal | None = None
+    targets: list[Target] = []
+    rows: list[dict[str, Any]] = []
+    interrupted = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        (sink_port,) = free_ports(1)
+        with smtp_sink(sink_port) as sink:
+            bootstrap, kafka_pid = "", None
+            if (
+                any(t.startswith("mailjournal") for t in wanted)
+                or args.baseline
+                or args.relay
+                or args.variant
+            ):
+                kafka = KafkaLocal(work / "kafka", brokers=1, die_with_parent=True)
+                t0 = time.monotonic()
+                bootstrap = kafka.up()
+                kafka_pid = kafka.brokers[min(kafka.brokers)].pid
+                print(f"kafka {bootstrap} up in {time.monotonic() - t0:.0f} s", flush=True)
+            factories: list[Callable[[], Target]] = []
+            for t in wanted:
+                if t == "sink":
+                    factories.append(lambda: SinkTarget(sink_port, sink.pid))
+                elif t == "postfix":
+                    factories.append(lambda: PostfixTarget(sink_port, sink.pid))
+                elif t == "mailjournal":
+                    factories.append(
+                        lambda: MailjournalTarget(
+                            sink_port,
+                            sink.pid,
+                            name="mailjournal",
+                            bootstrap=bootstrap,
+                            kafka_pid=kafka_pid,
+                            ingest_workers=args.ingest_workers,
+                            overrides=overrides_from(args.set),
+                        )
+                    )
+                else:
+                    raise SystemExit(f"unknown target {t!r}")
+            for spec in args.variant:
+                vname, _, sets = spec.partition(":")
+                factories.append(
+                    lambda vname=vname, sets=sets: MailjournalTarget(
+                        sink_port,
+                        sink.pid,
+                        name=f"mailjournal-{vname}",
+                        bootstrap=bootstrap,
+                        kafka_pid=kafka_pid,
+                        ingest_workers=args.ingest_workers,
+                        overrides=overrides_from(args.set + sets.split(",")),
+                    )
+                )
+            if args.baseline:
+                tree = git_tree(args.baseline, work / "baseline-tree")
+                factories.append(
+                    lambda: MailjournalTarget(
+                        sink_port,
+                        sink.pid,
+                        name=f"mailjournal@{args.baseline}",
+                        bootstrap=bootstrap,
+                        kafka_pid=kafka_pid,
+                        tree=tree,
+                        ingest_workers=args.ingest_workers,
+                    )
+                )
+            if args.relay:
+                factories.append(
+                    lambda: MailjournalTarget(
+                        sink_port,
+                        sink.pid,
+                        name="mailjournal+relay",
+                        bootstrap=bootstrap,
+                        kafka_pid=kafka_pid,
+                        ingest_workers=args.ingest_workers,
+                        relay=True,
+                    )
+                )
+            for make in factories:
+                target = make()
+                targets.append(target)
+                target.start(work)
+                print(f"== {target.name} on port {target.port}", flush=True)
+                for size in args.size_list:
+                    row = run_point(target, size, args.seconds, args.sessions, args.drain_timeout)
+                    rows.append(row)
+                    lat = row["latency"]
+                    print(
+                        f"   {human(size):>6}: accepted {row['accepted_rate']:8.1f}/s  e2e "
+                        f"{row['e2e_rate']:8.1f}/s  p99 {fmt(_ms(lat['p99_s']))} ms  CPU "
+                        f"{row['cpu_ms_per_msg_total']:.2f} ms/msg  {row.get('note', '')}",
+                        flush=True,
+                    )
+                target.stop()
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopping everything", file=sys.stderr)
+    finally:
+        for target in targets:
+            with contextlib.suppress(Exception):
+                target.stop()
+        if kafka is not None:
+            kafka.down()
+        if not interrupted and not os.environ.get("BENCH_KEEP"):
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    if not rows:
+        return 130 if interrupted else 1
+    add_ratios(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"bench-{started}{'-quick' if args.quick else ''}"
+    meta = {
+        "started": started,
+        "argv": sys.argv[1:] if argv is None else argv,
+        "seconds_per_point": args.seconds,
+        "sessions": args.sessions,
+        "ingest_workers": args.ingest_workers,
+        "cpus": os.cpu_count(),
+        "overrides": overrides_from(args.set),
+        "variants": args.variant,
+        "interrupted": interrupted,
+    }
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = table(rows)
+    stem.with_suffix(".md").write_text(
+        f"# bench {started}\n\n{json.dumps(meta)}\n\n{md}\n\n"
+        "`*` e2e did not complete within the drain timeout. CPU ms/msg per stage includes the "
+        "load generator (`load`); peak RSS per process group.\n"
+    )
+    has_chart = chart(rows, stem.with_suffix(".png"))
+    print()
+    print(md)
+    print(f"\nwrote {stem}.json, .md{', .png' if has_chart else ''}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
