@@ -95,7 +95,7 @@ def producer_config(
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "zstd",
-        "linger.ms": 5,
+        "linger.ms": 10,  # ingest sets its own (its 250 waits for the ack)
         "message.max.bytes": producer_max_message_bytes(config),
         # librdkafka refuses a transactional producer whose delivery timeout exceeds the
         # transaction timeout; a short transaction timeout also bounds how long a crashed
@@ -127,6 +127,10 @@ def consumer_config(
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": fetch_max,
+        # let the broker gather a batch instead of answering every fetch with a record or two:
+        # measured 3.4x less broker CPU per message (docs/performance.md), for <= 25 ms per hop
+        "fetch.min.bytes": 65536,
+        "fetch.wait.max.ms": 25,
         # librdkafka requires receive.message.max.bytes >= fetch.max.bytes + 512
         "receive.message.max.bytes": fetch_max + MiB,
         "session.timeout.ms": 45_000,

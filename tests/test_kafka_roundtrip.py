@@ -37,7 +37,7 @@ def test_producer_defaults_are_durable() -> None:
     assert cfg["acks"] == "all"
     assert cfg["enable.idempotence"] is True
     assert cfg["compression.type"] == "zstd"
-    assert cfg["linger.ms"] == 5
+    assert cfg["linger.ms"] == 10
     assert "transactional.id" not in cfg
     assert cfg["client.id"] == f"mailjournal-producer-{socket.gethostname()}-{os.getpid()}"
 
