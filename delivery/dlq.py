@@ -194,8 +194,12 @@ def replay(
     for entry, copy in replayable:
         key = str(copy["copy_id"]).encode()
         # the header tells the audit this is a replay, not a second emission of the copy
+        # a relayed original goes back to the relay (its first retry tier), not to journaling
+        target = topics.journal.name
+        if copy.get("kind") == "RELAY":
+            target = f"{topics.relay_retry.name}.0"
         producer.produce(
-            topics.journal.name,
+            target,
             key=key,
             value=encode(JOURNAL_COPY, copy),
             headers=[(MARKER_HEADER, entry.id.encode())],

@@ -26,6 +26,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from delivery import metrics
@@ -92,9 +93,15 @@ class SmtpClient:
     """Thread-safe: any number of threads call :meth:`send`; each borrows an idle session or
     opens one. The number of sessions is bounded by the number of calling threads."""
 
-    def __init__(self, cfg: DeliveryConfig, *, local_hostname: str | None = None):
+    def __init__(
+        self,
+        cfg: DeliveryConfig,
+        *,
+        local_hostname: str | None = None,
+        host: SmartHostConfig | None = None,
+    ):
         self._cfg = cfg
-        self._host = cfg.smart_host
+        self._host = host or cfg.smart_host  # the relay passes one next hop per client
         self._local_hostname = local_hostname or self._host.helo_name or socket.getfqdn()
         self._idle: queue.LifoQueue[Session] = queue.LifoQueue()
         self._lock = threading.Lock()
@@ -317,6 +324,127 @@ class SmtpClient:
             return SmtpResult(code, _decode_reply(msg), "data", addr)
         finally:
             smtp.command_encoding = "ascii"
+
+    # -- transactions with the original envelope (the relay) ----------------------------------
+
+    def send_envelope(
+        self,
+        mail_from: str,
+        mail_params: Sequence[str],
+        rcpts: Sequence[tuple[str, Sequence[str]]],
+        data: bytes,
+    ) -> list[SmtpResult]:
+        """One transaction for several recipients of one next hop, with the original ESMTP
+        parameters (``mail_params``: e.g. ``BODY=8BITMIME``, ``SMTPUTF8``, ``RET=HDRS``,
+        ``ENVID=x``; per recipient e.g. ``NOTIFY=FAILURE``, ``ORCPT=rfc822;a@b``). Parameters the
+        server does not offer are left out (DSN ones without ``DSN``; RFC 3461 section 4), SIZE is
+        the real size. One result per recipient, in order; never raises for SMTP or network
+        trouble."""
+        try:
+            session = self._borrow()
+        except SessionError as exc:
+            r = SmtpResult(exc.code, exc.text, exc.stage, self.address)
+            return [r] * len(rcpts)
+        started = time.monotonic()
+        keep = True
+        try:
+            results = self._envelope_transaction(session, mail_from, mail_params, rcpts, data)
+            last = results[-1] if results else None
+            # the server closes (421), or the connection broke: do not reuse the session
+            if last is not None and (
+                last.code == 421 or (last.code is None and not last.permanent_local)
+            ):
+                keep = False
+        except (OSError, smtplib.SMTPException, ValueError) as exc:
+            keep = False
+            code = getattr(exc, "smtp_code", None)
+            text = _decode_reply(getattr(exc, "smtp_error", b"")) if code else _error_text(exc)
+            failed = SmtpResult(code if code and code > 0 else None, text, "data", self.address)
+            results = [failed] * len(rcpts)
+        seconds = time.monotonic() - started
+        if keep:
+            session.sent += 1
+            self._give_back(session)
+        else:
+            self._discard(session)
+        metrics.SMTP_SECONDS.observe(seconds)
+        return [
+            SmtpResult(r.code, r.text, r.stage, self.address, seconds, r.permanent_local)
+            for r in results
+        ]
+
+    def _envelope_transaction(
+        self,
+        session: Session,
+        mail_from: str,
+        mail_params: Sequence[str],
+        rcpts: Sequence[tuple[str, Sequence[str]]],
+        data: bytes,
+    ) -> list[SmtpResult]:
+        smtp, addr, feats = session.smtp, self.address, session.features
+        n = len(rcpts)
+
+        def local(code: int, text: str) -> list[SmtpResult]:
+            return [SmtpResult(code, text, "local", addr, permanent_local=True)] * n
+
+        addresses = [mail_from, *(r for r, _ in rcpts)]
+        if any(c in a for a in addresses for c in "\r\n<>"):
+            return local(553, "5.1.3 invalid characters in an envelope address")
+        data = wire_bytes(data)
+        dsn = "dsn" in feats
+        params: list[str] = []
+        if "size" in feats:
+            limit = feats["size"].strip()
+            if limit.isdigit() and int(limit) and len(data) > int(limit):
+                return local(
+                    552, f"5.3.4 message of {len(data)} bytes exceeds the limit of {limit}"
+                )
+            params.append(f"SIZE={len(data)}")
+        utf8 = not all(a.isascii() for a in addresses)
+        for p in mail_params:
+            keyword = p.split("=", 1)[0].upper()
+            if keyword == "SIZE":
+                continue
+            if keyword == "BODY":
+                if "8bitmime" in feats or p.upper() == "BODY=7BIT":
+                    params.append(p)
+            elif keyword == "SMTPUTF8":
+                utf8 = True
+            elif keyword in ("RET", "ENVID"):
+                if dsn:
+                    params.append(p)
+            else:
+                params.append(p)
+        if utf8:
+            if "smtputf8" not in feats:
+                return local(553, "5.6.7 SMTPUTF8 required and the next hop does not offer it")
+            params.append("SMTPUTF8")
+        smtp.command_encoding = "utf-8" if utf8 else "ascii"
+        try:
+            code, msg = smtp.docmd("MAIL", f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params))
+            if code != 250:
+                return [SmtpResult(code, _decode_reply(msg), "mail", addr)] * n
+            results: list[SmtpResult | None] = []
+            for rcpt, rparams in rcpts:
+                kept = [p for p in rparams if dsn or p.split("=", 1)[0].upper() not in _DSN_RCPT]
+                code, msg = smtp.docmd("RCPT", f"TO:<{rcpt}>" + "".join(f" {p}" for p in kept))
+                ok = code in (250, 251)
+                results.append(None if ok else SmtpResult(code, _decode_reply(msg), "rcpt", addr))
+            if all(r is not None for r in results):
+                smtp.rset()  # nobody accepted: end the transaction, keep the session
+                return [r for r in results if r is not None]
+            reply: bytes | str
+            try:
+                code, reply = smtp.data(data)
+            except smtplib.SMTPDataError as exc:  # the reply to DATA itself (not 354)
+                code, reply = exc.smtp_code, exc.smtp_error
+            final = SmtpResult(code, _decode_reply(reply), "data", addr)
+            return [r if r is not None else final for r in results]
+        finally:
+            smtp.command_encoding = "ascii"
+
+
+_DSN_RCPT = frozenset({"NOTIFY", "ORCPT"})
 
 
 def _error_text(exc: BaseException) -> str:

@@ -47,8 +47,17 @@ from delivery.outcomes import (
     make_outcome,
     retry_copy,
 )
+from delivery.relay import (
+    RelaySender,
+    Resolver,
+    relay_copies,
+    relay_delivery_config,
+    relay_tier_topics,
+    with_recipients,
+)
 from delivery.report import build_message, envelope_sender, to_millis
 from delivery.retry import tier_topic, tier_topics
+from delivery.sender_dsn import RecipientFailure, dsn_recipients, make_dsn_copy
 from delivery.smtp import SmtpClient
 from mailjournal.config import Config
 from mailjournal.kafka import make_consumer, make_producer
@@ -56,6 +65,7 @@ from schemas import (
     DEAD_LETTER,
     DELIVERY_OUTCOME,
     JOURNAL_COPY,
+    MESSAGE_RECEIVED,
     SchemaError,
     decode,
     encode,
@@ -148,24 +158,46 @@ class Stats:
 
 
 class DeliveryWorker:
+    """``mode="journal"``: journal copies from the journal topic to the smart host (the delivery
+    stage). ``mode="relay"``: originals from the messages topic (its own consumer group) to their
+    next hops, with the relay's retry tiers and DSNs to senders (the relay stage, inline mode).
+    One mechanism, two uses: fetching, concurrency, offsets, retry tiers, expiry and outcomes are
+    the same code."""
+
     def __init__(
         self,
         config: Config,
         *,
-        smtp: SmtpClient | None = None,
+        mode: str = "journal",
+        smtp: SmtpClient | RelaySender | None = None,
+        resolver: Resolver | None = None,
         rng: random.Random | None = None,
         consumer_extra: dict[str, Any] | None = None,
         producer_extra: dict[str, Any] | None = None,
     ):
+        if mode not in ("journal", "relay"):
+            raise ValueError(f"unknown delivery mode {mode!r}")
+        self.mode = mode
         self.config = config
-        self.cfg = config.delivery
         topics = config.kafka.topics
-        self.journal_topic = topics.journal.name
-        self.retry_topics = tier_topics(config)
         self.outcomes_topic = topics.outcomes.name
         self.dead_letter_topic = topics.dead_letters.name
+        if mode == "relay":
+            self.cfg = relay_delivery_config(config)
+            self.journal_topic = topics.messages.name  # "journal" source = fresh input
+            self.retry_topics = relay_tier_topics(config)
+            self._group = config.kafka.relay_group
+            self._relay_listeners = config.relay_listeners()
+            self.smtp: SmtpClient | RelaySender = smtp or RelaySender(
+                config, self.cfg, resolver=resolver
+            )
+        else:
+            self.cfg = config.delivery
+            self.journal_topic = topics.journal.name
+            self.retry_topics = tier_topics(config)
+            self._group = config.kafka.delivery_group
+            self.smtp = smtp or SmtpClient(self.cfg)
         self._source = {self.journal_topic: "journal", **dict.fromkeys(self.retry_topics, "retry")}
-        self.smtp = smtp or SmtpClient(self.cfg)
         self._rng = rng or random.Random()
         self._consumer_extra = consumer_extra or {}
         self._producer_extra = producer_extra or {}
@@ -204,12 +236,10 @@ class DeliveryWorker:
 
     def run(self) -> int:
         """Run until :meth:`stop`; 0 after a graceful stop, 1 after a fatal Kafka error."""
-        self._producer = make_producer(self.config, role="delivery", extra=self._producer_extra)
+        role = "delivery" if self.mode == "journal" else "relay"
+        self._producer = make_producer(self.config, role=role, extra=self._producer_extra)
         self._consumer = make_consumer(
-            self.config,
-            self.config.kafka.delivery_group,
-            role="delivery",
-            extra=self._consumer_extra,
+            self.config, self._group, role=role, extra=self._consumer_extra
         )
         self._executor = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="smtp")
         self._poller = threading.Thread(target=self._poll_producer, name="producer", daemon=True)
@@ -222,7 +252,8 @@ class DeliveryWorker:
         )
         self._running = True
         log.info(
-            "delivery: consuming %s and %d retry tiers, smart host %s, %d sessions",
+            "%s: consuming %s and %d retry tiers, smart host %s, %d sessions",
+            self.mode,
             self.journal_topic,
             len(self.retry_topics),
             self.smtp.address,
@@ -339,6 +370,11 @@ class DeliveryWorker:
             value,
             _headers(msg),
         )
+        if self.mode == "relay" and source == "journal":
+            event = self._relayable(job)
+            if event is not None:
+                self._submit(job, event, None)
+            return
         try:
             copy = decode(value, JOURNAL_COPY)
         except SchemaError as exc:
@@ -350,6 +386,26 @@ class DeliveryWorker:
                 self._hold(tp, offset, due)
                 return
         self._submit(job, copy, None)
+
+    def _relayable(self, job: Job) -> dict[str, Any] | None:
+        """The MessageReceived of a relay listener, or None (the record is done at once)."""
+        try:
+            event = decode(job.value, MESSAGE_RECEIVED)
+        except SchemaError as exc:
+            # the journal worker dead-letters it (one dead letter per bad record, not two)
+            log.error(
+                "relay: undecodable message at %s[%d]@%d: %s",
+                job.topic,
+                job.partition,
+                job.offset,
+                exc,
+            )
+            event = None
+        if event is None or event.get("listener") not in self._relay_listeners:
+            with self._cond:
+                job.state.skip(job.offset)
+            return None
+        return event
 
     def _submit(self, job: Job, copy: dict[str, Any] | None, error: str | None) -> None:
         assert self._executor is not None
@@ -542,8 +598,12 @@ class DeliveryWorker:
             self._fail(f"recording the result of {where}: {exc!r}")
 
     def _process(self, job: Job, copy: dict[str, Any]) -> list[Production]:
+        if self.mode == "relay":
+            copies = relay_copies(copy, self.config) if job.source == "journal" else [copy]
+            return [p for c in copies for p in self._relay_attempt(job, c)]
         kind = str(copy.get("kind") or "JOURNAL")
         message = build_message(copy, self.config)
+        assert isinstance(self.smtp, SmtpClient)
         result = self.smtp.send(envelope_sender(copy), str(copy["journal_address"]), message)
         now = now_millis()
         decision = decide(copy, result, now, self.cfg, self._rng)
@@ -575,7 +635,7 @@ class DeliveryWorker:
             requeued = retry_copy(copy, decision)
             return [
                 Production(
-                    tier_topic(self.config, decision.tier),
+                    self._tier_topic(decision.tier),
                     str(copy["copy_id"]),
                     encode(JOURNAL_COPY, requeued),
                     f"retry tier {decision.tier}",
@@ -662,6 +722,159 @@ class DeliveryWorker:
         )
         return productions
 
+    def _tier_topic(self, tier: int) -> str:
+        return self.retry_topics[tier] if self.mode == "relay" else tier_topic(self.config, tier)
+
+    # -- the relay (mode "relay") ------------------------------------------------------------
+
+    def _relay_attempt(self, job: Job, copy: dict[str, Any]) -> list[Production]:
+        """One attempt of a RELAY copy: per recipient delivered, retried or given up; a DSN to
+        the sender for those given up who asked for one (attempted at once, like an NDR)."""
+        assert isinstance(self.smtp, RelaySender)
+        env = copy["relay"]
+        rcpts = env["recipients"]
+        results = self.smtp.send(copy)
+        now = now_millis()
+        is_dsn = copy.get("about_copy_id") is not None
+        delivered: list[dict[str, Any]] = []
+        retry: list[tuple[dict[str, Any], Decision]] = []
+        failed: list[RecipientFailure] = []
+        for rcpt, result in zip(rcpts, results, strict=True):
+            decision = decide(copy, result, now, self.cfg, self._rng)
+            metrics.ATTEMPTS.labels("relay", result.result_class.value).inc()
+            if decision.action is Action.DELIVERED:
+                delivered.append(rcpt)
+            elif decision.action is Action.RETRY:
+                retry.append((rcpt, decision))
+            else:
+                failure = Failure(
+                    reply=decision.reply,
+                    remote=result.from_server,
+                    expired=decision.expired,
+                    attempts=decision.attempts,
+                    last_attempt_ms=now,
+                    remote_mta=result.host.rsplit(":", 1)[0] if result.from_server else None,
+                )
+                failed.append(RecipientFailure(rcpt, failure))
+        self._count("attempts")
+        attempts = int(copy.get("attempt") or 0) + 1
+        out: list[Production] = []
+        if delivered:
+            self._count("delivered")
+            received = to_millis(copy.get("received_at"))
+            if received and not is_dsn:
+                metrics.RELAY_LATENCY.observe(max(0, now - received) / 1000)
+        requeued: dict[str, Any] | None = None
+        if retry:
+            self._count("retried")
+            first = retry[0][1]
+            assert first.tier is not None
+            metrics.RETRIES_SCHEDULED.labels(str(first.tier)).inc()
+            requeued = retry_copy(with_recipients(copy, [r for r, _ in retry]), first)
+            out += self._relay_delay_dsn(job, copy, requeued, retry, results, now)
+            out.append(
+                Production(
+                    self._tier_topic(first.tier),
+                    str(copy["copy_id"]),
+                    encode(JOURNAL_COPY, requeued),
+                    f"relay retry tier {first.tier}",
+                )
+            )
+        status = "DELIVERED" if delivered else "RETRYING"
+        reply = next((r.reply for r in results if r.reply), "")
+        if failed:
+            given_up = with_recipients(copy, [f.recipient for f in failed])
+            wanted = dsn_recipients(copy, failed, "failed")
+            if wanted:
+                dsn = make_dsn_copy(given_up, wanted, "failed", self.config, now_ms=now)
+                metrics.RELAY_DSNS.labels("failed").inc()
+                self._count("ndrs")
+                log.info(
+                    "relay: %s: DSN %s to the sender for %d recipients",
+                    copy["copy_id"],
+                    dsn["copy_id"],
+                    len(wanted),
+                )
+                out += self._relay_attempt(job, dsn)
+                status = "NDR_SENT"
+            if len(wanted) < len(failed):
+                # a null sender, a DSN that failed, or NOTIFY without FAILURE: nobody to tell,
+                # so the original is kept for a person rather than dropped
+                why = (
+                    "dsn_failed"
+                    if is_dsn
+                    else "null_sender"
+                    if not copy.get("original_sender")
+                    else "notify_never"
+                )
+                reason = f"relay of {copy['copy_id']} failed ({why}): {failed[0].failure.reply}"
+                log.warning("relay: dead-lettering: %s", reason)
+                final = dict(given_up, attempt=attempts, last_reply=failed[0].failure.reply)
+                out.append(
+                    self._dead_letter(
+                        job, final, reason, f"relay_{why}", source_topic=self.retry_topics[0]
+                    )
+                )
+                status = "NDR_SENT" if wanted else "DEAD_LETTERED"
+        if retry:
+            status = "RETRYING"
+        metrics.RELAY_MESSAGES.labels(
+            ("dsn_" if is_dsn else "")
+            + ("partial" if delivered and (retry or failed) else status.lower())
+        ).inc()
+        out.append(
+            self._outcome(
+                copy,
+                OutcomeFields(
+                    status,
+                    attempts,
+                    reply,
+                    now,
+                    next_attempt_ms=requeued["not_before"] if requeued else None,
+                    delivered_to_host=results[0].host if delivered else None,
+                ),
+            )
+        )
+        return out
+
+    def _relay_delay_dsn(
+        self,
+        job: Job,
+        copy: dict[str, Any],
+        requeued: dict[str, Any],
+        retry: list[tuple[dict[str, Any], Decision]],
+        results: list[SmtpResult],
+        now: int,
+    ) -> list[Production]:
+        """At most one delay DSN per copy, once it has waited ``delay_dsn_after_seconds``."""
+        relay = self.config.relay
+        if not relay.delay_dsn or copy["relay"].get("delay_notified"):
+            return []
+        if now - to_millis(copy.get("received_at")) < relay.delay_dsn_after_seconds * 1000:
+            return []
+        first = retry[0][1]
+        failures = [
+            RecipientFailure(
+                r,
+                Failure(
+                    reply=d.reply,
+                    remote=True,
+                    expired=False,
+                    attempts=d.attempts,
+                    last_attempt_ms=now,
+                ),
+            )
+            for r, d in retry
+        ]
+        wanted = dsn_recipients(copy, failures, "delayed")
+        requeued["relay"] = {**requeued["relay"], "delay_notified": True}
+        if not wanted:
+            return []
+        until = first.first_attempt_ms + round(self.cfg.expiry_seconds * 1000)
+        dsn = make_dsn_copy(copy, wanted, "delayed", self.config, now_ms=now, until_ms=until)
+        metrics.RELAY_DSNS.labels("delayed").inc()
+        return self._relay_attempt(job, dsn)
+
     def _give_up(
         self,
         job: Job,
@@ -693,6 +906,7 @@ class DeliveryWorker:
         reason_class: str,
         *,
         value: bytes | None = None,
+        source_topic: str | None = None,
     ) -> Production:
         """A DeadLetter wrapping ``copy`` as it stands (``value``: the raw record instead)."""
         metrics.DEAD_LETTERS.labels(reason_class).inc()
@@ -701,7 +915,7 @@ class DeliveryWorker:
             "id": new_event_id(),
             "at": now_millis(),
             "reason": reason,
-            "source_topic": job.topic,
+            "source_topic": source_topic or job.topic,
             "partition": job.partition,
             "offset": job.offset,
             "key": job.key,

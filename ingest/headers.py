@@ -95,3 +95,9 @@ def selected_headers(raw: bytes) -> dict[str, str | None]:
         if key is not None and out[key] is None:
             out[key] = value.strip(b" \t").decode("utf-8", "replace")
     return out
+
+
+def received_count(raw: bytes) -> int:
+    """Number of ``Received:`` trace fields: the hop count of the loop check on relay
+    listeners (RFC 5321 section 6.3)."""
+    return sum(1 for name, _ in header_fields(header_block(raw)) if name.lower() == b"received")

@@ -39,7 +39,7 @@ import schemas
 from ingest import metrics as m
 from ingest.auth import Credentials
 from ingest.datapath import DataParser, DataStatus, read_data
-from ingest.headers import selected_headers
+from ingest.headers import received_count, selected_headers
 from ingest.policy import (
     BARE_NEWLINE,
     BUSY_BYTES,
@@ -700,6 +700,17 @@ class IngestSMTP(SMTP):
             return _DATA_REFUSALS[parser.status](self.ctx.config)
         raw = parser.message
         assert raw is not None and self.session is not None
+        if self.listener.cfg.relay:  # inline: a message coming round again must not be relayed
+            hops, limit = received_count(raw), self.ctx.config.relay.max_received_headers
+            if hops > limit:
+                log.warning(
+                    "%s: mail loop from %s: %d Received headers (limit %d): refused",
+                    self.listener.name,
+                    self.client.ip,
+                    hops,
+                    limit,
+                )
+                return Reply(554, "5.4.6", f"Too many hops ({hops}): mail loop detected", "loop")
         received_at = schemas.now_millis()
         event_id = schemas.new_event_id()
         if len(raw) >= THREAD_HASH_BYTES:

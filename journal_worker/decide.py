@@ -451,4 +451,5 @@ def journal_copy_record(event: Mapping[str, Any], copy: PlannedCopy) -> dict[str
         "last_reply": None,
         "original": event["raw"],
         "about_copy_id": None,
+        "relay": None,  # JournalCopy v2: only relay copies of originals carry their envelope
     }

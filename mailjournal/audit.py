@@ -328,6 +328,8 @@ def run_audit(
                 _, copy = decode_with_name(value)
             except ValueError:
                 continue
+            if str(copy["kind"]) == "RELAY":
+                continue  # originals relayed onward are not journal copies
             if is_journal and REPLAY_HEADER in headers:
                 continue  # a dead letter re-queued by an operator, not a second emission
             if is_journal:
@@ -340,6 +342,8 @@ def run_audit(
             _, out = decode_with_name(value)
         except ValueError:
             continue
+        if str(out["kind"]) == "RELAY":
+            continue  # the relay's outcomes (originals) are not journal outcomes
         rec.add_outcome(
             out["copy_id"],
             out["event_id"],

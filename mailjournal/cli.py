@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("ingest.main", "run the SMTP ingest stage"),
     "journal": ("journal_worker.main", "run the journal worker stage"),
     "deliver": ("delivery.main", "run the delivery stage"),
+    "relay": ("delivery.relay_main", "run the relay stage (inline mode: originals onward)"),
     "dlq": ("delivery.dlq", "list or replay dead letters"),
     "run": ("mailjournal.supervisor", "run the whole pipeline on one machine"),
     "audit": ("mailjournal.audit", "reconcile accepted messages against journal outcomes"),

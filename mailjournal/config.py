@@ -434,7 +434,7 @@ class MetricsConfig(Strict):
     """0 = disabled."""
     journal_port: int = Field(default=9102, ge=0, le=65535)
     delivery_port: int = Field(default=9103, ge=0, le=65535)
-    relay_port: int = Field(default=9104, ge=0, le=65535)
+    relay_port: int = Field(default=9105, ge=0, le=65535)
 
 
 class LoggingConfig(Strict):

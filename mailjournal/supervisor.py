@@ -193,7 +193,9 @@ class Supervisor:
                     self.env,
                 )
             )
-        for stage in STAGES:
+        # inline mode: the relay forwards the originals (before ingest, like the other consumers)
+        stages = ("relay", *STAGES) if self.cfg.relays else STAGES
+        for stage in stages:
             self.children.append(Child(stage, _stage_argv(stage, self.config_path), self.env))
 
     def loop(self) -> int:

@@ -59,6 +59,7 @@ class RecipientType(StrEnum):
 class JournalCopyKind(StrEnum):
     JOURNAL = "JOURNAL"
     NDR = "NDR"
+    RELAY = "RELAY"  # JournalCopy v2: an original (or a DSN to its sender) for the relay
 
 
 class OutcomeStatus(StrEnum):
@@ -156,6 +157,13 @@ class CoveredRecipient(TypedDict):
     forwarded: str | None
 
 
+class RelayEnvelope(TypedDict):
+    mail_params: MailParams
+    recipients: list[Recipient]
+    next_hop: str
+    delay_notified: bool
+
+
 class JournalCopy(TypedDict):
     copy_id: str
     event_id: str
@@ -175,6 +183,7 @@ class JournalCopy(TypedDict):
     first_attempt_at: datetime | None
     last_reply: str | None
     about_copy_id: str | None
+    relay: RelayEnvelope | None
     original: bytes
 
 

@@ -130,6 +130,7 @@ def journal_copy(original: bytes | None = None, **overrides: Any) -> dict[str, A
         "last_reply": "451 4.3.0 Try again later",
         "original": raw_message() if original is None else original,
         "about_copy_id": None,
+        "relay": None,
     }
     record.update(overrides)
     return record
@@ -516,12 +517,17 @@ def test_every_kept_version_is_compatible_both_ways(name: str, version: int, nul
     read_body(body, current.schema, old.schema)
 
 
+OUTCOME_N = codec.default_codec().latest(events.DELIVERY_OUTCOME).version
+
+
 def make_synthetic_v2(tmp_path: Path) -> Path:
     """A copy of the packaged schemas plus DeliveryOutcome v2: one added field with a default,
     and a new OutcomeStatus symbol (EXPIRED) that v1 readers must map to the enum default."""
     root = tmp_path / "avro"
     shutil.copytree(AVRO_ROOT, root)
-    v2 = json.loads((root / "DeliveryOutcome" / "v1.avsc").read_text(encoding="utf-8"))
+    # built on the latest packaged version N, written as N + 1 ("v2" below means N + 1)
+    n = OUTCOME_N
+    v2 = json.loads((root / "DeliveryOutcome" / f"v{n}.avsc").read_text(encoding="utf-8"))
     status = next(f for f in v2["fields"] if f["name"] == "status")
     status["type"]["symbols"].insert(3, "EXPIRED")
     v2["fields"].append(
@@ -532,15 +538,16 @@ def make_synthetic_v2(tmp_path: Path) -> Path:
             "doc": "Synthetic v2 field.",
         }
     )
-    (root / "DeliveryOutcome" / "v2.avsc").write_text(json.dumps(v2), encoding="utf-8")
+    (root / "DeliveryOutcome" / f"v{n + 1}.avsc").write_text(json.dumps(v2), encoding="utf-8")
     return root
 
 
 def test_synthetic_v2_backward_and_forward(tmp_path: Path) -> None:
     new = Codec(make_synthetic_v2(tmp_path))
     old = codec.default_codec()
-    assert [v for v, _ in new.schema_versions(events.DELIVERY_OUTCOME)] == [1, 2]
-    assert new.latest(events.DELIVERY_OUTCOME).version == 2
+    n = OUTCOME_N
+    assert [v for v, _ in new.schema_versions(events.DELIVERY_OUTCOME)] == list(range(1, n + 2))
+    assert new.latest(events.DELIVERY_OUTCOME).version == n + 1
 
     # Backward: a v1 record (from an old producer) decodes with the v2 reader; the added field
     # takes its default.
@@ -553,8 +560,8 @@ def test_synthetic_v2_backward_and_forward(tmp_path: Path) -> None:
     v2_record = delivery_outcome(status="EXPIRED", smtp_session="s-1")
     data = new.encode(events.DELIVERY_OUTCOME, v2_record)
     assert new.decode(data) == v2_record
-    v1_schema = new.entry(events.DELIVERY_OUTCOME, 1).schema
-    v2_schema = new.entry(events.DELIVERY_OUTCOME, 2).schema
+    v1_schema = new.entry(events.DELIVERY_OUTCOME, n).schema
+    v2_schema = new.entry(events.DELIVERY_OUTCOME, n + 1).schema
     forward = read_body(data[codec.HEADER_SIZE :], v2_schema, v1_schema)
     assert forward == {**delivery_outcome(), "status": events.OutcomeStatus.UNKNOWN}
 
@@ -563,8 +570,8 @@ def test_synthetic_v2_backward_and_forward(tmp_path: Path) -> None:
         old.decode(data)
 
     # Rolling upgrade: ship v2 but keep writing v1 until every reader has v2.
-    pinned = Codec(make_synthetic_v2(tmp_path / "pinned"), {events.DELIVERY_OUTCOME: 1})
-    assert pinned.writer_entry(events.DELIVERY_OUTCOME).version == 1
+    pinned = Codec(make_synthetic_v2(tmp_path / "pinned"), {events.DELIVERY_OUTCOME: n})
+    assert pinned.writer_entry(events.DELIVERY_OUTCOME).version == n
     data = pinned.encode(events.DELIVERY_OUTCOME, {**v1_record, "smtp_session": "dropped"})
     assert old.decode(data) == v1_record
     assert pinned.decode(data) == {**v1_record, "smtp_session": None}
@@ -640,7 +647,7 @@ def test_expected_schema_mismatch() -> None:
     data = codec.encode(events.DELIVERY_OUTCOME, delivery_outcome())
     with pytest.raises(SchemaError, match="expected a JournalCopy record, got DeliveryOutcome"):
         codec.decode(data, expected=events.JOURNAL_COPY)
-    assert codec.peek(data) == (events.DELIVERY_OUTCOME, 1)
+    assert codec.peek(data) == (events.DELIVERY_OUTCOME, OUTCOME_N)
 
 
 def test_random_corruption_raises_only_schema_error() -> None:
