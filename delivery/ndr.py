@@ -175,34 +175,12 @@ def build_ndr(
         ),
     ]
     headers.append(simple_header("X-MailJournal-About-Copy-Id", str(copy["copy_id"])))
-    delimiter = b"--" + boundary.encode("ascii")
-    return b"".join(
-        [
-            *headers,
-            CRLF,
-            delimiter,
-            CRLF,
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Transfer-Encoding: " + text_cte.encode("ascii") + CRLF,
-            CRLF,
-            text,
-            delimiter,
-            CRLF,
-            b"Content-Type: message/delivery-status\r\n",
-            b"Content-Transfer-Encoding: " + status_cte.encode("ascii") + CRLF,
-            CRLF,
-            status,
-            delimiter,
-            CRLF,
-            b"Content-Type: " + attach_type.encode("ascii") + CRLF,
-            b"Content-Transfer-Encoding: " + attach_cte.encode("ascii") + CRLF,
-            CRLF,
-            attachment,
-            CRLF,
-            delimiter,
-            b"--",
-            CRLF,
-        ]
+    return multipart_report(
+        headers,
+        boundary,
+        (text, text_cte),
+        (status, status_cte),
+        (attachment, attach_type, attach_cte),
     )
 
 
@@ -236,3 +214,47 @@ def make_ndr_copy(
         "original": ndr_message,
         "about_copy_id": copy["copy_id"],
     }
+
+
+def multipart_report(
+    headers: list[bytes],
+    boundary: str,
+    text: tuple[bytes, str],
+    status: tuple[bytes, str],
+    attachment: tuple[bytes, str, str],
+) -> bytes:
+    """An RFC 3462 ``multipart/report`` assembled byte by byte: the human-readable part, the
+    ``message/delivery-status`` part and the returned message or headers (never re-encoded).
+    ``text`` and ``status`` are (body, transfer encoding); ``attachment`` adds its content type."""
+    text_body, text_cte = text
+    status_body, status_cte = status
+    attach_body, attach_type, attach_cte = attachment
+    delimiter = b"--" + boundary.encode("ascii")
+    return b"".join(
+        [
+            *headers,
+            CRLF,
+            delimiter,
+            CRLF,
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Transfer-Encoding: " + text_cte.encode("ascii") + CRLF,
+            CRLF,
+            text_body,
+            delimiter,
+            CRLF,
+            b"Content-Type: message/delivery-status\r\n",
+            b"Content-Transfer-Encoding: " + status_cte.encode("ascii") + CRLF,
+            CRLF,
+            status_body,
+            delimiter,
+            CRLF,
+            b"Content-Type: " + attach_type.encode("ascii") + CRLF,
+            b"Content-Transfer-Encoding: " + attach_cte.encode("ascii") + CRLF,
+            CRLF,
+            attach_body,
+            CRLF,
+            delimiter,
+            b"--",
+            CRLF,
+        ]
+    )

@@ -21,10 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from delivery.ndr import Failure, _address_type, diagnostic_code, dsn_status
+from delivery.ndr import Failure, _address_type, diagnostic_code, dsn_status, multipart_report
 from delivery.relay import route_key
 from delivery.report import (
-    CRLF,
     body_transfer_encoding,
     choose_boundary,
     clean_text,
@@ -200,34 +199,12 @@ def build_sender_dsn(
             "Content-Transfer-Encoding", combine_encodings(text_cte, status_cte, attach_cte)
         ),
     ]
-    delimiter = b"--" + boundary.encode("ascii")
-    return b"".join(
-        [
-            *headers,
-            CRLF,
-            delimiter,
-            CRLF,
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Transfer-Encoding: " + text_cte.encode("ascii") + CRLF,
-            CRLF,
-            text,
-            delimiter,
-            CRLF,
-            b"Content-Type: message/delivery-status\r\n",
-            b"Content-Transfer-Encoding: " + status_cte.encode("ascii") + CRLF,
-            CRLF,
-            status,
-            delimiter,
-            CRLF,
-            b"Content-Type: " + attach_type.encode("ascii") + CRLF,
-            b"Content-Transfer-Encoding: " + attach_cte.encode("ascii") + CRLF,
-            CRLF,
-            attachment,
-            CRLF,
-            delimiter,
-            b"--",
-            CRLF,
-        ]
+    return multipart_report(
+        headers,
+        boundary,
+        (text, text_cte),
+        (status, status_cte),
+        (attachment, attach_type, attach_cte),
     )
 
 
