@@ -11,12 +11,13 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 
+from delivery.relay import relay_tier_topics
 from delivery.retry import tier_topics
 from delivery.worker import DeliveryWorker
 from mailjournal.config import Config, ConfigError, load_config
 from mailjournal.kafka import make_admin
 from mailjournal.logs import setup_logging
-from mailjournal.metrics import READY, serve_metrics
+from mailjournal.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def missing_topics(config: Config, timeout: float = 30.0) -> list[str]:
-    """Topics delivery reads or writes that do not exist (``mailjournal topics ensure``)."""
+def missing_topics(config: Config, mode: str = "journal", timeout: float = 30.0) -> list[str]:
+    """Topics the worker in ``mode`` reads or writes that do not exist (``topics ensure``)."""
     topics = config.kafka.topics
-    wanted = [
-        topics.journal.name,
-        *tier_topics(config),
-        topics.outcomes.name,
-        topics.dead_letters.name,
-    ]
-    existing = make_admin(config, role="delivery-admin").list_topics(timeout=timeout).topics
+    if mode == "relay":
+        wanted = [topics.messages.name, *relay_tier_topics(config)]
+    else:
+        wanted = [topics.journal.name, *tier_topics(config)]
+    wanted += [topics.outcomes.name, topics.dead_letters.name]
+    existing = make_admin(config, role=f"{mode}-admin").list_topics(timeout=timeout).topics
     return [t for t in wanted if t not in existing]
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, mode: str) -> int:
+    """Run the delivery worker in ``mode`` ("journal": journal copies and NDRs; "relay":
+    originals to their next hops) until SIGTERM/SIGINT."""
+    stage = "delivery" if mode == "journal" else "relay"
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -56,33 +59,38 @@ def main(args: argparse.Namespace) -> int:
         for err in exc.errors:
             print(f"  - {err}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.logging, stage="delivery")
+    setup_logging(config.logging, stage=stage)
+    if mode == "relay" and not config.relays:
+        log.error("relay: no listener has relay = true; nothing to relay")
+        return EXIT_CONFIG
     try:
-        missing = missing_topics(config)
+        missing = missing_topics(config, mode)
     except KafkaException as exc:
-        log.error("delivery: Kafka at %s: %s", config.kafka.bootstrap_servers, exc)
+        log.error("%s: Kafka at %s: %s", stage, config.kafka.bootstrap_servers, exc)
         return EXIT_FATAL
     if missing:
         log.error(
-            "delivery: missing topics %s; create them with `mailjournal topics ensure`",
+            "%s: missing topics %s; create them with `mailjournal topics ensure`",
+            stage,
             ", ".join(missing),
         )
         return EXIT_CONFIG
-    worker = DeliveryWorker(config)
+    worker = DeliveryWorker(config, mode=mode)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("delivery: %s received, stopping", signal.Signals(signum).name)
+        log.info("%s: %s received, stopping", stage, signal.Signals(signum).name)
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = serve_metrics(
-        config.metrics.host, config.metrics.delivery_port, ready=lambda: worker.ready
-    )
-    READY.set(1)
+    port = config.metrics.relay_port if mode == "relay" else config.metrics.delivery_port
+    server = serve_metrics(config.metrics.host, port, ready=lambda: worker.ready)
     try:
         return worker.run()
     finally:
-        READY.set(0)
         if server is not None:
             server.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(args, "journal")
