@@ -57,6 +57,9 @@ T = TypeVar("T")
 Record = tuple[str, str | bytes | None, bytes]  # topic, key, value
 
 RETRY_DEADLINE_SECONDS = 120.0  # a retriable transactional call failing this long is fatal
+# librdkafka's transactional calls block forever without a timeout; with one, a call stuck after
+# a broker outage times out (retriable), is retried, and past RETRY_DEADLINE_SECONDS is fatal
+TXN_CALL_TIMEOUT_SECONDS = 30.0
 LAG_INTERVAL_SECONDS = 2.0
 
 
@@ -421,8 +424,11 @@ class JournalWorker:
                 self.producer.send_offsets_to_transaction,
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                 self.consumer.consumer_group_metadata(),
+                TXN_CALL_TIMEOUT_SECONDS,
             )
-            self._txn_call("commit_transaction", self.producer.commit_transaction)
+            self._txn_call(
+                "commit_transaction", self.producer.commit_transaction, TXN_CALL_TIMEOUT_SECONDS
+            )
             self._in_transaction = False
             metrics.TRANSACTION_COMMIT_SECONDS.observe(time.perf_counter() - started)
         except _AbortRequired as exc:
@@ -437,7 +443,9 @@ class JournalWorker:
     def _abort(self) -> None:
         assert self.producer is not None
         try:
-            self._txn_call("abort_transaction", self.producer.abort_transaction)
+            self._txn_call(
+                "abort_transaction", self.producer.abort_transaction, TXN_CALL_TIMEOUT_SECONDS
+            )
         except _AbortRequired as exc:  # abort cannot require an abort: treat as fatal
             raise FatalError(str(exc)) from None
         self._in_transaction = False
