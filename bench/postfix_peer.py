@@ -55,7 +55,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-def main_cf(base: Path, port: int, relay_port: int, journal: str) -> str:
+def main_cf(base: Path, port: int, relay_port: int, journal: str | None, extra: str = "") -> str:
     return f"""\
 compatibility_level = 3.6
 config_directory = {base}/etc
@@ -77,8 +77,8 @@ mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 smtpd_recipient_restrictions = permit_mynetworks, reject
 relayhost = [127.0.0.1]:{relay_port}
-# journaling, the Postfix way: every recipient gets a BCC to the journal address
-recipient_bcc_maps = static:{journal}
+# journaling, the Postfix way: every recipient gets a BCC to the journal address (None: off)
+recipient_bcc_maps = {"static:" + journal if journal else ""}
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 smtputf8_enable = no
@@ -91,17 +91,29 @@ smtpd_client_message_rate_limit = 0
 default_destination_concurrency_limit = 20
 smtp_destination_concurrency_limit = 20
 message_size_limit = 0
-"""
+{extra}"""
 
 
 class PostfixPeer:
     """``PostfixPeer(dir, port, relay_port).start()`` ... ``.stop()``; ``sent()`` parses the log."""
 
-    def __init__(self, base: Path, port: int, relay_port: int, journal: str = JOURNAL_ADDRESS):
+    def __init__(
+        self,
+        base: Path,
+        port: int,
+        relay_port: int,
+        journal: str | None = JOURNAL_ADDRESS,
+        *,
+        main_extra: str = "",
+        master_extra: str = "",
+    ):
+        # main_extra/master_extra: more main.cf lines and master.cf services (the tests' filter)
         self.base = Path(base).resolve()
         self.port = port
         self.relay_port = relay_port
         self.journal = journal
+        self.main_extra = main_extra
+        self.master_extra = master_extra
         self.etc = self.base / "etc"
         self.log = self.base / "maillog"
         self.started = False
@@ -120,9 +132,11 @@ class PostfixPeer:
         os.chown(self.base / "data", owner.pw_uid, owner.pw_gid)
         (self.base / "queue").mkdir(exist_ok=True)
         (self.etc / "main.cf").write_text(
-            main_cf(self.base, self.port, self.relay_port, self.journal)
+            main_cf(self.base, self.port, self.relay_port, self.journal, self.main_extra)
         )
-        (self.etc / "master.cf").write_text(MASTER_CF.format(host="127.0.0.1", port=self.port))
+        (self.etc / "master.cf").write_text(
+            MASTER_CF.format(host="127.0.0.1", port=self.port) + self.master_extra
+        )
         # postfix-files describes the directories `postfix check/start` creates and owns
         (self.etc / "postfix-files").write_text(Path("/etc/postfix/postfix-files").read_text())
         with contextlib.suppress(FileNotFoundError):
