@@ -148,13 +148,13 @@ class PostfixTarget(Target):
         return self._journal_delays(mark)
 
 
-def relay_overrides() -> dict[str, Any]:
-    """HOOK (issue 10): the config overrides that make mailjournal relay the original too.
-
-    When the relay path lands, return its config keys here (e.g. ``{"relay": {...}}`` pointing at
-    the smart host) and set ``MailjournalTarget.copies_per_message`` to 2 for that target, so the
-    "journal + relay" target is compared with Postfix doing the same work (original + copy)."""
-    raise NotImplementedError("relay of originals (issue 10) is not wired into the benchmark yet")
+def relay_overrides(sink_port: int) -> dict[str, Any]:
+    """The config that makes mailjournal relay the original too (inline mode, docs/relay.md):
+    the listener is ``relay = true`` and both next hops are the sink, as Postfix relays the
+    original and the copy to it. The relay stage (``mailjournal relay``) then runs beside the
+    others, so this target does the same work as Postfix with ``recipient_bcc_maps``."""
+    hop = {"host": "127.0.0.1", "port": sink_port}
+    return {"relay": {"inbound": hop, "outbound": hop}}
 
 
 class MailjournalTarget(Target):
@@ -172,6 +172,7 @@ class MailjournalTarget(Target):
         ingest_workers: int = 2,
         overrides: dict[str, Any] | None = None,
         relay: bool = False,
+        delivery_procs: int = 1,
     ):
         super().__init__(sink_port, sink_pid)
         self.name = name
@@ -179,9 +180,11 @@ class MailjournalTarget(Target):
         self.kafka_pid = kafka_pid
         self.tree = tree
         self.ingest_workers = ingest_workers
+        self.delivery_procs = delivery_procs
         self.overrides = overrides or {}
+        self.relay = relay
         if relay:
-            self.overrides = {**self.overrides, **relay_overrides()}
+            self.overrides = {**self.overrides, **relay_overrides(sink_port)}
             self.copies_per_message = 2
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -192,7 +195,9 @@ class MailjournalTarget(Target):
         from tests.fixtures.delivery import write_toml
         from tests.fixtures.kafka import kafka_test_config, unique_suffix
 
-        self.port, m_in, m_jr, m_dl = free_ports(4)
+        self.port, m_in, m_jr, m_dl, m_rl = free_ports(5)
+        # one metrics port per extra delivery process (same consumer group: partitions shared)
+        m_dl_extra = free_ports(self.delivery_procs - 1) if self.delivery_procs > 1 else []
         safe = "".join(c if c.isalnum() else "-" for c in self.name)
         base = kafka_test_config(self.bootstrap, unique_suffix(f"bench-{safe}"), partitions=6)
         data = deep_merge(
@@ -200,17 +205,24 @@ class MailjournalTarget(Target):
             {
                 "ingest": {
                     "hostname": "mx.corp.example",
-                    "listeners": [{"name": "mx", "host": "127.0.0.1", "port": self.port}],
+                    "listeners": [
+                        {"name": "mx", "host": "127.0.0.1", "port": self.port}
+                        | ({"relay": True} if self.relay else {})
+                    ],
                     "max_connections": 2000,
                     "max_connections_per_client": 2000,
                 },
                 "delivery": {"smart_host": {"host": "127.0.0.1", "port": self.sink_port}},
-                "metrics": {"ingest_port": m_in, "journal_port": m_jr, "delivery_port": m_dl},
+                "metrics": {"ingest_port": m_in, "journal_port": m_jr, "delivery_port": m_dl}
+                | ({"relay_port": m_rl} if self.relay else {}),
                 "logging": {"level": "WARNING"},
             },
         )
         self.config = load_config_dict(deep_merge(data, self.overrides))
         self.metrics = {"ingest": m_in, "journal": m_jr, "delivery": m_dl}
+        if self.relay:
+            self.metrics["relay"] = m_rl
+        cfg_files: dict[str, Path | None] = {"delivery": None}
         self.dir = work / safe
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg_file = write_toml(self.config, self.dir / "mailjournal.toml")
@@ -224,13 +236,22 @@ class MailjournalTarget(Target):
             stdout=subprocess.DEVNULL,
         )
         self.log = open(self.dir / "stages.log", "ab")  # noqa: SIM115 - closed in stop()
-        stages = {
-            "delivery": ["deliver"],
-            "journal": ["journal"],
-            "ingest": ["ingest", "--workers", str(self.ingest_workers)],
-        }
+        stages: dict[str, list[str]] = {"delivery": ["deliver"]}
+        for i, port in enumerate(m_dl_extra, start=2):
+            # the same config but its own metrics port: a second member of the delivery group
+            extra = load_config_dict(
+                deep_merge(data, deep_merge(self.overrides, {"metrics": {"delivery_port": port}}))
+            )
+            cfg_files[f"delivery{i}"] = write_toml(extra, self.dir / f"mailjournal-d{i}.toml")
+            self.metrics[f"delivery{i}"] = port
+            stages[f"delivery{i}"] = ["deliver"]
+        if self.relay:
+            stages["relay"] = ["relay"]
+        stages["journal"] = ["journal"]
+        stages["ingest"] = ["ingest", "--workers", str(self.ingest_workers)]
         for stage, argv in stages.items():
-            cmd = [*py, argv[0], "--config", str(cfg_file), *argv[1:]]
+            cfg = cfg_files.get(stage) or cfg_file
+            cmd = [*py, argv[0], "--config", str(cfg), *argv[1:]]
             self.procs[stage] = subprocess.Popen(
                 cmd, cwd=self.tree, env=env, stdout=self.log, stderr=self.log
             )
@@ -254,7 +275,9 @@ class MailjournalTarget(Target):
             return False
 
     def stop(self) -> None:
-        for stage in ("ingest", "journal", "delivery"):  # the front door first
+        # the front door first
+        order = ["ingest", "journal", *(s for s in self.procs if s not in ("ingest", "journal"))]
+        for stage in order:
             proc = self.procs.get(stage)
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -275,11 +298,24 @@ class MailjournalTarget(Target):
         return g
 
     def _delivered_metric(self) -> float:
-        return metric_value(
-            self.metrics["delivery"],
-            "mailjournal_delivery_outcomes_total",
-            {"kind": "journal", "status": "delivered"},
+        """Journal copies (and with the relay, relayed originals) delivered, over every
+        delivery process."""
+        total = sum(
+            metric_value(
+                port,
+                "mailjournal_delivery_outcomes_total",
+                {"kind": "journal", "status": "delivered"},
+            )
+            for stage, port in self.metrics.items()
+            if stage.startswith("delivery")
         )
+        if self.relay:
+            total += metric_value(
+                self.metrics["relay"],
+                "mailjournal_delivery_outcomes_total",
+                {"kind": "relay", "status": "delivered"},
+            )
+        return total
 
     def _accepted_metric(self) -> float:
         return metric_value(self.metrics["ingest"], "mailjournal_ingest_messages_accepted_total")
@@ -347,6 +383,7 @@ class MailjournalTarget(Target):
                 if msg.offset() >= end[msg.partition()] - 1:
                     todo.discard(msg.partition())
                 rec = decode(msg.value(), "DeliveryOutcome")
+                # the journal copy's latency (relayed originals share the topic: kind RELAY)
                 if rec["status"] != "DELIVERED" or rec["kind"] != "JOURNAL":
                     continue
                 at = rec["at"]
@@ -614,7 +651,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run mailjournal-NAME with these overrides (A/B in the same invocation)",
     )
     ap.add_argument("--baseline", metavar="REF", help="also run mailjournal@REF (git archive)")
-    ap.add_argument("--relay", action="store_true", help="also the journal + relay target (hook)")
+    ap.add_argument("--relay", action="store_true", help="also the journal + relay target")
+    ap.add_argument(
+        "--delivery-procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="deliver processes per mailjournal target (one consumer group; default 1)",
+    )
+    ap.add_argument(
+        "--delivery-procs-ab",
+        action="store_true",
+        help="also run mailjournal-2deliver (two deliver processes) beside the default target",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--drain-timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
@@ -681,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                 or args.baseline
                 or args.relay
                 or args.variant
+                or args.delivery_procs_ab
             ):
                 kafka = KafkaLocal(work / "kafka", brokers=1, die_with_parent=True)
                 t0 = time.monotonic()
@@ -702,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                             bootstrap=bootstrap,
                             kafka_pid=kafka_pid,
                             ingest_workers=args.ingest_workers,
+                            delivery_procs=args.delivery_procs,
                             overrides=overrides_from(args.set),
                         )
                     )
@@ -717,7 +768,21 @@ def main(argv: list[str] | None = None) -> int:
                         bootstrap=bootstrap,
                         kafka_pid=kafka_pid,
                         ingest_workers=args.ingest_workers,
+                        delivery_procs=args.delivery_procs,
                         overrides=overrides_from(args.set + sets.split(",")),
+                    )
+                )
+            if args.delivery_procs_ab:
+                factories.append(
+                    lambda: MailjournalTarget(
+                        sink_port,
+                        sink.pid,
+                        name="mailjournal-2deliver",
+                        bootstrap=bootstrap,
+                        kafka_pid=kafka_pid,
+                        ingest_workers=args.ingest_workers,
+                        overrides=overrides_from(args.set),
+                        delivery_procs=2,
                     )
                 )
             if args.baseline:
@@ -731,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
                         kafka_pid=kafka_pid,
                         tree=tree,
                         ingest_workers=args.ingest_workers,
+                        delivery_procs=args.delivery_procs,
                     )
                 )
             if args.relay:
@@ -742,13 +808,19 @@ def main(argv: list[str] | None = None) -> int:
                         bootstrap=bootstrap,
                         kafka_pid=kafka_pid,
                         ingest_workers=args.ingest_workers,
+                        delivery_procs=args.delivery_procs,
                         relay=True,
                     )
                 )
             for make in factories:
                 target = make()
                 targets.append(target)
-                target.start(work)
+                try:
+                    target.start(work)
+                except Exception as exc:  # one target that cannot start must not lose the rest
+                    print(f"== {target.name}: not started: {exc}", file=sys.stderr, flush=True)
+                    target.stop()
+                    continue
                 print(f"== {target.name} on port {target.port}", flush=True)
                 for size in args.size_list:
                     row = run_point(target, size, args.seconds, args.sessions, args.drain_timeout)
@@ -785,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_point": args.seconds,
         "sessions": args.sessions,
         "ingest_workers": args.ingest_workers,
+        "delivery_procs": args.delivery_procs,
         "cpus": os.cpu_count(),
         "overrides": overrides_from(args.set),
         "variants": args.variant,

@@ -171,7 +171,7 @@ class JournalWorker:
             self._ready.set()
             while not self._stop.is_set():
                 try:
-                    msgs = self.consumer.consume(self.batch_max, self.batch_timeout)
+                    msgs = self._next_batch()
                 except KafkaException as exc:  # raised by consume itself only when fatal
                     metrics.KAFKA_ERRORS.labels("fatal").inc()
                     raise FatalError(f"consume: {exc.args[0]}") from None
@@ -184,6 +184,21 @@ class JournalWorker:
         finally:
             self._ready.clear()
             self._close()
+
+    def _next_batch(self) -> list[Message]:
+        """What the consumer has buffered (up to ``batch_max``); when nothing is, wait up to
+        ``batch_timeout`` for the first record and take it with whatever came along. A batch
+        never waits for more input once some is there: under load batches still grow (records
+        arrive while the previous transaction commits), at light load a message is not held
+        for ``batch_max_ms``."""
+        assert self.consumer is not None
+        msgs = self.consumer.consume(self.batch_max, 0)
+        if msgs:
+            return msgs
+        msgs = self.consumer.consume(1, self.batch_timeout)
+        if msgs and self.batch_max > 1:
+            msgs.extend(self.consumer.consume(self.batch_max - 1, 0))
+        return msgs
 
     def _close(self) -> None:
         # an open transaction here is one a fatal error interrupted: leave it to the broker's
