@@ -12,10 +12,16 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from mailjournal.config import ConfigError, load_config
 from mailjournal.logs import setup_logging
+
+if TYPE_CHECKING:
+    from journal_worker.worker import JournalWorker
 
 log = logging.getLogger("mailjournal.journal")
 
@@ -43,6 +49,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# every transactional call has a timeout; one that has not returned well after it is stuck
+# inside librdkafka: exit, the supervisor (or Kubernetes) starts a fresh instance, and the
+# transaction coordinator aborts the open transaction after transaction.timeout.ms
+EXIT_STUCK = 70
+
+
+def start_watchdog(worker: JournalWorker) -> None:
+    from journal_worker.worker import TXN_CALL_TIMEOUT_SECONDS
+
+    limit = TXN_CALL_TIMEOUT_SECONDS + 30
+
+    def watch() -> None:
+        while True:
+            time.sleep(5)
+            stuck = worker.stuck_seconds()
+            if stuck > limit:
+                log.critical("a Kafka transaction call is stuck for %.0f s: exiting", stuck)
+                logging.shutdown()
+                os._exit(EXIT_STUCK)
+
+    threading.Thread(target=watch, name="journal-watchdog", daemon=True).start()
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -55,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     from mailjournal.metrics import serve_metrics
 
     worker = JournalWorker(config, instance_id=args.instance_id)
+    start_watchdog(worker)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: finishing the current batch and stopping", signum)

@@ -134,6 +134,7 @@ class JournalWorker:
         self.batch_timeout = config.journal.batch_max_ms / 1000
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._txn_started: float | None = None
         self._in_transaction = False
         self._lag_at = 0.0
         self._lag_partitions: set[int] = set()
@@ -397,13 +398,24 @@ class JournalWorker:
     def _txn_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         deadline = time.monotonic() + RETRY_DEADLINE_SECONDS
         delay = 0.05
-        while True:
-            try:
-                return fn(*args)
-            except KafkaException as exc:
-                self._classify(what, exc, deadline)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        try:
+            while True:
+                self._txn_started = time.monotonic()
+                try:
+                    return fn(*args)
+                except KafkaException as exc:
+                    self._classify(what, exc, deadline)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        finally:
+            self._txn_started = None
+
+    def stuck_seconds(self) -> float:
+        """How long the current attempt of a transactional call has been running; 0 when none
+        is. A watchdog uses it: after a full cluster outage librdkafka was seen to block in
+        such a call past its timeout (docs/reliability.md)."""
+        started = self._txn_started
+        return 0.0 if started is None else time.monotonic() - started
 
     def _produce(self, topic: str, key: str | bytes | None, value: bytes) -> None:
         assert self.producer is not None
