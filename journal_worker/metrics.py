@@ -87,7 +87,7 @@ CONSUMER_LAG = Gauge(
 )
 KAFKA_ERRORS = Counter(
     "mailjournal_journal_kafka_errors_total",
-    "Kafka errors by class (retriable, abortable, fatal, consumer)",
+    "Kafka errors by class (retriable, abortable, fatal, consumer, producer_replaced)",
     ["kind"],
 )
 

@@ -71,6 +71,37 @@ class _AbortRequired(Exception):
     pass
 
 
+class _ProducerStuck(FatalError):
+    """A transactional call did not return within its timeout: librdkafka can block past it
+    when the group coordinator disappeared during an outage (librdkafka issues 5456, 5511)."""
+
+
+def _call_with_deadline(
+    fn: Callable[..., T], args: tuple[Any, ...], seconds: float, what: str
+) -> T:
+    """``fn(*args)`` on a daemon thread; raise :class:`_ProducerStuck` if it has not returned
+    after ``seconds`` (the thread is left behind: it cannot be interrupted, and being a daemon
+    it does not hold up the process's exit)."""
+    result: list[T] = []
+    error: list[BaseException] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:
+            error.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"txn-{what}", daemon=True).start()
+    if not done.wait(seconds):
+        raise _ProducerStuck(f"{what} blocked past its timeout")
+    if error:
+        raise error[0]
+    return result[0]
+
+
 class _Unavailable(Exception):
     """A message cannot be decided right now (directory or schema registry down)."""
 
@@ -135,6 +166,7 @@ class JournalWorker:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._txn_started: float | None = None
+        self._abandoned: list[Producer] = []
         self._in_transaction = False
         self._lag_at = 0.0
         self._lag_partitions: set[int] = set()
@@ -402,13 +434,28 @@ class JournalWorker:
             while True:
                 self._txn_started = time.monotonic()
                 try:
-                    return fn(*args)
+                    return _call_with_deadline(fn, args, TXN_CALL_TIMEOUT_SECONDS + 15, what)
                 except KafkaException as exc:
                     self._classify(what, exc, deadline)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         finally:
             self._txn_started = None
+
+    def _replace_producer(self) -> None:
+        """Give up a producer stuck in a transactional call: a new one with the same
+        transactional id fences it and aborts its open transaction (init_transactions)."""
+        assert self.producer is not None
+        # keep the stuck client referenced: destroying a client while a call is blocked inside
+        # it (on its daemon thread) is not safe
+        self._abandoned.append(self.producer)
+        self.producer = make_producer(
+            self.config, transactional_id=self.transactional_id, role="journal"
+        )
+        self._in_transaction = False
+        self._txn_call("init_transactions", self.producer.init_transactions, 30)
+        metrics.KAFKA_ERRORS.labels("producer_replaced").inc()
+        log.warning("replaced a stuck transactional producer (same transactional id)")
 
     def stuck_seconds(self) -> float:
         """How long the current attempt of a transactional call has been running; 0 when none
@@ -461,6 +508,11 @@ class JournalWorker:
         except _AbortRequired as exc:
             log.warning("transaction aborted, rewinding %d messages: %s", len(items), exc)
             self._abort()
+            self._rewind([it.msg for it in items])
+            return
+        except _ProducerStuck as exc:
+            log.warning("%s: replacing the producer, rewinding %d messages", exc, len(items))
+            self._replace_producer()
             self._rewind([it.msg for it in items])
             return
         metrics.TRANSACTIONS.labels("committed").inc()
