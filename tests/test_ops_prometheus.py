@@ -54,12 +54,7 @@ from tests.ops_queries import (
 )
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-pytestmark = [
-    pytest.mark.kafka,
-    pytest.mark.skipif(
-        not Path(PROMETHEUS).exists(), reason="prometheus (Debian package) is not installed"
-    ),
-]
+pytestmark = [pytest.mark.kafka]  # prometheus (Debian package) is installed by `make test`
 
 DATA_TIMEOUT = 90.0  # for every query to have data, from the start of the load
 SCRAPE = "1s"

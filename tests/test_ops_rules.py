@@ -11,10 +11,8 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from mailjournal.config import MetricsConfig
@@ -41,10 +39,6 @@ from tests.ops_queries import (
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 STAGES = ("ingest", "journal", "delivery")
 
-needs_promtool = pytest.mark.skipif(
-    not Path(PROMTOOL).exists(), reason="promtool (Debian package prometheus) is not installed"
-)
-
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -55,20 +49,17 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 # -- promtool ---------------------------------------------------------------------------------
 
 
-@needs_promtool
 def test_promtool_check_rules() -> None:
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in res.stdout
 
 
-@needs_promtool
 def test_promtool_check_config() -> None:
     res = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@needs_promtool
 def test_promtool_unit_tests() -> None:
     assert RULE_TESTS
     res = promtool("test", "rules", *map(str, RULE_TESTS))
