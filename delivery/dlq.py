@@ -31,7 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from delivery.outcomes import OutcomeFields, make_outcome
 from delivery.report import to_millis
-from mailjournal.config import Config, ConfigError, load_config
+from mailjournal.config import Config, load_config_or_report
 from mailjournal.kafka import make_admin, make_consumer, make_producer
 from schemas import (
     DEAD_LETTER,
@@ -287,12 +287,8 @@ def _print(entries: Iterable[Entry], as_json: bool, prefix: str = "") -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: configuration is invalid", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  - {err}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return EXIT_CONFIG
     try:
         if args.action == "list":

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 from types import FrameType
 
 from confluent_kafka import KafkaException
@@ -14,7 +13,7 @@ from confluent_kafka import KafkaException
 from delivery.relay import relay_tier_topics
 from delivery.retry import tier_topics
 from delivery.worker import DeliveryWorker
-from mailjournal.config import Config, ConfigError, load_config
+from mailjournal.config import Config, load_config_or_report
 from mailjournal.kafka import make_admin
 from mailjournal.logs import setup_logging
 from mailjournal.metrics import serve_metrics
@@ -52,12 +51,8 @@ def run(args: argparse.Namespace, mode: str) -> int:
     """Run the delivery worker in ``mode`` ("journal": journal copies and NDRs; "relay":
     originals to their next hops) until SIGTERM/SIGINT."""
     stage = "delivery" if mode == "journal" else "relay"
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: configuration is invalid", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  - {err}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return EXIT_CONFIG
     setup_logging(config.logging, stage=stage)
     if mode == "relay" and not config.relays:

@@ -26,7 +26,7 @@ from collections.abc import Coroutine
 from types import FrameType
 from typing import Any
 
-from mailjournal.config import Config, ConfigError, load_config
+from mailjournal.config import Config, load_config_or_report
 from mailjournal.logs import setup_logging
 
 log = logging.getLogger("ingest")
@@ -91,10 +91,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.config:
         print("mailjournal ingest: --config FILE is required", file=sys.stderr)
         return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: {exc}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     setup_logging(config.logging, stage="ingest")
     _quiet_aiosmtpd(config)

@@ -11,13 +11,12 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from mailjournal.config import ConfigError, load_config
+from mailjournal.config import load_config_or_report
 from mailjournal.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -73,10 +72,8 @@ def start_watchdog(worker: JournalWorker) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: {exc}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     setup_logging(config.logging, stage="journal")
 

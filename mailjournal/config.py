@@ -548,6 +548,26 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     return _resolve_paths(config, path.parent)
 
 
+EXIT_CONFIG = 2  # every command's exit status for an unusable configuration
+
+
+def load_config_or_report(path: str | Path | None) -> Config | None:
+    """For the commands: the configuration, or None after printing why it is unusable (one
+    line per problem, each naming its key) to stderr."""
+    import sys
+
+    if path is None:
+        print("--config FILE (or MAILJOURNAL_CONFIG) is required", file=sys.stderr)
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: configuration is invalid", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  - {err}", file=sys.stderr)
+        return None
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
     """Relative file paths in the config are relative to the config file."""
 

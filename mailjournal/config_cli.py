@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from mailjournal.config import ConfigError, load_config, masked_dump
+from mailjournal.config import load_config_or_report, masked_dump
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -17,12 +17,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(f"{args.file}: configuration is invalid", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  - {err}", file=sys.stderr)
+    config = load_config_or_report(args.file)
+    if config is None:
         return 2
     if not args.quiet:
         print(json.dumps(masked_dump(config), indent=2, sort_keys=False))

@@ -11,7 +11,7 @@ import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from mailjournal.config import ConfigError, load_config
+from mailjournal.config import load_config_or_report
 
 
 def examples(domain: str) -> list[tuple[str, str, str]]:
@@ -53,10 +53,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 2
     if args.server:
         host, _, port_s = args.server.rpartition(":")

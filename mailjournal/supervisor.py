@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from mailjournal.config import Config, ConfigError, load_config
+from mailjournal.config import Config, load_config_or_report
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -237,10 +237,8 @@ class Supervisor:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s run %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 2
     sup = Supervisor(args, cfg)
     signal.signal(signal.SIGINT, sup._on_signal)

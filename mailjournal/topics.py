@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from mailjournal.config import Config, ConfigError, load_config
+from mailjournal.config import Config, load_config_or_report
 from mailjournal.kafka import make_admin, topic_max_message_bytes
 
 EXIT_OK = 0
@@ -201,12 +201,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: configuration is invalid", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  - {err}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return EXIT_CONFIG
     try:
         report = ensure_topics(config, timeout=args.timeout)
