@@ -176,8 +176,8 @@ def test_one_byte_per_second_client_is_cut_and_its_slot_freed(
     slow = RawSMTP(ing.port())
     try:
         assert slow.reply()[0] == 220
+        started = time.monotonic()  # the command timeout runs from here, not from the next byte
         assert served(ing.port(), subject="beside the slow one") == 250
-        started = time.monotonic()
         closed = False
         for byte in b"EHLO slow.example.with.a.long.name\r\n":
             try:
