@@ -96,8 +96,10 @@ def test_kill_9_mid_batch_then_restart_is_exactly_once(
     expected = expected_ids(config, evs)
 
     journal_topic = config.kafka.topics.journal.name
-    kills = 0
-    for threshold in (1500, 4500):
+    kills = interrupted = 0
+    for threshold in (1500, 3000, 4500, 6000):
+        if interrupted >= 2:
+            break
         worker = worker_processes(path, "kill-test")  # same id: the restart fences the zombie
 
         def progressed(threshold: int = threshold) -> bool:
@@ -111,13 +113,21 @@ def test_kill_9_mid_batch_then_restart_is_exactly_once(
         worker.kill9()
         kills += 1
         assert decided_count(config) < len(evs), "too late: the worker had already finished"
+        # a kill that landed while the batch was already committing leaves nothing open; one
+        # that interrupted the transaction leaves it open until the restart fences it
+        time.sleep(0.5)
+        interrupted += open_transaction(config, journal_topic)
+    assert interrupted >= 1, f"none of {kills} kills interrupted an open transaction"
     worker = worker_processes(path, "kill-test")
     wait_decided(config, len(evs), 120)
     assert worker.stop() == 0, worker.log_text()[-3000:]
 
     uncommitted = check_exactly_once(config, expected)
     # the raw log holds the copies of the transactions the kills interrupted, aborted since
-    print(f"{kills} kills; {uncommitted - len(expected)} records of aborted transactions")
+    print(
+        f"{kills} kills, {interrupted} mid-transaction; "
+        f"{uncommitted - len(expected)} records of aborted transactions"
+    )
     assert uncommitted > len(expected)
 
 
