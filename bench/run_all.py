@@ -21,6 +21,7 @@ with their default settings: the before/after of optimisations measured in the s
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import datetime as dt
@@ -70,7 +71,7 @@ def size_guess(rate: float, size: int) -> float:
 # -- targets ---------------------------------------------------------------------------------------
 
 
-class Target:
+class Target(abc.ABC):
     """One thing smtp-source sends to. ``mark()`` before a point, then ``delivered(mark)`` counts
     journal copies that reached the sink since, ``latencies(mark)`` gives their seconds."""
 
@@ -83,9 +84,11 @@ class Target:
         self.sink_pid = sink_pid
         self.port = 0
 
-    def start(self, work: Path) -> None: ...
+    def start(self, work: Path) -> None:  # a target with nothing to start
+        return None
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:  # a target with nothing to stop
+        return None
 
     def groups(self) -> dict[str, int]:
         return {}
@@ -93,8 +96,9 @@ class Target:
     def mark(self) -> Any:
         return None
 
+    @abc.abstractmethod
     def delivered(self, mark: Any) -> int:
-        raise NotImplementedError
+        """Journal copies (and relayed originals) that reached the sink since ``mark``."""
 
     def latencies(self, mark: Any) -> list[float]:
         return []

@@ -112,17 +112,7 @@ def delivery_status(copy: Mapping[str, Any], failure: Failure, config: Config) -
         f"X-MailJournal-Copy-Id: {clean_text(copy.get('copy_id'))}",
         f"Arrival-Date: {rfc5322_date(to_millis(copy.get('received_at')))}",
     ]
-    per_recipient = [
-        f"Final-Recipient: {_address_type(address)}; {clean_text(address)}",
-        "Action: failed",
-        f"Status: {dsn_status(failure)}",
-    ]
-    if failure.remote and failure.remote_mta:
-        per_recipient.append(f"Remote-MTA: dns; {clean_text(failure.remote_mta)}")
-    per_recipient += [
-        f"Diagnostic-Code: {diagnostic_code(failure)}",
-        f"Last-Attempt-Date: {rfc5322_date(failure.last_attempt_ms)}",
-    ]
+    per_recipient = recipient_fields(address, "failed", dsn_status(failure), failure)
     return ("\r\n".join(per_message) + "\r\n\r\n" + "\r\n".join(per_recipient) + "\r\n").encode(
         "utf-8"
     )
@@ -258,3 +248,20 @@ def multipart_report(
             CRLF,
         ]
     )
+
+
+def recipient_fields(address: str, action: str, status: str, failure: Failure) -> list[str]:
+    """The per-recipient fields of a delivery-status part (RFC 3464 §2.3), shared by journal
+    NDRs and DSNs to original senders."""
+    fields = [
+        f"Final-Recipient: {_address_type(address)}; {clean_text(address)}",
+        f"Action: {action}",
+        f"Status: {status}",
+    ]
+    if failure.remote and failure.remote_mta:
+        fields.append(f"Remote-MTA: dns; {clean_text(failure.remote_mta)}")
+    fields += [
+        f"Diagnostic-Code: {diagnostic_code(failure)}",
+        f"Last-Attempt-Date: {rfc5322_date(failure.last_attempt_ms)}",
+    ]
+    return fields

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from delivery.ndr import Failure, _address_type, diagnostic_code, dsn_status, multipart_report
+from delivery.ndr import Failure, dsn_status, multipart_report, recipient_fields
 from delivery.relay import route_key
 from delivery.report import (
     body_transfer_encoding,
@@ -83,17 +83,8 @@ def _per_recipient(rf: RecipientFailure, action: str, until_ms: int | None) -> l
         kind, _, value = str(orcpt).partition(";")
         lines.append(f"Original-Recipient: {clean_text(kind)};{clean_text(xtext_decode(value))}")
     f = rf.failure
-    lines += [
-        f"Final-Recipient: {_address_type(address)}; {clean_text(address)}",
-        f"Action: {action}",
-        f"Status: {dsn_status(f) if action == 'failed' else _delay_status(f)}",
-    ]
-    if f.remote and f.remote_mta:
-        lines.append(f"Remote-MTA: dns; {clean_text(f.remote_mta)}")
-    lines += [
-        f"Diagnostic-Code: {diagnostic_code(f)}",
-        f"Last-Attempt-Date: {rfc5322_date(f.last_attempt_ms)}",
-    ]
+    status = dsn_status(f) if action == "failed" else _delay_status(f)
+    lines += recipient_fields(address, action, status, f)
     if until_ms is not None:
         lines.append(f"Will-Retry-Until: {rfc5322_date(until_ms)}")
     return lines

@@ -250,6 +250,25 @@ class SmtpClient:
         else:
             self._idle.put(session)
 
+    def _finish(self, session: Session, keep: bool, started: float) -> float:
+        """End one use of ``session``: back to the pool, or closed when it cannot be trusted
+        any more; returns and records the transaction's seconds."""
+        seconds = time.monotonic() - started
+        if keep:
+            session.sent += 1
+            self._give_back(session)
+        else:
+            self._discard(session)
+        metrics.SMTP_SECONDS.observe(seconds)
+        return seconds
+
+    def _exception_result(self, exc: BaseException) -> SmtpResult:
+        """The result of a transaction that an exception ended during DATA (a reply, when the
+        exception carries one, else a temporary connection-level failure)."""
+        code = getattr(exc, "smtp_code", None)
+        text = _decode_reply(getattr(exc, "smtp_error", b"")) if code else _error_text(exc)
+        return SmtpResult(code if code and code > 0 else None, text, "data", self.address)
+
     def close(self) -> None:
         """QUIT every idle session (sessions in use are closed when given back)."""
         self._closed = True
@@ -286,17 +305,9 @@ class SmtpClient:
                 continue
             except (OSError, smtplib.SMTPException, ValueError) as exc:
                 keep = False
-                code = getattr(exc, "smtp_code", None)
-                text = _decode_reply(getattr(exc, "smtp_error", b"")) if code else _error_text(exc)
-                result = SmtpResult(code if code and code > 0 else None, text, "data", self.address)
+                result = self._exception_result(exc)
             break
-        seconds = time.monotonic() - started
-        if keep:
-            session.sent += 1
-            self._give_back(session)
-        else:
-            self._discard(session)
-        metrics.SMTP_SECONDS.observe(seconds)
+        seconds = self._finish(session, keep, started)
         return SmtpResult(
             result.code, result.text, result.stage, self.address, seconds, result.permanent_local
         )
@@ -430,17 +441,8 @@ class SmtpClient:
                 keep = False
         except (OSError, smtplib.SMTPException, ValueError) as exc:
             keep = False
-            code = getattr(exc, "smtp_code", None)
-            text = _decode_reply(getattr(exc, "smtp_error", b"")) if code else _error_text(exc)
-            failed = SmtpResult(code if code and code > 0 else None, text, "data", self.address)
-            results = [failed] * len(rcpts)
-        seconds = time.monotonic() - started
-        if keep:
-            session.sent += 1
-            self._give_back(session)
-        else:
-            self._discard(session)
-        metrics.SMTP_SECONDS.observe(seconds)
+            results = [self._exception_result(exc)] * len(rcpts)
+        seconds = self._finish(session, keep, started)
         return [
             SmtpResult(r.code, r.text, r.stage, self.address, seconds, r.permanent_local)
             for r in results
