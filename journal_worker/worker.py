@@ -15,10 +15,14 @@ coordinator refuses offsets from a member of an old generation, and a new partit
 for a pending transaction's offsets; a unique id only means a crashed process's open
 transaction holds back read_committed readers until ``transaction.timeout.ms``.
 
-Errors: a retriable ``KafkaException`` retries the call, one that requires abort aborts the
-transaction and rewinds the consumer to the batch's first offsets (= the last committed
-positions), anything else is fatal: :class:`FatalError` -> exit non-zero, the supervisor
-restarts the worker and the new instance fences the old transactional id.
+Errors: a retriable ``KafkaException`` retries the call for as long as it stays retriable (a
+Kafka outage is waited out in process: a restart cannot end it), one that requires abort aborts
+the transaction and rewinds the consumer to the batch's first offsets (= the last committed
+positions). A transactional call stuck past its timeout, or a producer that turned fatal because
+the coordinator timed out a transaction held open by an outage, is replaced in process by a new
+producer with the same transactional id, and the batch is rewound. Anything else is fatal --
+among it a fence by a newer instance with our transactional id (a zombie must stop):
+:class:`FatalError` -> exit non-zero, the supervisor restarts the worker.
 
 Directory outage: the decided prefix of the batch is committed, the partitions are rewound to
 the first undecided message and paused, and the lookup is retried with backoff while the
@@ -47,7 +51,7 @@ from journal_worker import metrics
 from journal_worker.decide import Decider, Decision, Plan, journal_copy_record
 from journal_worker.directory import Directory, DirectoryUnavailable, make_directory, resolve
 from mailjournal.config import Config
-from mailjournal.kafka import make_consumer, make_producer
+from mailjournal.kafka import make_consumer, make_producer, producer_config
 from schemas import DEAD_LETTER, JOURNAL_COPY, MESSAGE_RECEIVED, SchemaError, new_event_id
 from schemas.events import now_millis
 
@@ -56,10 +60,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Record = tuple[str, str | bytes | None, bytes]  # topic, key, value
 
-RETRY_DEADLINE_SECONDS = 120.0  # a retriable transactional call failing this long is fatal
+RETRY_DEADLINE_SECONDS = 120.0  # a produce() failing retriably this long is fatal
 # librdkafka's transactional calls block forever without a timeout; with one, a call stuck after
-# a broker outage times out (retriable), is retried, and past RETRY_DEADLINE_SECONDS is fatal
+# a broker outage times out (retriable) and is retried until the brokers are back
 TXN_CALL_TIMEOUT_SECONDS = 30.0
+# a producer made fatal by an outage-timed-out transaction is replaced at most this often
+MAX_FATAL_REPLACEMENTS = 3
+FATAL_REPLACEMENT_WINDOW_SECONDS = 600.0
 LAG_INTERVAL_SECONDS = 2.0
 
 
@@ -74,6 +81,14 @@ class _AbortRequired(Exception):
 class _ProducerStuck(FatalError):
     """A transactional call did not return within its timeout: librdkafka can block past it
     when the group coordinator disappeared during an outage (librdkafka issues 5456, 5511)."""
+
+
+class _ProducerFatal(FatalError):
+    """The producer reported a fatal error (fenced, epoch bumped): it cannot be used again."""
+
+
+class _Stopping(Exception):
+    """Asked to stop while a transactional call was waiting for Kafka to come back."""
 
 
 def _call_with_deadline(
@@ -161,11 +176,16 @@ class JournalWorker:
         self.journal_topic = topics.journal.name
         self.dead_letter_topic = topics.dead_letters.name
         self.transactional_id = f"{config.kafka.journal_group}-{self.instance_id}"
+        self._producer_settings = producer_config(
+            config, transactional_id=self.transactional_id, role="journal"
+        )
         self.batch_max = config.journal.batch_max_messages
         self.batch_timeout = config.journal.batch_max_ms / 1000
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._txn_started: float | None = None
+        self._txn_begun: float | None = None  # monotonic time of the open transaction's begin
+        self._fatal_replacements: list[float] = []
         self._abandoned: list[Producer] = []
         self._in_transaction = False
         self._lag_at = 0.0
@@ -214,6 +234,11 @@ class JournalWorker:
                 self._update_lag()
         except _AbortRequired as exc:  # only from init_transactions: nothing open to abort
             raise FatalError(str(exc)) from None
+        except _Stopping:
+            log.info(
+                "stopped while waiting for Kafka; the open transaction (if any) is aborted "
+                "by the coordinator or by our successor"
+            )
         finally:
             self._ready.clear()
             self._close()
@@ -414,9 +439,12 @@ class JournalWorker:
     def _classify(what: str, exc: KafkaException, deadline: float) -> None:
         """Return when the call may be retried; raise otherwise."""
         err = exc.args[0] if exc.args else None
-        if not isinstance(err, KafkaError) or err.fatal():
+        if not isinstance(err, KafkaError):
             metrics.KAFKA_ERRORS.labels("fatal").inc()
             raise FatalError(f"{what}: {err}") from None
+        if err.fatal():
+            metrics.KAFKA_ERRORS.labels("fatal").inc()
+            raise _ProducerFatal(f"{what}: {err}") from None
         if err.txn_requires_abort():
             metrics.KAFKA_ERRORS.labels("abortable").inc()
             raise _AbortRequired(f"{what}: {err}") from None
@@ -428,7 +456,8 @@ class JournalWorker:
         raise FatalError(f"{what}: {err}") from None
 
     def _txn_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        deadline = time.monotonic() + RETRY_DEADLINE_SECONDS
+        """``fn(*args)``, retried while its error is retriable -- however long the outage; a
+        restart would not end it sooner. Raises :class:`_Stopping` when asked to stop."""
         delay = 0.05
         try:
             while True:
@@ -436,26 +465,58 @@ class JournalWorker:
                 try:
                     return _call_with_deadline(fn, args, TXN_CALL_TIMEOUT_SECONDS + 15, what)
                 except KafkaException as exc:
-                    self._classify(what, exc, deadline)
-                time.sleep(delay)
+                    self._classify(what, exc, float("inf"))
+                self._txn_started = None
+                if self._stop.wait(delay):
+                    raise _Stopping(what)
                 delay = min(delay * 2, 2.0)
         finally:
             self._txn_started = None
 
-    def _replace_producer(self) -> None:
-        """Give up a producer stuck in a transactional call: a new one with the same
-        transactional id fences it and aborts its open transaction (init_transactions)."""
-        assert self.producer is not None
-        # keep the stuck client referenced: destroying a client while a call is blocked inside
-        # it (on its daemon thread) is not safe
-        self._abandoned.append(self.producer)
-        self.producer = make_producer(
-            self.config, transactional_id=self.transactional_id, role="journal"
-        )
-        self._in_transaction = False
-        self._txn_call("init_transactions", self.producer.init_transactions, 30)
-        metrics.KAFKA_ERRORS.labels("producer_replaced").inc()
-        log.warning("replaced a stuck transactional producer (same transactional id)")
+    def _timed_out_by_coordinator(self) -> bool:
+        """Whether the open transaction is older than ``transaction.timeout.ms``: then the
+        coordinator has aborted it and bumped our epoch, which librdkafka reports as fatal."""
+        if self._txn_begun is None:
+            return False
+        timeout_ms = self._producer_settings.get("transaction.timeout.ms", 60_000)
+        return time.monotonic() - self._txn_begun >= int(timeout_ms) / 1000
+
+    def _recover_producer(self, exc: FatalError) -> None:
+        """Replace the producer after ``exc`` when a restart would do no better: it is stuck,
+        or it went fatal because an outage outlasted the transaction timeout. A fence while
+        the transaction was young means a newer instance owns our transactional id: stop."""
+        if isinstance(exc, _ProducerFatal):
+            if not self._timed_out_by_coordinator():
+                raise exc
+            now = time.monotonic()
+            recent = [
+                t for t in self._fatal_replacements if now - t < FATAL_REPLACEMENT_WINDOW_SECONDS
+            ]
+            if len(recent) >= MAX_FATAL_REPLACEMENTS:
+                raise FatalError(f"{exc} (producer already replaced {len(recent)} times)")
+            self._fatal_replacements = [*recent, now]
+        self._replace_producer(str(exc))
+
+    def _replace_producer(self, reason: str) -> None:
+        """A new producer with the same transactional id fences the old one and aborts its open
+        transaction (init_transactions); a new one that gets stuck too is replaced again."""
+        while True:
+            assert self.producer is not None
+            # keep the old client referenced: destroying a client while a call is blocked
+            # inside it (on its daemon thread) is not safe
+            self._abandoned.append(self.producer)
+            self.producer = make_producer(
+                self.config, transactional_id=self.transactional_id, role="journal"
+            )
+            self._in_transaction = False
+            self._txn_begun = None
+            metrics.KAFKA_ERRORS.labels("producer_replaced").inc()
+            log.warning("replacing the transactional producer (same transactional id): %s", reason)
+            try:
+                self._txn_call("init_transactions", self.producer.init_transactions, 30)
+                return
+            except _ProducerStuck as exc:
+                reason = str(exc)
 
     def stuck_seconds(self) -> float:
         """How long the current attempt of a transactional call has been running; 0 when none
@@ -489,6 +550,7 @@ class JournalWorker:
         try:
             self._txn_call("begin_transaction", self.producer.begin_transaction)
             self._in_transaction = True
+            self._txn_begun = time.monotonic()
             for item in items:
                 for topic, key, value in self._records_for(item, answers, tallies):
                     self._produce(topic, key, value)
@@ -504,15 +566,19 @@ class JournalWorker:
                 "commit_transaction", self.producer.commit_transaction, TXN_CALL_TIMEOUT_SECONDS
             )
             self._in_transaction = False
+            self._txn_begun = None
             metrics.TRANSACTION_COMMIT_SECONDS.observe(time.perf_counter() - started)
         except _AbortRequired as exc:
             log.warning("transaction aborted, rewinding %d messages: %s", len(items), exc)
-            self._abort()
+            try:
+                self._abort()
+            except (_ProducerStuck, _ProducerFatal) as failed:
+                self._recover_producer(failed)
             self._rewind([it.msg for it in items])
             return
-        except _ProducerStuck as exc:
-            log.warning("%s: replacing the producer, rewinding %d messages", exc, len(items))
-            self._replace_producer()
+        except (_ProducerStuck, _ProducerFatal) as exc:
+            log.warning("%s: rewinding %d messages", exc, len(items))
+            self._recover_producer(exc)
             self._rewind([it.msg for it in items])
             return
         metrics.TRANSACTIONS.labels("committed").inc()
@@ -528,6 +594,7 @@ class JournalWorker:
         except _AbortRequired as exc:  # abort cannot require an abort: treat as fatal
             raise FatalError(str(exc)) from None
         self._in_transaction = False
+        self._txn_begun = None
         metrics.TRANSACTIONS.labels("aborted").inc()
 
     def _rewind(self, msgs: Sequence[Message]) -> None:
