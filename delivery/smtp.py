@@ -336,24 +336,20 @@ class SmtpClient:
                     permanent_local=True,
                 )
             params.append(f"SIZE={len(data)}")
-        if not data.isascii() and "8bitmime" in session.features:
+        refusal = _extension_refusal(session.features, mail_from, rcpt, data)
+        if refusal is not None:
+            code, text = refusal
+            return SmtpResult(code, text, "local", addr, permanent_local=True)
+        if not data.isascii():
             params.append("BODY=8BITMIME")
         utf8 = not (mail_from.isascii() and rcpt.isascii())
-        if utf8:
-            if "smtputf8" not in session.features:
-                return SmtpResult(
-                    553,
-                    "5.6.7 non-ASCII address and the smart host does not offer SMTPUTF8",
-                    "local",
-                    addr,
-                    permanent_local=True,
-                )
+        if utf8 or has_utf8_header_fields(data):
             params.append("SMTPUTF8")
         smtp.command_encoding = "utf-8" if utf8 else "ascii"
         args = f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params)
-        if "pipelining" in session.features:
-            return self._pipelined(session, args, rcpt, data)
         try:
+            if "pipelining" in session.features:
+                return self._pipelined(session, args, rcpt, data)
             code, msg = smtp.docmd("MAIL", args)
             if code != 250:
                 return SmtpResult(code, _decode_reply(msg), "mail", addr)
@@ -370,44 +366,53 @@ class SmtpClient:
             smtp.command_encoding = "ascii"
 
     def _pipelined(self, session: Session, mail_args: str, rcpt: str, data: bytes) -> SmtpResult:
-        """RFC 2920: [RSET,] MAIL, RCPT and DATA in one write, their replies read in order, then
-        the body: two round trips per message instead of four or five."""
+        return self._pipelined_group(session, mail_args, [f"TO:<{rcpt}>"], data)[0]
+
+    def _pipelined_group(
+        self, session: Session, mail_args: str, rcpt_args: Sequence[str], data: bytes
+    ) -> list[SmtpResult]:
+        """RFC 2920: [RSET,] MAIL, every RCPT and DATA in one write, their replies read in
+        order, then the body: two round trips per transaction instead of 4 + recipients. One
+        result per recipient: the MAIL refusal, its RCPT refusal, or the reply to the body."""
         smtp, addr = session.smtp, self.address
         enc = smtp.command_encoding
-        group = f"MAIL {mail_args}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode(enc)
-        try:
-            if session.unchecked:
-                try:
-                    smtp.send(b"RSET\r\n" + group)
-                    code, _ = smtp.getreply()
-                except (OSError, smtplib.SMTPException):
-                    code = -1
-                if code != 250:
-                    raise _StaleSession
-                session.unchecked = False
-            else:
-                smtp.send(group)
-            mail = smtp.getreply()
-            rcpt_reply = smtp.getreply()
-            code, msg = smtp.getreply()
-            failed: SmtpResult | None = None
-            if mail[0] != 250:
-                failed = SmtpResult(mail[0], _decode_reply(mail[1]), "mail", addr)
-            elif rcpt_reply[0] not in (250, 251):
-                failed = SmtpResult(rcpt_reply[0], _decode_reply(rcpt_reply[1]), "rcpt", addr)
-            if code != 354:
-                return failed or SmtpResult(code, _decode_reply(msg), "data", addr)
-            if failed is not None:
-                # DATA was accepted though the envelope was not (RFC 2920 §3.1): send an empty
-                # message and leave the session clean; the envelope failure is the result
-                smtp.send(b".\r\n")
-                smtp.getreply()
-                return failed
-            smtp.send(dot_stuffed(data))
-            code, msg = smtp.getreply()
-            return SmtpResult(code, _decode_reply(msg), "data", addr)
-        finally:
-            smtp.command_encoding = "ascii"
+        group = f"MAIL {mail_args}\r\n".encode(enc)
+        group += b"".join(f"RCPT {a}\r\n".encode(enc) for a in rcpt_args) + b"DATA\r\n"
+        if session.unchecked:
+            try:
+                smtp.send(b"RSET\r\n" + group)
+                code, _ = smtp.getreply()
+            except (OSError, smtplib.SMTPException):
+                code = -1
+            if code != 250:
+                raise _StaleSession
+            session.unchecked = False
+        else:
+            smtp.send(group)
+        mail = smtp.getreply()
+        rcpt_replies = [smtp.getreply() for _ in rcpt_args]
+        code, msg = smtp.getreply()
+        failed: list[SmtpResult | None]
+        if mail[0] != 250:
+            failed = [SmtpResult(mail[0], _decode_reply(mail[1]), "mail", addr)] * len(rcpt_args)
+        else:
+            failed = [
+                None if c in (250, 251) else SmtpResult(c, _decode_reply(m), "rcpt", addr)
+                for c, m in rcpt_replies
+            ]
+        if code != 354:
+            final = SmtpResult(code, _decode_reply(msg), "data", addr)
+            return [f or final for f in failed]
+        if all(f is not None for f in failed):
+            # DATA was accepted though no recipient was (RFC 2920 §3.1): send an empty message
+            # and leave the session clean; the envelope failures are the results
+            smtp.send(b".\r\n")
+            smtp.getreply()
+            return [f for f in failed if f is not None]
+        smtp.send(dot_stuffed(data))
+        code, msg = smtp.getreply()
+        final = SmtpResult(code, _decode_reply(msg), "data", addr)
+        return [f or final for f in failed]
 
     # -- transactions with the original envelope (the relay) ----------------------------------
 
@@ -431,17 +436,27 @@ class SmtpClient:
             return [r] * len(rcpts)
         started = time.monotonic()
         keep = True
-        try:
-            results = self._envelope_transaction(session, mail_from, mail_params, rcpts, data)
-            last = results[-1] if results else None
-            # the server closes (421), or the connection broke: do not reuse the session
-            if last is not None and (
-                last.code == 421 or (last.code is None and not last.permanent_local)
-            ):
+        while True:
+            try:
+                results = self._envelope_transaction(session, mail_from, mail_params, rcpts, data)
+                last = results[-1] if results else None
+                # the server closes (421), or the connection broke: do not reuse the session
+                if last is not None and (
+                    last.code == 421 or (last.code is None and not last.permanent_local)
+                ):
+                    keep = False
+            except _StaleSession:  # nothing was accepted on it: a fresh session, same mail
+                self._discard(session)
+                try:
+                    session = self._borrow()
+                except SessionError as exc:
+                    r = SmtpResult(exc.code, exc.text, exc.stage, self.address)
+                    return [r] * len(rcpts)
+                continue
+            except (OSError, smtplib.SMTPException, ValueError) as exc:
                 keep = False
-        except (OSError, smtplib.SMTPException, ValueError) as exc:
-            keep = False
-            results = [self._exception_result(exc)] * len(rcpts)
+                results = [self._exception_result(exc)] * len(rcpts)
+            break
         seconds = self._finish(session, keep, started)
         return [
             SmtpResult(r.code, r.text, r.stage, self.address, seconds, r.permanent_local)
@@ -495,31 +510,76 @@ class SmtpClient:
                 return local(553, "5.6.7 SMTPUTF8 required and the next hop does not offer it")
             params.append("SMTPUTF8")
         smtp.command_encoding = "utf-8" if utf8 else "ascii"
+        mail_args = f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params)
+        rcpt_args = [
+            f"TO:<{rcpt}>"
+            + "".join(
+                f" {p}" for p in rparams if dsn or p.split("=", 1)[0].upper() not in _DSN_RCPT
+            )
+            for rcpt, rparams in rcpts
+        ]
         try:
-            code, msg = smtp.docmd("MAIL", f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params))
+            if "pipelining" in feats:
+                return self._pipelined_group(session, mail_args, rcpt_args, data)
+            code, msg = smtp.docmd("MAIL", mail_args)
             if code != 250:
                 return [SmtpResult(code, _decode_reply(msg), "mail", addr)] * n
             results: list[SmtpResult | None] = []
-            for rcpt, rparams in rcpts:
-                kept = [p for p in rparams if dsn or p.split("=", 1)[0].upper() not in _DSN_RCPT]
-                code, msg = smtp.docmd("RCPT", f"TO:<{rcpt}>" + "".join(f" {p}" for p in kept))
+            for args in rcpt_args:
+                code, msg = smtp.docmd("RCPT", args)
                 ok = code in (250, 251)
                 results.append(None if ok else SmtpResult(code, _decode_reply(msg), "rcpt", addr))
             if all(r is not None for r in results):
                 smtp.rset()  # nobody accepted: end the transaction, keep the session
                 return [r for r in results if r is not None]
-            reply: bytes | str
-            try:
-                code, reply = smtp.data(data)
-            except smtplib.SMTPDataError as exc:  # the reply to DATA itself (not 354)
-                code, reply = exc.smtp_code, exc.smtp_error
-            final = SmtpResult(code, _decode_reply(reply), "data", addr)
+            code, msg = smtp.docmd("DATA")
+            if code == 354:
+                smtp.send(dot_stuffed(data))
+                code, msg = smtp.getreply()
+            final = SmtpResult(code, _decode_reply(msg), "data", addr)
             return [r if r is not None else final for r in results]
         finally:
             smtp.command_encoding = "ascii"
 
 
 _DSN_RCPT = frozenset({"NOTIFY", "ORCPT"})
+
+
+def has_utf8_header_fields(data: bytes) -> bool:
+    """The header section of CRLF-line ``data`` carries UTF-8 (RFC 6532): such a message may only
+    travel with SMTPUTF8 (RFC 6531 §3.4). Other 8-bit header bytes (legacy Latin-1 and the
+    like) are no internationalised message; they travel, as they always have, with 8BITMIME."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    if head.isascii():
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _extension_refusal(
+    features: dict[str, str], mail_from: str, rcpt: str, data: bytes
+) -> tuple[int, str] | None:
+    """Why the smart host cannot take this copy as it is, or None. The copy is never converted
+    (an archive must get the bytes ingest accepted) nor handed to a server that did not agree to
+    carry it: that would leave its mangling to the next hop. Either is a permanent failure of
+    the copy, so its NDR names the missing extension (RFC 6152 §3, RFC 6531 §3.4)."""
+    if not data.isascii() and "8bitmime" not in features:
+        return 554, "5.6.3 8-bit content and the smart host does not offer 8BITMIME"
+    if "smtputf8" in features:
+        return None
+    if not (mail_from.isascii() and rcpt.isascii()):
+        return 553, "5.6.7 non-ASCII address and the smart host does not offer SMTPUTF8"
+    if has_utf8_header_fields(data):
+        return (
+            550,
+            "5.6.9 UTF-8 header fields (RFC 6532) and the smart host does not offer SMTPUTF8;"
+            " journal format 'report' carries such a message without SMTPUTF8",
+        )
+    return None
 
 
 def _error_text(exc: BaseException) -> str:

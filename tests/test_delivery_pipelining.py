@@ -14,7 +14,7 @@ import pytest
 
 from delivery.outcomes import ResultClass
 from delivery.smtp import SmtpClient, dot_stuffed
-from tests.fixtures.smtp import SmtpSink, free_port, wait_until
+from tests.fixtures.smtp import CaptureServer, SmtpSink, free_port, wait_until
 from tests.test_delivery_smtp import MAIL_FROM, RCPT, delivery_cfg
 
 BODY = b"Subject: t\r\n\r\n.starts with a dot\r\nmiddle\r\n..two dots\r\nno final break"
@@ -65,3 +65,36 @@ def test_a_dropped_session_fails_its_pipelined_rset_and_is_replaced() -> None:
             assert client.open_sessions == 1
     finally:
         client.close()
+
+
+def test_relay_envelope_is_pipelined_with_a_refused_recipient_and_a_reused_session() -> None:
+    """The relay's multi-recipient transaction in one command group: each recipient gets its own
+    result, the refused one does not stop the others, and the reused session's RSET rides in
+    the next group."""
+    rcpts = [("a@ext.example", ["NOTIFY=FAILURE"]), ("gone@ext.example", []), ("b@ext.example", [])]
+    with CaptureServer(pipelining=True) as hop:
+        hop.always("gone@ext.example", "550 5.1.1 no such user")
+        client = SmtpClient(delivery_cfg(hop.port), local_hostname="relay.test")
+        try:
+            for _ in range(2):
+                results = client.send_envelope(MAIL_FROM, ["BODY=8BITMIME"], rcpts, BODY)
+                assert [(r.code, r.stage) for r in results] == [
+                    (250, "data"),
+                    (550, "rcpt"),
+                    (250, "data"),
+                ], results
+            # nobody accepted: DATA is refused (or an empty message ends it), the session is
+            # clean and is used again for the next transaction
+            refused = client.send_envelope(MAIL_FROM, [], [("gone@ext.example", [])], BODY)
+            assert [(r.code, r.stage) for r in refused] == [(550, "rcpt")]
+            assert client.send_envelope(MAIL_FROM, [], [("a@ext.example", [])], BODY)[0].code == 250
+            assert client.open_sessions == 1
+        finally:
+            client.close()
+        got = hop.messages
+        assert [m.rcpt_tos for m in got] == [["a@ext.example", "b@ext.example"]] * 2 + [
+            ["a@ext.example"]
+        ]
+        assert all(m.data == BODY + b"\r\n" for m in got)
+        assert {c for c, _ in hop.commands} == {1}
+        assert [v for _, v in hop.commands].count("RSET") == 3  # every reuse, none on the first
