@@ -19,6 +19,7 @@ from typing import Any
 
 from delivery.report import (
     CRLF,
+    MAX_LINE,
     body_transfer_encoding,
     choose_boundary,
     clean_text,
@@ -56,10 +57,10 @@ class Failure:
 def dsn_status(failure: Failure) -> str:
     """RFC 3463 status: the server's enhanced code when it gave one, 4.4.7 for expiry, else the
     class of its reply code with 0.0 (``5.0.0``)."""
-    if failure.remote:
-        m = _ENHANCED.match(failure.reply)
-        if m and (m.group(1) == "5" or failure.expired):
-            return m.group(2)
+    # a local refusal names its reason the same way ("553 5.6.7 ... does not offer SMTPUTF8")
+    m = _ENHANCED.match(failure.reply)
+    if m and (m.group(1) == "5" or failure.expired):
+        return m.group(2)
     if failure.expired:
         return EXPIRED_STATUS
     m = _CODE.match(failure.reply) if failure.remote else None
@@ -113,6 +114,7 @@ def delivery_status(copy: Mapping[str, Any], failure: Failure, config: Config) -
         f"Arrival-Date: {rfc5322_date(to_millis(copy.get('received_at')))}",
     ]
     per_recipient = recipient_fields(address, "failed", dsn_status(failure), failure)
+    per_message = [fold_field(line) for line in per_message]
     return ("\r\n".join(per_message) + "\r\n\r\n" + "\r\n".join(per_recipient) + "\r\n").encode(
         "utf-8"
     )
@@ -264,4 +266,30 @@ def recipient_fields(address: str, action: str, status: str, failure: Failure) -
         f"Diagnostic-Code: {diagnostic_code(failure)}",
         f"Last-Attempt-Date: {rfc5322_date(failure.last_attempt_ms)}",
     ]
-    return fields
+    return [fold_field(line) for line in fields]
+
+
+# words of a folded field: at most this many characters (4 octets each in UTF-8 at worst)
+_FOLD_WORD = 200
+
+
+def fold_field(line: str) -> str:
+    """A ``Name: value`` field of a delivery-status part, folded at blanks into lines of about
+    78 characters when it would pass 998 octets (the fields have header syntax, RFC 3464 §2.1;
+    a remote reply or a local error text can be that long). A word that alone would pass the
+    limit is split with a blank: the text is diagnostic, its lines must stay valid."""
+    if len(line.encode()) <= MAX_LINE:
+        return line
+    words = [
+        word[i : i + _FOLD_WORD]
+        for word in line.split(" ")
+        if word
+        for i in range(0, len(word), _FOLD_WORD)
+    ]
+    lines = [words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) > 78:
+            lines.append(" " + word)  # the fold: CRLF, then the blank
+        else:
+            lines[-1] += " " + word
+    return "\r\n".join(lines)

@@ -2,9 +2,11 @@
 
 The message is cut at the first empty line first: Python's ``BytesHeaderParser`` would read the
 whole body into a payload string, and ingest must never parse a body on its hot path. The field
-reader here follows ``email.feedparser`` with ``policy.compat32`` exactly (the same lines end the
-header block, the same unix-from and defect handling; ``tests/test_ingest_policy.py`` compares
-them), at a tenth of its cost. Values are the raw field bodies, unfolded (CRLF before WSP
+reader here follows ``email.feedparser`` with ``policy.compat32`` (the same lines end the header
+block, the same unix-from and defect handling; ``tests/test_ingest_policy.py`` and
+``tests/test_properties_headers.py`` compare them), at a tenth of its cost, with one deliberate
+difference: blanks between a field name and its colon (``Subject : x``) are RFC 5322's obsolete
+syntax, which a parser must accept (section 4.5.3), so such a line is a field, not the body. Values are the raw field bodies, unfolded (CRLF before WSP
 removed), not MIME-decoded; the first occurrence wins; 8-bit bytes are kept when they are UTF-8
 (RFC 6532) and replaced (U+FFFD) otherwise; odd Message-IDs stay exactly as sent.
 """
@@ -34,8 +36,10 @@ FIELDS: dict[str, str] = {
 
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
-# email.feedparser.headerRE: what may start a line of the header block
-_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+# email.feedparser.headerRE (what may start a line of the header block), plus the obsolete
+# blanks before the colon
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*[ \t]*:|[\t ]")
+_OBS_FROM_FIELD = re.compile(rb"From[ \t]*:")
 
 
 def header_block(raw: bytes) -> bytes:
@@ -68,16 +72,20 @@ def header_fields(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         if name is not None:
             yield name, b"".join(parts)
             name = None
-        if line.startswith(b"From "):
+        if line.startswith(b"From ") and not _OBS_FROM_FIELD.match(line):
             if lineno == last and lineno != 0:
                 break  # looks like the first body line
             continue  # the mbox "From " line, or a misplaced one: not a field
         colon = line.find(b":")
         if colon == 0:
             continue  # no field name
-        name, parts = line[:colon], [line[colon + 1 :].lstrip(b" \t")]
+        name, parts = line[:colon].rstrip(b" \t"), [line[colon + 1 :].lstrip(b" \t")]
     if name is not None:
         yield name, b"".join(parts)
+
+
+def field_name(raw_name: bytes) -> str:
+    return raw_name.decode("ascii", "replace").lower()
 
 
 def empty_headers() -> dict[str, str | None]:
@@ -91,7 +99,7 @@ def selected_headers(raw: bytes) -> dict[str, str | None]:
     if not block:
         return out
     for name, value in header_fields(block):
-        key = FIELDS.get(name.decode("ascii", "replace").lower())
+        key = FIELDS.get(field_name(name))
         if key is not None and out[key] is None:
             out[key] = value.strip(b" \t").decode("utf-8", "replace")
     return out
@@ -100,4 +108,4 @@ def selected_headers(raw: bytes) -> dict[str, str | None]:
 def received_count(raw: bytes) -> int:
     """Number of ``Received:`` trace fields: the hop count of the loop check on relay
     listeners (RFC 5321 section 6.3)."""
-    return sum(1 for name, _ in header_fields(header_block(raw)) if name.lower() == b"received")
+    return sum(1 for name, _ in header_fields(header_block(raw)) if field_name(name) == "received")

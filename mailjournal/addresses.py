@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import idna
+
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
@@ -16,7 +18,7 @@ _LDH = r"A-Za-z0-9\u0080-\U0010ffff"
 _LABEL = rf"(?:[{_LDH}](?:[{_LDH}\-]{{0,61}}[{_LDH}])?)"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _ADDR_LITERAL = r"\[[^\[\]\\\s]+\]"
-_MAILBOX_RE = re.compile(rf"^(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_ADDR_LITERAL})$")
+_MAILBOX_RE = re.compile(rf"(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_ADDR_LITERAL})")
 
 
 class AddressError(ValueError):
@@ -24,7 +26,7 @@ class AddressError(ValueError):
 
 
 def is_valid_mailbox(address: str) -> bool:
-    return len(address) <= 254 and bool(_MAILBOX_RE.match(address))
+    return len(address) <= 254 and bool(_MAILBOX_RE.fullmatch(address))  # not "$": no final LF
 
 
 def validate_mailbox(address: str) -> str:
@@ -47,3 +49,16 @@ def key(address: str) -> str:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def domain_key(domain: str) -> str:
+    """Comparison form of a domain: lower case, no trailing dot, internationalised labels as
+    A-labels (IDNA 2008 with the UTS 46 mapping), so ``köln.example`` and
+    ``xn--kln-sna.example`` are one domain (RFC 5890). A name IDNA refuses is compared as is."""
+    domain = domain.strip().rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return domain

@@ -253,7 +253,10 @@ def test_header_fields_read_like_the_email_parser(raw: bytes) -> None:
     from email import policy as email_policy
     from email.parser import BytesHeaderParser
 
-    msg = BytesHeaderParser(policy=email_policy.compat32).parsebytes(raw)
+    from tests.strategies import obs_colons_closed
+
+    # ingest accepts RFC 5322's obsolete blanks before a colon, compat32 does not
+    msg = BytesHeaderParser(policy=email_policy.compat32).parsebytes(obs_colons_closed(raw))
     expected = [
         (
             name,
