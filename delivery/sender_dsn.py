@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from delivery.ndr import Failure, dsn_status, multipart_report, recipient_fields
+from delivery.ndr import Failure, dsn_status, fold_field, multipart_report, recipient_fields
 from delivery.relay import route_key
 from delivery.report import (
     body_transfer_encoding,
@@ -81,7 +81,8 @@ def _per_recipient(rf: RecipientFailure, action: str, until_ms: int | None) -> l
     orcpt = rf.recipient.get("orcpt")
     if orcpt:
         kind, _, value = str(orcpt).partition(";")
-        lines.append(f"Original-Recipient: {clean_text(kind)};{clean_text(xtext_decode(value))}")
+        orig = f"Original-Recipient: {clean_text(kind)};{clean_text(xtext_decode(value))}"
+        lines.append(fold_field(orig))  # ORCPT comes from the client: any length
     f = rf.failure
     status = dsn_status(f) if action == "failed" else _delay_status(f)
     lines += recipient_fields(address, action, status, f)
@@ -111,7 +112,7 @@ def delivery_status(
         f"Reporting-MTA: dns; {clean_text(reporting_mta(config))}",
         f"Arrival-Date: {rfc5322_date(to_millis(copy.get('received_at')))}",
     ]
-    blocks = ["\r\n".join(per_message)]
+    blocks = ["\r\n".join(fold_field(line) for line in per_message)]
     blocks += ["\r\n".join(_per_recipient(rf, action, until_ms)) for rf in failures]
     return ("\r\n\r\n".join(blocks) + "\r\n").encode("utf-8")
 

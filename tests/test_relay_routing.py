@@ -9,8 +9,9 @@ from typing import Any
 import dns.resolver
 import pytest
 
+from delivery.ndr import Failure
 from delivery.relay import MxError, group_recipients, mail_args, mx_hosts, rcpt_args, route_key
-from delivery.sender_dsn import wants, xtext_decode
+from delivery.sender_dsn import RecipientFailure, delivery_status, wants, xtext_decode
 from tests.fixtures.config import make_config
 
 HOP = {"host": "10.0.0.5", "port": 25}
@@ -98,3 +99,19 @@ def test_notify(notify: list[str] | None, failed: bool, delayed: bool) -> None:
 
 def test_xtext() -> None:
     assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
+
+
+def test_sender_dsn_fields_stay_under_998_octets_with_a_huge_envid_and_orcpt() -> None:
+    """ENVID and ORCPT come from the client: however long, the delivery-status fields are folded
+    into valid lines (RFC 3464 fields have header syntax) and keep their names."""
+    config = make_config({})
+    copy = {"relay": {"mail_params": {"envid": "e" * 3000}}, "received_at": 0}
+    rf = RecipientFailure(
+        {"address": "a@ext.example", "orcpt": "rfc822;" + "o" * 3000},
+        Failure("550 5.1.1 " + "x " * 1000, True, False, 1, 0, "mx.ext.example"),
+    )
+    status = delivery_status(copy, [rf], "failed", config)
+    lines = status.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    names = {line.split(b":", 1)[0] for line in lines if line and line[:1] not in b" \t"}
+    assert {b"Original-Envelope-Id", b"Original-Recipient", b"Diagnostic-Code"} <= names
