@@ -148,7 +148,15 @@ def smtp_sink(port: int, backlog: int = 1024) -> Iterator[subprocess.Popen[bytes
 
 def metric_value(port: int, name: str, labels: dict[str, str] | None = None) -> float:
     """Sum of the samples of ``name`` (optionally only those carrying ``labels``)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sample_sum(metrics_text(port), name, labels)
+
+
+def metrics_text(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def sample_sum(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` in one scrape's ``text``."""
     want = [f'{k}="{v}"' for k, v in (labels or {}).items()]
     total = 0.0
     for line in text.splitlines():

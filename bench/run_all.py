@@ -52,8 +52,10 @@ from bench.common import (
     latency_summary,
     markdown_table,
     metric_value,
+    metrics_text,
     missing_tools,
     run_source,
+    sample_sum,
     smtp_sink,
     wait_for,
     wait_port,
@@ -410,6 +412,21 @@ def ulid_millis(ulid: str) -> int:
     return value
 
 
+def loop_lag(port: int) -> dict[str, float]:
+    """Ingest's event-loop lag histograms (ingest/loopmon.py): 50 ms intervals in all, and those
+    whose lag, and whose busy part of the lag (the loop's own CPU work), stayed within 100 ms."""
+    lag, busy = (
+        "mailjournal_ingest_event_loop_lag_seconds",
+        "mailjournal_ingest_event_loop_busy_lag_seconds",
+    )
+    text = metrics_text(port)  # one scrape: the three counts must describe the same intervals
+    return {
+        "intervals": sample_sum(text, f"{lag}_count"),
+        "lag_le_100ms": sample_sum(text, f"{lag}_bucket", {"le": "0.1"}),
+        "busy_le_100ms": sample_sum(text, f"{busy}_bucket", {"le": "0.1"}),
+    }
+
+
 # -- an SMTP NOOP probe: the longest stall a client sees on an ingest event loop --------------------
 
 
@@ -480,6 +497,8 @@ def run_point(
         sampler.add(group, pid)
     mark = target.mark()
     probe = StallProbe(target.port) if target.family == "mailjournal" else None
+    ingest_port = (getattr(target, "metrics", None) or {}).get("ingest")
+    loop_before = loop_lag(ingest_port) if ingest_port else None
     with sampler, probe or contextlib.nullcontext():
         t0 = time.perf_counter()
         accept_s = run_source(target.port, size, count, sessions, sampler=sampler, timeout=1800)
@@ -515,6 +534,15 @@ def run_point(
     }
     if probe is not None:
         row["stall"] = probe.summary()
+    if ingest_port and loop_before is not None:
+        after = loop_lag(ingest_port)
+        delta = {k: after[k] - loop_before[k] for k in after}
+        if delta["intervals"]:  # 0: code without the lag monitor (a --baseline)
+            row["loop"] = {
+                "intervals": int(delta["intervals"]),
+                "lag_over_100ms": int(delta["intervals"] - delta["lag_le_100ms"]),
+                "busy_over_100ms": int(delta["intervals"] - delta["busy_le_100ms"]),
+            }
     if accepted < count:
         row["note"] = f"{count - accepted} of {count} not accepted"
     if not done:
@@ -523,6 +551,12 @@ def run_point(
 
 
 # -- report ------------------------------------------------------------------------------------------
+
+
+def _loop_cell(loop: dict[str, int] | None) -> str:
+    if not loop:
+        return "-"
+    return f"{loop['lag_over_100ms']} / {loop['busy_over_100ms']} of {loop['intervals']}"
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -552,6 +586,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "e2e vs Postfix",
         "acc vs sink",
         "ingest NOOP max ms",
+        "loop >100 ms: lag / busy",
     ]
     out = []
     for r in rows:
@@ -575,6 +610,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 fmt(r.get("e2e_vs_postfix"), 2),
                 fmt(r.get("accepted_vs_sink"), 2),
                 fmt((r.get("stall") or {}).get("noop_max_ms")),
+                _loop_cell(r.get("loop")),
             ]
         )
     return markdown_table(headers, out)

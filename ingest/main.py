@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.config:
         print("mailjournal ingest: --config FILE is required", file=sys.stderr)
         return 2
-    config = load_config_or_report(args.config)
+    config = load_config_or_report(args.config, stages=("ingest",))
     if config is None:
         return 2
     setup_logging(config.logging, stage="ingest")
@@ -119,6 +119,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 async def run_worker(config: Config, *, serve_metrics_here: bool) -> int:
     """Serve until SIGTERM/SIGINT (or a fatal producer error); returns the exit code."""
+    from ingest import loopmon
     from ingest.server import IngestServer
     from mailjournal.metrics import READY, serve_metrics
 
@@ -131,6 +132,7 @@ async def run_worker(config: Config, *, serve_metrics_here: bool) -> int:
     )
     READY.set(1)
     loop = asyncio.get_running_loop()
+    lag_monitor = loop.create_task(loopmon.monitor())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -144,6 +146,7 @@ async def run_worker(config: Config, *, serve_metrics_here: bool) -> int:
             rc = 1
             break
     READY.set(0)
+    lag_monitor.cancel()
     log.info("stopping: no new connections; finishing messages in flight")
     left = await server.shutdown()
     if left:

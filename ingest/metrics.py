@@ -48,6 +48,17 @@ KAFKA_ACK = Histogram(
     "Time from produce to Kafka's delivery report (acks=all)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+LOOP_LAG = Histogram(
+    "mailjournal_ingest_event_loop_lag_seconds",
+    "How late a worker's event loop ran a 50 ms timer: what every session on it waits",
+    buckets=_LAG_BUCKETS,
+)
+LOOP_BUSY_LAG = Histogram(
+    "mailjournal_ingest_event_loop_busy_lag_seconds",
+    "The part of the event-loop lag its thread spent on CPU (its own work, not CPU starvation)",
+    buckets=_LAG_BUCKETS,
+)
 INFLIGHT_MESSAGES = Gauge(
     "mailjournal_ingest_inflight_messages",
     "Messages between DATA and the final reply",

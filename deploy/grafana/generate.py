@@ -556,6 +556,20 @@ def ingest() -> Any:
                     "waits for it before the 250.",
                 ),
                 Panel(
+                    "Event-loop lag (p99)",
+                    [
+                        Q(quantile(0.99, "mailjournal_ingest_event_loop_lag_seconds", s), "lag"),
+                        Q(
+                            quantile(0.99, "mailjournal_ingest_event_loop_busy_lag_seconds", s),
+                            "of it busy on CPU",
+                        ),
+                    ],
+                    unit="s",
+                    width=8,
+                    description="How late the workers' event loops run a 50 ms timer, and the "
+                    "part of it the loop spent on its own work; the rest is waiting for a CPU.",
+                ),
+                Panel(
                     "In flight",
                     [
                         Q(f"sum(mailjournal_ingest_inflight_messages{{{s}}})", "messages"),
