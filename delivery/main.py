@@ -51,7 +51,9 @@ def run(args: argparse.Namespace, mode: str) -> int:
     """Run the delivery worker in ``mode`` ("journal": journal copies and NDRs; "relay":
     originals to their next hops) until SIGTERM/SIGINT."""
     stage = "delivery" if mode == "journal" else "relay"
-    config = load_config_or_report(args.config)
+    config = load_config_or_report(
+        args.config, stages=("deliver" if mode == "journal" else "relay",)
+    )
     if config is None:
         return EXIT_CONFIG
     setup_logging(config.logging, stage=stage)

@@ -18,7 +18,13 @@ Retry tiers: a partition whose head record is not yet due is paused and rewound 
 (it is re-fetched when due); the record is not kept in memory, and nothing polls in a loop. The
 journal topic and the retry tiers are fetched by the same consumer, but each partition pauses on
 its own, and retried records may occupy at most half of ``delivery.max_inflight``: fresh traffic
-always has room.
+always has room. A head waits at most its tier's longest delay (delay + jitter), whatever its
+``not_before`` says, and only once: a record claiming to be due in ten years cannot hold the
+partition behind it.
+
+Poison records: a record that is no JournalCopy, or a copy that breaks an invariant every writer
+keeps (:func:`copy_problem`), is dead-lettered with the reason and its topic, partition and
+offset, and the partition moves on.
 """
 
 from __future__ import annotations
@@ -81,6 +87,32 @@ COMMIT_INTERVAL_SECONDS = 0.5
 POLL_SECONDS = 0.1
 WAITING_GAUGE_INTERVAL_SECONDS = 5.0
 MAX_BATCH = 500
+# a first attempt this far in the future is no clock skew between hosts but a broken record
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+KINDS = {"journal": ("JOURNAL", "NDR"), "relay": ("RELAY",)}
+
+
+def copy_problem(copy: dict[str, Any], mode: str, now_ms: int) -> str | None:
+    """Why ``copy`` is poison for the stage in ``mode`` (no writer of ours produces it), or None.
+
+    Such a copy is dead-lettered, not sent: a kind of the other stage would go to the wrong
+    place (a RELAY copy through the journal smart host), a negative attempt count or a first
+    attempt in the future would never expire. ``dlq replay`` resets the attempt fields."""
+    kind = str(copy.get("kind") or "JOURNAL")
+    if kind not in KINDS[mode]:
+        stage = "delivery" if mode == "journal" else "relay"
+        return f"kind {kind} is not for the {stage} stage (it sends {'/'.join(KINDS[mode])})"
+    if not copy.get("copy_id") or not copy.get("event_id"):
+        return "empty copy_id or event_id"
+    if kind == "RELAY" and not (copy.get("relay") or {}).get("recipients"):
+        return "a RELAY copy without recipients in its relay envelope"
+    attempt = int(copy.get("attempt") or 0)
+    if attempt < 0:
+        return f"attempt is {attempt}, below 0"
+    first = copy.get("first_attempt_at")
+    if first is not None and to_millis(first) > now_ms + MAX_CLOCK_SKEW_MS:
+        return f"first_attempt_at {first} is in the future: the copy would never expire"
+    return None
 
 
 class PartitionState:
@@ -198,6 +230,11 @@ class DeliveryWorker:
             self._group = config.kafka.delivery_group
             self.smtp = smtp or SmtpClient(self.cfg)
         self._source = {self.journal_topic: "journal", **dict.fromkeys(self.retry_topics, "retry")}
+        # the longest a head of each tier may wait: its delay with the largest jitter
+        self._max_wait_ms = {
+            t: round(d * (1 + self.cfg.retry_jitter) * 1000)
+            for t, d in zip(self.retry_topics, self.cfg.retry_delays_seconds, strict=True)
+        }
         self._rng = rng or random.Random()
         self._consumer_extra = consumer_extra or {}
         self._producer_extra = producer_extra or {}
@@ -210,6 +247,8 @@ class DeliveryWorker:
         self._assigned: set[TP] = set()
         self._paused: set[TP] = set()
         self._held: dict[TP, int] = {}  # retry partition -> due time (ms) of its head
+        self._held_offset: dict[TP, int] = {}  # retry partition -> offset of its held head
+        self._released: dict[TP, int] = {}  # the head whose wait is over: sent when fetched
         self._due: list[tuple[int, TP]] = []
         self._full = {"all": False, "retry": False}
         self._running = False
@@ -380,10 +419,28 @@ class DeliveryWorker:
         except SchemaError as exc:
             self._submit(job, None, f"undecodable JournalCopy: {exc}")
             return
+        now = now_millis()
+        problem = copy_problem(copy, self.mode, now)
+        if problem is not None:
+            self._submit(job, copy, f"invalid JournalCopy: {problem}")
+            return
         if source == "retry":
+            released = self._released.pop(tp, None) == offset
             due = to_millis(copy.get("not_before"))
-            if due > now_millis():
-                self._hold(tp, offset, due)
+            if due > now and not released:
+                longest = now + self._max_wait_ms[topic]
+                if due > longest:
+                    log.warning(
+                        "%s: %s[%d]@%d: not_before %s is beyond the tier's longest delay; "
+                        "it waits %.1f s",
+                        self.mode,
+                        topic,
+                        partition,
+                        offset,
+                        copy.get("not_before"),
+                        (longest - now) / 1000,
+                    )
+                self._hold(tp, offset, min(due, longest))
                 return
         self._submit(job, copy, None)
 
@@ -422,6 +479,7 @@ class DeliveryWorker:
         consumer = self._consumer
         assert consumer is not None
         self._held[tp] = due_ms
+        self._held_offset[tp] = offset
         heapq.heappush(self._due, (due_ms, tp))
         self._states.setdefault(tp, PartitionState()).rewind(offset)
         if tp not in self._paused:
@@ -439,6 +497,7 @@ class DeliveryWorker:
             due, tp = heapq.heappop(self._due)
             if self._held.get(tp) == due:
                 del self._held[tp]
+                self._released[tp] = self._held_offset.pop(tp)
 
     # -- pausing -----------------------------------------------------------------------------
 
@@ -487,6 +546,8 @@ class DeliveryWorker:
             # as paused so the next reconciliation resumes it explicitly
             self._paused.add(tp)
             self._held.pop(tp, None)
+            self._held_offset.pop(tp, None)
+            self._released.pop(tp, None)
         log.info("delivery: assigned %s", _fmt(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -509,6 +570,8 @@ class DeliveryWorker:
             self._states.pop(tp, None)
             self._paused.discard(tp)
             self._held.pop(tp, None)
+            self._held_offset.pop(tp, None)
+            self._released.pop(tp, None)
 
     def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -574,8 +637,10 @@ class DeliveryWorker:
     def _run_job(self, job: Job, copy: dict[str, Any] | None, error: str | None) -> None:
         where = f"{job.topic}[{job.partition}]@{job.offset}"
         try:
-            if copy is None:
-                productions = [self._dead_letter(job, None, error or "undecodable", "undecodable")]
+            if error is not None or copy is None:  # poison: kept as it came, for a person
+                reason, klass = error or "undecodable", "invalid_copy" if copy else "undecodable"
+                log.warning("%s: dead-lettering %s: %s", self.mode, where, reason)
+                productions = [self._dead_letter(job, copy, reason, klass, value=job.value)]
             else:
                 try:
                     productions = self._process(job, copy)

@@ -72,7 +72,7 @@ def start_watchdog(worker: JournalWorker) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config_or_report(args.config)
+    config = load_config_or_report(args.config, stages=("journal",))
     if config is None:
         return 2
     setup_logging(config.logging, stage="journal")

@@ -7,6 +7,7 @@ local part's case (RFC 5321 §2.4) but compare it case-insensitively too, as rea
 
 from __future__ import annotations
 
+import functools
 import re
 
 import idna
@@ -51,6 +52,7 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
 
+@functools.lru_cache(maxsize=4096)  # per recipient on the hot paths; few distinct domains
 def domain_key(domain: str) -> str:
     """Comparison form of a domain: lower case, no trailing dot, internationalised labels as
     A-labels (IDNA 2008 with the UTS 46 mapping), so ``köln.example`` and

@@ -77,6 +77,9 @@ class AuditReport:
     duplicates: list[tuple[str, int]]
     unexpected: list[str]
     oldest_pending_ms: int | None
+    # records that are not the topic's event type ("topic[partition]@offset: why"): the stages
+    # dead-letter them; listed so that an operator sees them, not gaps in themselves
+    unreadable: list[str] = field(default_factory=list)
 
     def has_gaps(self, strict_duplicates: bool = False) -> bool:
         return bool(self.gaps) or (strict_duplicates and bool(self.duplicates))
@@ -96,6 +99,7 @@ class AuditReport:
             out.append(f"DUPLICATE delivery: copy {copy_id} delivered {n} times")
         for copy_id in self.unexpected:
             out.append(f"NOTE copy {copy_id} is not owed under the current rules (changed config?)")
+        out.extend(f"NOTE unreadable record {where}" for where in self.unreadable)
         out.extend(g.line() for g in self.gaps)
         out.append(f"gaps: {len(self.gaps)}")
         return "\n".join(out)
@@ -108,6 +112,7 @@ class Reconciler:
         self.messages: dict[str, MessageState] = {}
         self.copies: dict[str, CopyState] = {}
         self.journal_dupes: Counter[str] = Counter()
+        self.unreadable: list[str] = []
 
     def add_message(self, event_id: str, received_at: int, owed: Iterable[str]) -> None:
         state = MessageState(received_at, set(owed))
@@ -193,6 +198,7 @@ class Reconciler:
             duplicates=duplicates,
             unexpected=unexpected,
             oldest_pending_ms=oldest,
+            unreadable=list(self.unreadable),
         )
 
 
@@ -204,9 +210,10 @@ REPLAY_HEADER = "mailjournal-replay-of"  # set by `dlq replay` on a re-queued co
 
 def read_window(
     cfg: Config, topic: str, since_ms: int | None, timeout: float = 30.0
-) -> Iterator[tuple[dict[str, bytes], bytes]]:
+) -> Iterator[tuple[dict[str, bytes], bytes, str]]:
     """Every committed record of ``topic`` from ``since_ms`` (or the start) up to the end offsets
-    as they were when the read began (a stable snapshot, so the audit terminates)."""
+    as they were when the read began (a stable snapshot, so the audit terminates), each with
+    where it is (``topic[partition]@offset``)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from mailjournal.kafka import make_consumer
@@ -266,7 +273,7 @@ def read_window(
                 raw = msg.headers() or []
                 pairs = raw.items() if isinstance(raw, dict) else raw
                 headers = {k: v for k, v in pairs if isinstance(v, bytes)}
-                yield headers, msg.value() or b""
+                yield headers, msg.value() or b"", f"{topic}[{partition}]@{offset}"
     finally:
         consumer.close()
 
@@ -301,17 +308,17 @@ def run_audit(
     owed: OwedFn | None = None,
     now_ms: int | None = None,
 ) -> AuditReport:
-    from schemas import decode_with_name
+    from schemas import decode
 
     owed = owed or default_owed(cfg)
     rec = Reconciler()
     topics = cfg.kafka.topics
     until = until_ms if until_ms is not None else 2**62
-    for _headers, value in read_window(cfg, topics.messages.name, since_ms):
+    for _headers, value, where in read_window(cfg, topics.messages.name, since_ms):
         try:
-            _, msg = decode_with_name(value)
+            msg = decode(value, "MessageReceived")
         except ValueError as exc:
-            log.warning("undecodable record on %s: %s", topics.messages.name, exc)
+            rec.unreadable.append(f"{where}: {exc}")
             continue
         received = _ms(msg["received_at"])
         if received > until or (since_ms is not None and received < since_ms):
@@ -322,10 +329,11 @@ def run_audit(
     ]
     for topic in copy_topics:
         is_journal = topic == topics.journal.name
-        for headers, value in read_window(cfg, topic, since_ms):
+        for headers, value, where in read_window(cfg, topic, since_ms):
             try:
-                _, copy = decode_with_name(value)
-            except ValueError:
+                copy = decode(value, "JournalCopy")
+            except ValueError as exc:
+                rec.unreadable.append(f"{where}: {exc}")
                 continue
             if str(copy["kind"]) == "RELAY":
                 continue  # originals relayed onward are not journal copies
@@ -336,10 +344,11 @@ def run_audit(
                     rec.add_copy(copy["copy_id"], copy["event_id"], str(copy["kind"]))
             elif str(copy["kind"]) == "NDR" and copy["copy_id"] not in rec.copies:
                 rec.add_copy(copy["copy_id"], copy["event_id"], "NDR")
-    for _headers, value in read_window(cfg, topics.outcomes.name, since_ms):
+    for _headers, value, where in read_window(cfg, topics.outcomes.name, since_ms):
         try:
-            _, out = decode_with_name(value)
-        except ValueError:
+            out = decode(value, "DeliveryOutcome")
+        except ValueError as exc:
+            rec.unreadable.append(f"{where}: {exc}")
             continue
         if str(out["kind"]) == "RELAY":
             continue  # the relay's outcomes (originals) are not journal outcomes
@@ -423,7 +432,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    cfg = load_config_or_report(args.config)
+    cfg = load_config_or_report(args.config, stages=("audit",))
     if cfg is None:
         return 2
     if args.metrics_port is not None:
@@ -447,6 +456,7 @@ def main(args: argparse.Namespace) -> int:
                         "gaps": [g.__dict__ for g in report.gaps],
                         "duplicates": report.duplicates,
                         "unexpected": report.unexpected,
+                        "unreadable": report.unreadable,
                         "oldest_pending_ms": report.oldest_pending_ms,
                     },
                     indent=2,

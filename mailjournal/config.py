@@ -8,6 +8,11 @@ Environment overrides use ``__`` between path segments, e.g.
 ``MAILJOURNAL_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
 ``MAILJOURNAL_JOURNAL__INBOUND__ADDRESS=journal-in@corp.example``.
 Values are parsed as TOML values when they parse (numbers, booleans, arrays), else taken as strings.
+An error about a value set that way names the variable too.
+
+Files a stage reads at start (TLS certificates, secrets) are checked by that stage's command
+(:func:`file_problems`), not by the model: one config file serves every stage, and a delivery
+pod need not mount the ingest listener's certificate.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,10 +31,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
-from mailjournal.addresses import AddressError, domain_of, validate_mailbox
+from mailjournal.addresses import AddressError, domain_key, domain_of, validate_mailbox
 
 ENV_PREFIX = "MAILJOURNAL_"
 
@@ -57,13 +63,25 @@ def _network(value: str) -> str:
         raise ValueError(f"not a valid IP network: {value!r}") from None
 
 
+def _hostname(value: str) -> str:
+    # announced in SMTP greetings and EHLO: a blank or a CR/LF would break (or inject) a line
+    if not value or len(value) > 255 or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"not a valid host name: {value!r}")
+    return value
+
+
 Mailbox = Annotated[str, AfterValidator(_mailbox)]
 Domain = Annotated[str, AfterValidator(_domain)]
 Network = Annotated[str, AfterValidator(_network)]
+Hostname = Annotated[str, AfterValidator(_hostname)]
+Delay = Annotated[float, Field(gt=0)]  # a zero delay would retry a failing host in a tight loop
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # no NaN or infinity: an infinite timeout or delay is never what a setting means
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class ReportFormat(StrEnum):
@@ -85,8 +103,9 @@ class OrganizationConfig(Strict):
     """Also treat sub.accepted.example as internal."""
 
     def is_internal_domain(self, domain: str) -> bool:
-        domain = domain.lower().rstrip(".")
-        for accepted in self.accepted_domains:
+        # U-labels and A-labels are one domain: anna@köln.example is anna@xn--kln-sna.example
+        domain = domain_key(domain)
+        for accepted in map(domain_key, self.accepted_domains):
             if domain == accepted or (self.include_subdomains and domain.endswith("." + accepted)):
                 return True
         return False
@@ -189,6 +208,14 @@ class LdapDirectoryConfig(Strict):
     timeout_seconds: float = Field(default=5.0, gt=0)
     pool_size: int = Field(default=4, ge=1)
 
+    @field_validator("url")
+    @classmethod
+    def _ldap_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in ("ldap", "ldaps", "ldapi") or not rest.strip("/"):
+            raise ValueError(f"not an LDAP URL (ldap://, ldaps:// or ldapi://): {value!r}")
+        return value
+
     def password(self) -> str | None:
         if self.password_file is not None:
             return self.password_file.read_text().strip()
@@ -226,8 +253,24 @@ class TopicConfig(Strict):
     compact: bool = False
     """Cleanup.policy=compact (keyed audit trails)."""
 
+    @field_validator("name")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        # Kafka's rule for topic names; the retry tiers add ".<i>"
+        legal = all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+        if not value or not legal or len(value) > 240 or value in (".", ".."):
+            raise ValueError(
+                f"not a valid Kafka topic name (letters, digits, '.', '_', '-'): {value!r}"
+            )
+        return value
+
     @model_validator(mode="after")
-    def _isr(self) -> TopicConfig:
+    def _retention_and_isr(self) -> TopicConfig:
+        if self.retention_ms == 0 or self.retention_ms < -1:
+            raise ValueError(
+                f"retention_ms of topic {self.name!r} must be -1 (forever) or positive, "
+                f"not {self.retention_ms}"
+            )
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError(
                 f"min_insync_replicas ({self.min_insync_replicas}) exceeds replication_factor "
@@ -302,10 +345,38 @@ class KafkaConfig(Strict):
     relay_group: str = "mailjournal-relay"
     """Consumer group of the relay on the messages topic (fan-out: it never waits for journaling)."""
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for entry in value.split(","):
+            entry = entry.strip()
+            port = entry.rpartition(":")[2]
+            if (
+                not entry
+                or any(c.isspace() for c in entry)
+                or (port.isdigit() and not 1 <= int(port) <= 65535)
+            ):
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _own_groups(self) -> KafkaConfig:
+        # two stages in one group would split a topic between them: each would see only a part
+        seen: dict[str, str] = {}
+        for key in ("journal_group", "delivery_group", "relay_group"):
+            group = getattr(self, key)
+            if group in seen:
+                raise ValueError(
+                    f"kafka.{key} {group!r} is also kafka.{seen[group]}: each stage needs its "
+                    f"own consumer group"
+                )
+            seen[group] = key
+        return self
+
 
 class ListenerConfig(Strict):
     name: str
-    host: str = "127.0.0.1"
+    host: Hostname = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     role: Literal["internet", "relay"] = "internet"
     tls_cert_file: Path | None = None
@@ -337,7 +408,7 @@ class ListenerConfig(Strict):
 
 
 class IngestConfig(Strict):
-    hostname: str = "localhost"
+    hostname: Hostname = "localhost"
     """Announced in the banner and EHLO."""
     listeners: list[ListenerConfig] = []
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
@@ -354,16 +425,35 @@ class IngestConfig(Strict):
     # "reject": bare CR/LF in DATA is refused with 550 5.6.0 (never ends DATA, never splits)
     bare_newline: Literal["reject", "normalize"] = "reject"
 
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> IngestConfig:
+        names: set[str] = set()
+        bound: dict[tuple[str, int], str] = {}
+        for i, lst in enumerate(self.listeners):
+            if lst.name in names:
+                raise ValueError(
+                    f"ingest.listeners.{i}.name: another listener is named {lst.name!r}"
+                )
+            names.add(lst.name)
+            where = (lst.host, lst.port)
+            if lst.port and where in bound:
+                raise ValueError(
+                    f"ingest.listeners.{i}: {lst.name!r} and {bound[where]!r} both listen on "
+                    f"{lst.host}:{lst.port}"
+                )
+            bound[where] = lst.name
+        return self
+
 
 class SmartHostConfig(Strict):
-    host: str = "127.0.0.1"
+    host: Hostname = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     starttls: Literal["off", "opportunistic", "required"] = "off"
     tls_verify: bool = True
     ca_file: Path | None = None
     username: str | None = None
     password_file: Path | None = None
-    helo_name: str | None = None
+    helo_name: Hostname | None = None
 
 
 class DeliveryConfig(Strict):
@@ -376,12 +466,12 @@ class DeliveryConfig(Strict):
     command_timeout_seconds: float = Field(default=60, gt=0)
     # one retry topic per delay ("<topics.retry.name>.<i>"): a topic holds records of one delay,
     # so its head is always the next due; attempt n waits delays[min(n, len-1)] (+/- jitter)
-    retry_delays_seconds: list[float] = Field(default=[60, 300, 900, 1800, 3600], min_length=1)
+    retry_delays_seconds: list[Delay] = Field(default=[60, 300, 900, 1800, 3600], min_length=1)
     retry_jitter: float = Field(default=0.1, ge=0, le=0.5)
     expiry_seconds: float = Field(default=48 * 3600, gt=0)
     ndr_attach_max_bytes: int = Field(default=1024 * 1024, ge=0)
     """Above: headers only."""
-    reporting_mta: str = "localhost"
+    reporting_mta: Hostname = "localhost"
 
 
 class NextHopConfig(SmartHostConfig):
@@ -405,13 +495,13 @@ class RelayConfig(Strict):
     concurrency: int = Field(default=16, ge=1)
     """Parallel SMTP sessions of the relay worker."""
     max_inflight: int = Field(default=256, ge=1)
-    retry_delays_seconds: list[float] = Field(
+    retry_delays_seconds: list[Delay] = Field(
         default=[60, 300, 900, 1800, 3600, 7200], min_length=1
     )
     """One retry topic per delay (``<topics.relay_retry.name>.<i>``), as in delivery."""
     expiry_seconds: float = Field(default=5 * 24 * 3600, gt=0)
     """Give up (failure DSN to the sender) after this long; Postfix's maximal_queue_lifetime."""
-    reporting_mta: str | None = None
+    reporting_mta: Hostname | None = None
     """Reporting-MTA of DSNs to senders; defaults to delivery.reporting_mta."""
     dsn_from: Mailbox = "MAILER-DAEMON@localhost.localdomain"
     """From: header of DSNs to senders (their envelope sender is always <>)."""
@@ -429,7 +519,7 @@ class RelayConfig(Strict):
 
 
 class MetricsConfig(Strict):
-    host: str = "127.0.0.1"
+    host: Hostname = "127.0.0.1"
     ingest_port: int = Field(default=9101, ge=0, le=65535)
     """0 = disabled."""
     journal_port: int = Field(default=9102, ge=0, le=65535)
@@ -471,7 +561,31 @@ class Config(Strict):
                     "relay." + " and relay.".join(missing) + " must be set when a listener has "
                     "relay = true (every original needs a next hop)"
                 )
+        self._distinct_topics()
         return self
+
+    def _distinct_topics(self) -> None:
+        """Every role its own topic, the retry tiers (``<name>.<i>``) included."""
+        topics = self.kafka.topics
+        roles = [
+            (f"kafka.topics.{k}.name", t.name) for k, t in topics.all().items() if k != "retry"
+        ]
+        roles += [
+            (f"kafka.topics.retry.name (tier {i})", f"{topics.retry.name}.{i}")
+            for i in range(len(self.delivery.retry_delays_seconds))
+        ]
+        if self.relays:
+            roles += [
+                (f"kafka.topics.relay_retry.name (tier {i})", f"{topics.relay_retry.name}.{i}")
+                for i in range(len(self.relay.retry_delays_seconds))
+            ]
+        seen: dict[str, str] = {}
+        for key, name in roles:
+            if name in seen:
+                raise ValueError(
+                    f"{key}: topic {name!r} is also {seen[name]}; each role needs its own topic"
+                )
+            seen[name] = key
 
     @property
     def relays(self) -> bool:
@@ -490,7 +604,9 @@ class ConfigError(Exception):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
 
 
-def _format_validation_error(exc: ValidationError) -> list[str]:
+def _format_validation_error(
+    exc: ValidationError, env: Mapping[str, str] | None = None
+) -> list[str]:
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -499,8 +615,27 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
             msg = "unknown key (not a mailjournal setting; check the spelling)"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        out.append(f"{loc}: {msg}" if loc else msg)
+        out.append(_with_source(f"{loc}: {msg}" if loc else msg, loc, env or {}))
     return out
+
+
+def _env_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """Setting path (``kafka.bootstrap_servers``) -> the ``MAILJOURNAL_...`` variable setting it."""
+    return {
+        ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__")): name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and "__" in name
+    }
+
+
+def _with_source(line: str, loc: str, env: Mapping[str, str]) -> str:
+    """``line`` naming the environment variable behind the value it is about, if any: the
+    operator looks for a bad value in the file otherwise."""
+    for path, name in env.items():
+        about = loc == path or loc.startswith(path + ".")
+        if about or ((path.startswith(loc + ".") or not loc) and path in line):
+            return f"{line} (set by {name})"
+    return line
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -541,26 +676,91 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    data = apply_env_overrides(data, os.environ if environ is None else environ)
-    config = load_config_dict(data)
+    environ = os.environ if environ is None else environ
+    data = apply_env_overrides(data, environ)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, _env_settings(environ))) from None
     return _resolve_paths(config, path.parent)
+
+
+def files_read_by(config: Config, stage: str) -> list[tuple[str, Path]]:
+    """(key, path) of the files the stage (``ingest``, ``journal``, ``deliver``, ``relay``,
+    ``audit``) reads when it starts or for every record."""
+    out: list[tuple[str, Path | None]] = []
+    if stage in ("journal", "deliver", "audit"):  # the loop-guard stamp: made or checked
+        out.append(("journal.stamp_secret_file", config.journal.stamp_secret_file))
+    if stage in ("journal", "audit") and config.directory.backend == "ldap":
+        ldap = config.directory.ldap
+        assert ldap is not None
+        out += [("directory.ldap.ca_file", ldap.ca_file)]
+        out += [("directory.ldap.password_file", ldap.password_file)]
+    if stage == "ingest":
+        for i, lst in enumerate(config.ingest.listeners):
+            out += [(f"ingest.listeners.{i}.tls_cert_file", lst.tls_cert_file)]
+            out += [(f"ingest.listeners.{i}.tls_key_file", lst.tls_key_file)]
+            if lst.auth:
+                out += [(f"ingest.listeners.{i}.credentials_file", lst.credentials_file)]
+    hops: list[tuple[str, SmartHostConfig | None]] = []
+    if stage == "deliver":
+        hops.append(("delivery.smart_host", config.delivery.smart_host))
+    if stage == "relay":
+        hops += [("relay.inbound", config.relay.inbound), ("relay.outbound", config.relay.outbound)]
+        hops += [(f"relay.domains.{d}", hop) for d, hop in config.relay.domains.items()]
+    for key, hop in hops:
+        if hop is not None:
+            out.append((f"{key}.ca_file", hop.ca_file))
+            if hop.username:
+                out.append((f"{key}.password_file", hop.password_file))
+    return [(key, path) for key, path in out if path is not None]
+
+
+def file_problems(
+    config: Config, stages: Iterable[str], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per file the ``stages`` need that is missing or unreadable, naming its key: such
+    a stage is refused at start rather than failing on its first connection or record."""
+    env = _env_settings(os.environ if environ is None else environ)
+    problems: dict[str, str] = {}
+    for stage in stages:
+        for key, path in files_read_by(config, stage):
+            if not path.exists():
+                why = "no such file"
+            elif not path.is_file():
+                why = "not a file"
+            elif not os.access(path, os.R_OK):
+                why = "not readable"
+            else:
+                continue
+            problems[key] = _with_source(f"{key}: {path}: {why}", key, env)
+    return list(problems.values())
 
 
 EXIT_CONFIG = 2  # every command's exit status for an unusable configuration
 
 
-def load_config_or_report(path: str | Path | None) -> Config | None:
+def load_config_or_report(path: str | Path | None, stages: Iterable[str] = ()) -> Config | None:
     """For the commands: the configuration, or None after printing why it is unusable (one
-    line per problem, each naming its key) to stderr."""
+    line per problem, each naming its key) to stderr. ``stages``: the stages the command runs,
+    whose files (:func:`files_read_by`) must be readable too."""
     import sys
 
     if path is None:
         print("--config FILE (or MAILJOURNAL_CONFIG) is required", file=sys.stderr)
         return None
     try:
-        return load_config(path)
+        config = load_config(path)
+        problems = file_problems(config, stages)
+        if problems:
+            raise ConfigError(problems)
+        return config
     except ConfigError as exc:
         print(f"{path}: configuration is invalid", file=sys.stderr)
         for err in exc.errors:

@@ -18,12 +18,16 @@ HEADER = """# Configuration reference
 Generated from `mailjournal/config.py` by `python -m mailjournal.config_doc`; do not edit by hand.
 
 One TOML file (example: `config/mailjournal.example.toml`), validated at start: unknown keys,
-malformed addresses or networks, and journaling in a direction without its `ndr_address` are refused
-with a message naming the key (`mailjournal config check FILE`, exit 0 when valid, 2 when not).
+malformed addresses, networks, host names and topic names, numbers out of range (ports, timeouts,
+retry delays; no NaN or infinity), two roles sharing a topic or a consumer group, and journaling in a
+direction without its `ndr_address` are refused with a message naming the key
+(`mailjournal config check FILE`, exit 0 when valid, 2 when not). Each command also refuses to start,
+with exit 2, when a file its stage reads (listener certificate and key, credentials, stamp secret,
+CA and password files) is missing or unreadable.
 Every key can be overridden from the environment: `MAILJOURNAL_` + the key's path in upper case
 with `__` between segments, e.g. `MAILJOURNAL_KAFKA__BOOTSTRAP_SERVERS=broker1:9092`; the value
-is read as a TOML value when it parses as one (numbers, booleans, arrays), else as a string.
-Relative file paths are relative to the config file.
+is read as a TOML value when it parses as one (numbers, booleans, arrays), else as a string; an
+error about such a value names the variable. Relative file paths are relative to the config file.
 """
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from mailjournal.config import Config, load_config_or_report
+from mailjournal.config import EXIT_CONFIG, Config, file_problems, load_config_or_report
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -211,6 +211,9 @@ class Supervisor:
                     continue
                 if child.proc is not None and child.next_start == 0.0:
                     rc = child.proc.returncode
+                    if rc == EXIT_CONFIG:  # refused its configuration: it will again
+                        log.error("%s refused the configuration (exit 2); stopping", child.name)
+                        return EXIT_CONFIG
                     if self.args.no_restart:
                         log.error("%s exited with %s; stopping (--no-restart)", child.name, rc)
                         return 1
@@ -235,11 +238,25 @@ class Supervisor:
         self.mock_holder = None
 
 
+def preflight(cfg: Config) -> list[str]:
+    """What would make a stage of the run refuse to start, found before anything starts."""
+    problems = file_problems(cfg, ("relay", *STAGES) if cfg.relays else STAGES)
+    if not cfg.ingest.listeners:
+        problems.append("ingest.listeners: none configured (`mailjournal run` starts ingest)")
+    return problems
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s run %(levelname)s %(message)s")
     cfg = load_config_or_report(args.config)
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
+    problems = preflight(cfg)
+    if problems:  # before Kafka or any stage starts
+        print(f"{args.config}: configuration is invalid", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     sup = Supervisor(args, cfg)
     signal.signal(signal.SIGINT, sup._on_signal)
     signal.signal(signal.SIGTERM, sup._on_signal)

@@ -364,7 +364,9 @@ def test_waiting_retries_never_hold_up_fresh_traffic(
 ):
     from prometheus_client import REGISTRY
 
-    config = delivery_config(kafka_config, smtp_capture.port)
+    # a tier whose delay covers the copies' wait: a head waits at most its tier's longest delay
+    slow_tier = {"delivery": {"retry_delays_seconds": [150.0], "expiry_seconds": 600}}
+    config = delivery_config(kafka_config, smtp_capture.port, slow_tier)
     tier0 = f"{config.kafka.topics.retry.name}.0"
     later = now_millis() + 120_000
     waiting = [
