@@ -461,7 +461,8 @@ class DeliveryConfig(Strict):
     concurrency: int = Field(default=16, ge=1)
     """Parallel SMTP sessions."""
     max_inflight: int = Field(default=256, ge=1)
-    """Records fetched but not final."""
+    """Records taken from Kafka and not yet committed (in flight, or final but not committed):
+    what a crash would send again."""
     connect_timeout_seconds: float = Field(default=10, gt=0)
     command_timeout_seconds: float = Field(default=60, gt=0)
     # one retry topic per delay ("<topics.retry.name>.<i>"): a topic holds records of one delay,

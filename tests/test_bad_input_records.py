@@ -27,9 +27,9 @@ from confluent_kafka import Consumer, TopicPartition
 from delivery.outcomes import OutcomeFields, make_outcome
 from delivery.relay import relay_copies, relay_tier_topics
 from delivery.retry import tier_topics
-from mailjournal.config import Config, load_config_dict
+from mailjournal.config import Config
 from mailjournal.kafka import make_admin, make_consumer, make_producer
-from mailjournal.topics import ensure_topics, topic_specs
+from mailjournal.topics import topic_specs
 from schemas import (
     DELIVERY_OUTCOME,
     JOURNAL_COPY,
@@ -39,9 +39,7 @@ from schemas import (
     fingerprint64,
     now_millis,
 )
-from tests.fixtures.config import deep_merge
 from tests.fixtures.delivery import (
-    TEST_CONSUMER,
     WorkerThread,
     delivery_config,
     latest_outcomes,
@@ -52,6 +50,7 @@ from tests.fixtures.journal import make_event
 from tests.fixtures.kafka import kafka_test_config, unique_suffix
 from tests.fixtures.pipeline import Pipeline, pipeline_config
 from tests.fixtures.smtp import CaptureServer, wait_until
+from tests.test_relay_worker import relay_config
 
 pytestmark = pytest.mark.kafka
 
@@ -256,33 +255,6 @@ def test_poison_on_every_retry_tier_is_dead_lettered_and_the_tier_keeps_moving(
 # -- relay: its retry tiers, and the messages topic as the relay reads it -------------------------
 
 
-def relay_test_config(base: Config, port: int) -> Config:
-    suffix = base.kafka.topics.messages.name.rsplit(".", 1)[-1]
-    hop = {"host": "127.0.0.1", "port": port}
-    data = deep_merge(
-        base.model_dump(mode="json"),
-        {
-            "ingest": {"listeners": [{"name": "test", "port": 0, "relay": True}]},
-            "relay": {
-                "inbound": hop,
-                "outbound": hop,
-                "retry_delays_seconds": [0.5, 1.0],
-                "expiry_seconds": 60,
-            },
-            "delivery": {"connect_timeout_seconds": 5, "command_timeout_seconds": 10},
-            "kafka": {
-                "consumer": TEST_CONSUMER,
-                "relay_group": f"mailjournal-relay.{suffix}",
-                "topics": {"relay_retry": {"name": f"mailjournal.relay.retry.{suffix}"}},
-            },
-            "metrics": {"relay_port": 0},
-        },
-    )
-    config = load_config_dict(data)
-    ensure_topics(config)
-    return config
-
-
 @pytest.fixture
 def relay_cleanup(kafka_config: Config) -> Iterator[list[Config]]:
     """Delete the relay tiers a test created (kafka_config deletes only its own five topics)."""
@@ -301,7 +273,9 @@ def test_poison_on_every_relay_tier_and_the_messages_topic(
     smtp_capture: CaptureServer,
     relay_cleanup: list[Config],
 ) -> None:
-    config = relay_test_config(kafka_config, smtp_capture.port)
+    config = relay_config(
+        kafka_config, smtp_capture.port, retry_delays_seconds=[0.5, 1.0], expiry_seconds=60
+    )
     relay_cleanup.append(config)
     tiers = relay_tier_topics(config)
     assert len(tiers) == 2

@@ -396,9 +396,10 @@ def test_a_second_worker_joining_takes_over_partitions_without_duplicates(
     kafka_config: Config, worker_threads, smtp_capture
 ):
     config = delivery_config(kafka_config, smtp_capture.port)
-    copies = [make_copy() for _ in range(300)]
+    copies = [make_copy() for _ in range(600)]
     produce_copies(config, copies)
-    smtp_capture.data_delay = 0.005  # keep the first worker busy while the second joins
+    # keep the first worker busy while the second joins (16 sessions: ~80 copies/s, ~7 s)
+    smtp_capture.data_delay = 0.2
     first = worker_threads(config)
     wait_until(lambda: len(smtp_capture.messages) >= 30, 30, "the first deliveries")
     second = worker_threads(config)

@@ -34,25 +34,11 @@ from tests.strategies import (
     garbage_address,
     hostile_text,
 )
+from tests.test_delivery_report import EXPECTED_REPORT_HEADERS
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-REPORT_HEADERS = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "X-MS-Journal-Report",
-    "Auto-Submitted",
-    "X-MailJournal-Stamp",
-    "X-MailJournal-Copy-Id",
-    "X-MailJournal-Event-Id",
-    "X-MailJournal-Direction",
-]
+REPORT_HEADERS = EXPECTED_REPORT_HEADERS
 NDR_HEADERS = [h for h in REPORT_HEADERS if h != "X-MS-Journal-Report"] + [
     "X-MailJournal-About-Copy-Id"
 ]
