@@ -84,6 +84,11 @@ def fold_header(name: str, value: str, *, utf8: bool = False) -> bytes:
     # a header object, not a str: ``policy.fold`` passes a short str through unencoded
     header = pol.header_factory(name, text)
     folded = header.fold(policy=pol)
+    empty_first = f"{name}:\r\n "
+    if folded.startswith(empty_first):
+        # the folder breaks before a first word too long for the first line; a parser then
+        # reads that fold's blank into the value (" 00...", where the text says "00...")
+        folded = f"{name}: " + folded[len(empty_first) :]
     if isinstance(header, UnstructuredHeader) and (
         "=?" in text or any(len(line.encode()) > MAX_LINE for line in folded.split("\r\n"))
     ):
