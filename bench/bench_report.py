@@ -1,0 +1,73 @@
+"""Cost of building what delivery sends for one copy (not a test): the journal report around an
+original of 1 KB, 100 KB and 1 MB, the SMTP line-ending check and the dot-stuffing.
+
+    .venv/bin/python bench/bench_report.py [repeats]
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from delivery.report import build_message
+from delivery.smtp import dot_stuffed, wire_bytes
+from tests.fixtures.config import make_config
+
+LINE = b"La de da de da 1.\r\n"  # smtp-source's body line, as in make bench
+
+
+def copy_of(size: int) -> dict[str, Any]:
+    head = b"Subject: bench\r\nFrom: a@ext.example\r\nTo: b@corp.example\r\n\r\n"
+    original = head + LINE * max(1, (size - len(head)) // len(LINE))
+    return {
+        "copy_id": "c1",
+        "event_id": "01J0EVENT",
+        "kind": "JOURNAL",
+        "received_at": 0,
+        "directions": ["INBOUND"],
+        "sources": ["GLOBAL"],
+        "journal_address": "journal-in@corp.example",
+        "ndr_address": "journal-ndr-in@corp.example",
+        "format": "REPORT",
+        "original_sender": "a@ext.example",
+        "recipients": [{"address": "b@corp.example", "type": "TO"}],
+        "message_id": "<x@ext.example>",
+        "subject": "bench",
+        "attempt": 0,
+        "not_before": 0,
+        "first_attempt_at": None,
+        "last_reply": None,
+        "original": original,
+        "about_copy_id": None,
+    }
+
+
+def ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def main() -> None:
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    config = make_config({})
+    print(f"{'original':>9} {'build ms':>9} {'wire ms':>8} {'stuff ms':>9}")
+    for size in (1024, 102400, 1048576):
+        copy = copy_of(size)
+        message = build_message(copy, config)
+        build = ms(functools.partial(build_message, copy, config), repeats)
+        wire = ms(functools.partial(wire_bytes, message), repeats)
+        stuff = ms(functools.partial(dot_stuffed, message), repeats)
+        print(f"{size // 1024:>7}KB {build:>9.3f} {wire:>8.3f} {stuff:>9.3f}")
+
+
+if __name__ == "__main__":
+    main()
