@@ -25,6 +25,7 @@ import abc
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import io
 import json
 import os
@@ -801,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
             for spec in args.variant:
                 vname, _, sets = spec.partition(":")
                 factories.append(
-                    lambda vname=vname, sets=sets: MailjournalTarget(
+                    functools.partial(
+                        MailjournalTarget,
                         sink_port,
                         sink.pid,
                         name=f"mailjournal-{vname}",
