@@ -18,34 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from delivery.report import build_message
 from delivery.smtp import dot_stuffed, wire_bytes
 from tests.fixtures.config import make_config
+from tests.fixtures.delivery import make_copy
 
 LINE = b"La de da de da 1.\r\n"  # smtp-source's body line, as in make bench
 
 
 def copy_of(size: int) -> dict[str, Any]:
     head = b"Subject: bench\r\nFrom: a@ext.example\r\nTo: b@corp.example\r\n\r\n"
-    original = head + LINE * max(1, (size - len(head)) // len(LINE))
-    return {
-        "copy_id": "c1",
-        "event_id": "01J0EVENT",
-        "kind": "JOURNAL",
-        "received_at": 0,
-        "directions": ["INBOUND"],
-        "sources": ["GLOBAL"],
-        "journal_address": "journal-in@corp.example",
-        "ndr_address": "journal-ndr-in@corp.example",
-        "format": "REPORT",
-        "original_sender": "a@ext.example",
-        "recipients": [{"address": "b@corp.example", "type": "TO"}],
-        "message_id": "<x@ext.example>",
-        "subject": "bench",
-        "attempt": 0,
-        "not_before": 0,
-        "first_attempt_at": None,
-        "last_reply": None,
-        "original": original,
-        "about_copy_id": None,
-    }
+    return make_copy(original=head + LINE * max(1, (size - len(head)) // len(LINE)))
 
 
 def ms(fn: Callable[[], object], repeats: int) -> float:
