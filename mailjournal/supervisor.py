@@ -155,7 +155,10 @@ class Supervisor:
             from mailjournal.kafka_local import KafkaLocal
 
             port = _bootstrap_port(self.cfg.kafka.bootstrap_servers)
-            local = KafkaLocal(Path(self.args.local_kafka), brokers=1, base_port=port)
+            # the broker goes with us even when we are SIGKILLed: no orphaned JVM holding the port
+            local = KafkaLocal(
+                Path(self.args.local_kafka), brokers=1, base_port=port, die_with_parent=True
+            )
             self.kafka_local = local
             bootstrap = local.up()
             log.info("local Kafka at %s", bootstrap)
