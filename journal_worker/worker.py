@@ -574,12 +574,16 @@ class JournalWorker:
                 self._abort()
             except (_ProducerStuck, _ProducerFatal) as failed:
                 self._recover_producer(failed)
+                self._rewind_to_committed([it.msg for it in items])
+                return
             self._rewind([it.msg for it in items])
             return
         except (_ProducerStuck, _ProducerFatal) as exc:
             log.warning("%s: rewinding %d messages", exc, len(items))
             self._recover_producer(exc)
-            self._rewind([it.msg for it in items])
+            # the lost call may have committed the batch (offsets included) before it failed:
+            # go back to what the group committed, not to the batch's start
+            self._rewind_to_committed([it.msg for it in items])
             return
         metrics.TRANSACTIONS.labels("committed").inc()
         metrics.BATCH_MESSAGES.observe(len(items))
@@ -610,6 +614,33 @@ class JournalWorker:
             except KafkaException as exc:
                 # revoked meanwhile: its new owner starts from the committed offset anyway
                 log.info("not rewinding %s/%d: %s", topic, partition, exc.args[0])
+
+    def _rewind_to_committed(self, msgs: Sequence[Message]) -> None:
+        """Seek each partition of ``msgs`` to the group's committed offset (read_committed
+        consumers fetch stable offsets: a pending transaction is resolved first); to the first
+        message of ``msgs`` where nothing is committed yet."""
+        assert self.consumer is not None
+        first: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            topic, partition, offset = _position(m)
+            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+        wanted = [TopicPartition(t, p) for t, p in first]
+        delay = 0.5
+        while True:
+            try:
+                committed = self.consumer.committed(wanted, timeout=TXN_CALL_TIMEOUT_SECONDS)
+                break
+            except KafkaException as exc:
+                log.warning("reading committed offsets: %s (retrying)", exc)
+                if self._stop.wait(delay):
+                    raise _Stopping("committed offsets") from None
+                delay = min(delay * 2, 5.0)
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else first[(tp.topic, tp.partition)]
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                log.info("not rewinding %s/%d: %s", tp.topic, tp.partition, exc.args[0])
 
     # -- directory outage ---------------------------------------------------------------------
 
