@@ -136,6 +136,15 @@ def _position(msg: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
+def _first_offsets(msgs: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """The lowest offset of ``msgs`` per (topic, partition)."""
+    first: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        topic, partition, offset = _position(m)
+        first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+    return first
+
+
 def default_instance_id() -> str:
     return os.environ.get("MAILJOURNAL_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
@@ -604,11 +613,7 @@ class JournalWorker:
     def _rewind(self, msgs: Sequence[Message]) -> None:
         """Seek each partition back to its first message in ``msgs``: they are consumed again."""
         assert self.consumer is not None
-        first: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            topic, partition, offset = _position(m)
-            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
-        for (topic, partition), offset in first.items():
+        for (topic, partition), offset in _first_offsets(msgs).items():
             try:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as exc:
@@ -620,10 +625,7 @@ class JournalWorker:
         consumers fetch stable offsets: a pending transaction is resolved first); to the first
         message of ``msgs`` where nothing is committed yet."""
         assert self.consumer is not None
-        first: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            topic, partition, offset = _position(m)
-            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+        first = _first_offsets(msgs)
         wanted = [TopicPartition(t, p) for t, p in first]
         delay = 0.5
         while True:

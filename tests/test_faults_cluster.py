@@ -75,6 +75,14 @@ def busiest_leader(config: Config) -> int:
     return leaders.most_common(1)[0][0]
 
 
+def start_pipeline(
+    config: Config, capture: CaptureServer, factory: Callable[[Config], Pipeline]
+) -> Pipeline:
+    """The fault pipeline on the cluster, ingest answering 4xx after ACK_TIMEOUT without acks."""
+    overrides = {"ingest": {"kafka_ack_timeout_seconds": ACK_TIMEOUT}}
+    return factory(fault_config(config, capture, None, overrides)).start()
+
+
 def stage_pids(p: Pipeline) -> dict[str, int | None]:
     return {s: p.stage_pid(s) for s in ("ingest", "journal", "delivery")}
 
@@ -100,15 +108,12 @@ def test_leader_loss_then_quorum_loss_then_recovery(
     pipeline_factory: Callable[[Config], Pipeline],
 ) -> None:
     total = 800
-    config = fault_config(
-        cluster_config, smtp_capture, None, {"ingest": {"kafka_ack_timeout_seconds": ACK_TIMEOUT}}
-    )
-    p = pipeline_factory(config).start()
+    p = start_pipeline(cluster_config, smtp_capture, pipeline_factory)
     load = Load(p.smtp_port, total, rate=40).start()
     probes = 0
 
     wait_until(lambda: load.count >= 150, 120, "150 accepted")
-    first = busiest_leader(config)
+    first = busiest_leader(p.config)
     cluster.kill_broker(first)
     killed_at, count_at_kill = time.monotonic(), load.count
     # ingest keeps answering 250 after a short pause (leader election, producer retry)
@@ -152,10 +157,7 @@ def test_all_brokers_down_then_back_without_restarting_stages(
     pipeline_factory: Callable[[Config], Pipeline],
 ) -> None:
     total = 300
-    config = fault_config(
-        cluster_config, smtp_capture, None, {"ingest": {"kafka_ack_timeout_seconds": ACK_TIMEOUT}}
-    )
-    p = pipeline_factory(config).start()
+    p = start_pipeline(cluster_config, smtp_capture, pipeline_factory)
     pids = stage_pids(p)
     load = Load(p.smtp_port, total, rate=30).start()
     wait_until(lambda: load.count >= 100, 120, "100 accepted")
