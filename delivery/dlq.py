@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from delivery.outcomes import OutcomeFields, make_outcome
 from delivery.report import to_millis
 from mailjournal.config import Config, load_config_or_report
+from mailjournal.faults import fault_point
 from mailjournal.kafka import make_admin, make_consumer, make_producer
 from schemas import (
     DEAD_LETTER,
@@ -234,6 +235,7 @@ def replay(
             value=encode(DEAD_LETTER, marker),
             headers=[(MARKER_HEADER, entry.id.encode()), (KIND_HEADER, b"replay-marker")],
         )
+        fault_point("dlq.replay.mid_batch")
     producer.commit_transaction(timeout)
     return [e for e, _ in replayable], broken
 

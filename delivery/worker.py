@@ -66,6 +66,7 @@ from delivery.retry import tier_topic, tier_topics
 from delivery.sender_dsn import RecipientFailure, dsn_recipients, make_dsn_copy
 from delivery.smtp import SmtpClient
 from mailjournal.config import Config
+from mailjournal.faults import fault_point
 from mailjournal.kafka import make_consumer, make_producer
 from schemas import (
     DEAD_LETTER,
@@ -725,6 +726,7 @@ class DeliveryWorker:
         metrics.ATTEMPTS.labels(kind.lower(), result.result_class.value).inc()
         self._count("attempts")
         if decision.action is Action.DELIVERED:
+            fault_point("delivery.after_remote_250")
             received = to_millis(copy.get("received_at"))
             if received:
                 metrics.END_TO_END_SECONDS.labels(kind.lower()).observe(
@@ -849,6 +851,7 @@ class DeliveryWorker:
         env = copy["relay"]
         rcpts = env["recipients"]
         results = self.smtp.send(copy)
+        fault_point("relay.between_recipients")
         now = now_millis()
         is_dsn = copy.get("about_copy_id") is not None
         delivered: list[dict[str, Any]] = []

@@ -63,6 +63,7 @@ from ingest.policy import (
 from ingest.proxy import PROXY_TIMEOUT_SECONDS, ClientAddress, client_from_proxy, peer_address
 from ingest.publisher import Publisher, PublishError
 from mailjournal.config import Config, ListenerConfig
+from mailjournal.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -756,6 +757,7 @@ class IngestSMTP(SMTP):
             if exc.queue_full:
                 return QUEUE_FULL
             return KAFKA_TIMEOUT if exc.timeout else KAFKA_ERROR
+        fault_point("ingest.after_ack")
         m.KAFKA_ACK.observe(time.monotonic() - started)
         m.MESSAGE_SIZE.observe(len(raw))
         return queued(event_id)

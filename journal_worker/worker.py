@@ -51,6 +51,7 @@ from journal_worker import metrics
 from journal_worker.decide import Decider, Decision, Plan, journal_copy_record
 from journal_worker.directory import Directory, DirectoryUnavailable, make_directory, resolve
 from mailjournal.config import Config
+from mailjournal.faults import fault_point
 from mailjournal.kafka import make_consumer, make_producer, producer_config
 from schemas import DEAD_LETTER, JOURNAL_COPY, MESSAGE_RECEIVED, SchemaError, new_event_id
 from schemas.events import now_millis
@@ -563,6 +564,7 @@ class JournalWorker:
             for item in items:
                 for topic, key, value in self._records_for(item, answers, tallies):
                     self._produce(topic, key, value)
+            fault_point("journal.txn.after_produce")
             started = time.perf_counter()
             self._txn_call(
                 "send_offsets_to_transaction",
@@ -571,6 +573,7 @@ class JournalWorker:
                 self.consumer.consumer_group_metadata(),
                 TXN_CALL_TIMEOUT_SECONDS,
             )
+            fault_point("journal.txn.before_commit")
             self._txn_call(
                 "commit_transaction", self.producer.commit_transaction, TXN_CALL_TIMEOUT_SECONDS
             )

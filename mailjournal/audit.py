@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailjournal.config import Config, load_config_or_report
+from mailjournal.faults import fault_point
 
 log = logging.getLogger("mailjournal.audit")
 
@@ -324,6 +325,7 @@ def run_audit(
         if received > until or (since_ms is not None and received < since_ms):
             continue
         rec.add_message(msg["event_id"], received, owed(msg))
+        fault_point("audit.mid_scan")
     copy_topics = [topics.journal.name] + [
         f"{topics.retry.name}.{i}" for i in range(len(cfg.delivery.retry_delays_seconds))
     ]
