@@ -1,11 +1,12 @@
 """Exactly-once across crashes and rebalances, with the worker as a real subprocess
-(``python -m mailjournal journal --config FILE``) on the real broker."""
+(``python -m mailjournal journal --config FILE``) on the real broker. Every crash lands where a
+fault point (``mailjournal/faults.py``) stops the worker, and the test checks the transaction is
+open there before it kills: the crash is a fact, not a hope about timing."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from journal_worker.decide import decide
 from mailjournal.config import Config
+from tests.fixtures.faults import fault_env, kill_paused, wait_fault
 from tests.fixtures.journal import (
     INSIDE_IP,
     ROOT,
@@ -33,7 +35,7 @@ from tests.fixtures.kafka import consume_all
 
 pytestmark = pytest.mark.kafka
 
-StartWorker = Callable[[Path, str], WorkerProcess]
+StartWorker = Callable[..., WorkerProcess]
 
 
 def eo_config(kafka_config: Config) -> Config:
@@ -86,85 +88,99 @@ def check_exactly_once(config: Config, expected: set[str]) -> int:
     return len(consume_all(config, topic, read_committed=False, timeout=30))
 
 
+def frozen_mid_transaction(
+    config: Config, worker: WorkerProcess, log: Path, point: str
+) -> tuple[int, int]:
+    """Wait until ``worker`` is frozen at the ``pause`` fault ``point`` and assert, from the
+    broker, that it holds a transaction open there: its batch's offsets are not committed, its
+    copies are on the broker yet invisible to a ``read_committed`` reader. Returns (messages
+    decided, records in the journal topic including the open transaction's)."""
+    topic = config.kafka.topics.journal.name
+    pid = wait_fault(log, point, 120, diagnose=lambda: worker.log_text()[-3000:])
+    assert pid == worker.pid
+    decided = decided_count(config)
+    assert decided < N_EVENTS, "the worker had finished before the point"
+    # one copy per message here: the committed copies are exactly those of committed offsets
+    visible = journal_copies(consume_all(config, topic, timeout=30))
+    assert len(visible) == decided, (len(visible), decided)
+    assert open_transaction(config, topic), f"no open transaction at {point}"
+    raw = len(consume_all(config, topic, read_committed=False, timeout=30))
+    assert raw > len(visible)  # the open batch's copies, held back from read_committed readers
+    return decided, raw
+
+
+N_EVENTS = 3000
+
+
+@pytest.mark.parametrize("point", ["journal.txn.after_produce", "journal.txn.before_commit"])
 def test_kill_9_mid_batch_then_restart_is_exactly_once(
-    kafka_config: Config, tmp_path: Path, worker_processes: StartWorker
+    point: str, kafka_config: Config, tmp_path: Path, worker_processes: StartWorker
 ) -> None:
+    """Fault points ``journal.txn.after_produce`` (copies produced, offsets not yet sent) and
+    ``journal.txn.before_commit`` (offsets sent, commit not called): the worker pauses there in
+    its third batch, the test checks the transaction is open, SIGKILLs it and restarts it
+    with the same instance id. Every copy ends exactly once in a ``read_committed`` read."""
     config = eo_config(kafka_config)
     path = write_config_file(config, tmp_path / "journal.toml")
-    evs = events(8000)
+    evs = events(N_EVENTS)
     produce_events(config, evs)
     expected = expected_ids(config, evs)
+    log = tmp_path / "faults.log"
 
-    journal_topic = config.kafka.topics.journal.name
-    kills = interrupted = 0
-    for threshold in (1500, 3000, 4500, 6000):
-        if interrupted >= 2:
-            break
-        worker = worker_processes(path, "kill-test")  # same id: the restart fences the zombie
-
-        def progressed(threshold: int = threshold) -> bool:
-            return decided_count(config) >= threshold
-
-        wait_until(progressed, 60, f"progress past {threshold}", interval=0.02)
-        # kill in the middle of a batch: its transaction has copies in the journal topic
-        wait_until(
-            lambda: open_transaction(config, journal_topic), 30, "an open transaction", 0.005
-        )
-        worker.kill9()
-        kills += 1
-        assert decided_count(config) < len(evs), "too late: the worker had already finished"
-        # a kill that landed while the batch was already committing leaves nothing open; one
-        # that interrupted the transaction leaves it open until the restart fences it
-        time.sleep(0.5)
-        interrupted += open_transaction(config, journal_topic)
-    assert interrupted >= 1, f"none of {kills} kills interrupted an open transaction"
+    worker = worker_processes(path, "kill-test", fault_env(f"{point}:pause@3", log))
+    decided, raw_at_kill = frozen_mid_transaction(config, worker, log, point)
+    kill_paused(worker.pid)
+    worker.proc.wait(30)
+    # the restart (same instance id: same transactional id) fences the dead one's producer,
+    # aborts its open transaction and redoes the batch from the committed offsets
     worker = worker_processes(path, "kill-test")
     wait_decided(config, len(evs), 120)
     assert worker.stop() == 0, worker.log_text()[-3000:]
 
     uncommitted = check_exactly_once(config, expected)
-    # the raw log holds the copies of the transactions the kills interrupted, aborted since
     print(
-        f"{kills} kills, {interrupted} mid-transaction; "
-        f"{uncommitted - len(expected)} records of aborted transactions"
+        f"{point}: killed with {decided} decided, {raw_at_kill - decided} copies open; "
+        f"{uncommitted - len(expected)} records of aborted transactions in the raw log"
     )
-    assert uncommitted > len(expected)
+    assert uncommitted >= raw_at_kill  # the aborted batch's copies stay in the log, unread
 
 
 def test_two_workers_with_rebalances_is_exactly_once(
     kafka_config: Config, tmp_path: Path, worker_processes: StartWorker
 ) -> None:
+    """Fault point ``journal.txn.before_commit`` (pause in the joining worker's first
+    transaction, then SIGKILL): a second worker joins mid-stream (a rebalance with both alive),
+    then dies hard with its transaction open; the first takes its partitions back after the
+    session timeout, and must wait for that transaction's abort before reading their offsets."""
     config = eo_config(kafka_config)
     path = write_config_file(config, tmp_path / "journal.toml")
     first, second, third = events(3000), events(3000), events(2000)
     expected = expected_ids(config, first + second + third)
+    log = tmp_path / "faults.log"
 
     a = worker_processes(path, "a")
     produce_events(config, first)
     wait_until(lambda: decided_count(config) >= 500, 60, "worker a to make progress")
-    b = worker_processes(path, "b")  # joins: rebalance in the middle of the stream
     produce_events(config, second)
-    wait_until(
-        lambda: "assigned" in b.log_text() and decided_count(config) >= len(first) + 500,
-        60,
-        "worker b to take part",
-    )
+    # joins: rebalance in the middle of the stream; its first transaction stops at the point
+    b = worker_processes(path, "b", fault_env("journal.txn.before_commit:pause", log))
+    wait_fault(log, "journal.txn.before_commit", 120, diagnose=lambda: b.log_text()[-3000:])
+    assert "assigned" in b.log_text()
+    assert open_transaction(config, config.kafka.topics.journal.name)
+    kill_paused(b.pid)
     produce_events(config, third)
-    # a dies hard with a transaction open: b takes its partitions over after the session
-    # timeout and must wait for a's transaction to be aborted before reading their offsets
-    time.sleep(0.2)
-    a.kill9()
     wait_decided(config, len(first) + len(second) + len(third), 120)
-    assert b.stop() == 0, b.log_text()[-3000:]
+    assert a.stop() == 0, a.log_text()[-3000:]
     check_exactly_once(config, expected)
-    assert "revoked" in b.log_text() or "assigned" in b.log_text()
+    assert "revoked" in a.log_text() and "assigned" in a.log_text()
 
 
 def test_a_second_instance_with_the_same_id_fences_the_first(
     kafka_config: Config, tmp_path: Path, worker_processes: StartWorker
 ) -> None:
     """Zombie fencing: a replacement with the same instance id takes over the transactional id;
-    the old process gets a fatal error on its next transaction and exits non-zero."""
+    the old process gets a fatal error on its next transaction and exits non-zero. No fault
+    point: nothing crashes here, the fence comes from the second instance."""
     config = eo_config(kafka_config)
     path = write_config_file(config, tmp_path / "journal.toml")
     evs = events(8000)
