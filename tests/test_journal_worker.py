@@ -5,7 +5,6 @@ stalls the worker without losing or under-journaling anything."""
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -250,7 +249,19 @@ def test_slapd_outage_stalls_without_losing_or_under_journaling(
             interval=0.05,
         )
         stalled_at = decided_count(config)
-        time.sleep(1.5)  # several retry rounds
+        failed = metric(
+            "mailjournal_journal_directory_lookups_total", backend="ldap", result="error"
+        )
+        wait_until(
+            lambda: (
+                metric(
+                    "mailjournal_journal_directory_lookups_total", backend="ldap", result="error"
+                )
+                >= failed + 3
+            ),
+            30,
+            "three more failed directory lookups (retry rounds)",
+        )
         assert decided_count(config) == stalled_at, "committed past an undecided message"
         assert stalled_at < len(first) + len(second)
         assert worker.ready()

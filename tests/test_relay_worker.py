@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from mailjournal.config import Config, load_config_dict
 from mailjournal.topics import ensure_topics
 from tests.fixtures.config import deep_merge, write_config_file
 from tests.fixtures.delivery import TEST_CONSUMER, WorkerThread, read_dead_letters
+from tests.fixtures.drain import wait_relay_drained
 from tests.fixtures.journal import make_event, produce_events
 from tests.fixtures.smtp import CaptureServer, wait_until
 
@@ -93,7 +93,7 @@ def test_451_then_250_is_retried_and_delivered_once(
     produce_events(config, [event])
     with relay_worker(config):
         got = hop.wait_for(to="bob@corp.example", timeout=30)
-        time.sleep(1.5)  # a second delivery would come within a retry delay
+        wait_relay_drained(config)  # done with the original and its retry: nothing more comes
     assert len(hop.messages_to("bob@corp.example")) == 1
     msg = got[0]
     assert msg.mail_from == SENDER and msg.rcpt_tos == ["bob@corp.example"]
@@ -112,7 +112,7 @@ def test_550_for_one_of_two_dsn_for_that_one_only(kafka_config: Config, hop: Cap
     with relay_worker(config):
         hop.wait_for(to="bob@corp.example", timeout=30)
         wait_until(lambda: dsns(hop), 30, "a DSN to the sender")
-        time.sleep(1.0)
+        wait_relay_drained(config)
     # bob got the original in one transaction; gone@ was refused at RCPT and never got it
     assert [m.rcpt_tos for m in hop.messages if m.mail_from == SENDER] == [["bob@corp.example"]]
     [dsn] = dsns(hop)
@@ -135,7 +135,7 @@ def test_notify_never_gets_no_dsn(kafka_config: Config, hop: CaptureServer) -> N
     produce_events(config, [event])
     with relay_worker(config):
         wait_until(lambda: read_dead_letters(config), 30, "the original kept as a dead letter")
-        time.sleep(1.0)
+        wait_relay_drained(config)
     assert dsns(hop) == [] and hop.messages == []
     [dead] = read_dead_letters(config)
     assert "notify_never" in dead["reason"]
@@ -147,7 +147,7 @@ def test_null_sender_failure_gets_no_dsn(kafka_config: Config, hop: CaptureServe
     produce_events(config, [make_event("", ["gone@corp.example"])])
     with relay_worker(config):
         wait_until(lambda: read_dead_letters(config), 30, "the original kept as a dead letter")
-        time.sleep(1.0)
+        wait_relay_drained(config)
     assert hop.messages == []
     assert [a.stage for a in hop.attempts if a.stage == "mail"] == ["mail"]  # one try, no DSN
     assert "null_sender" in read_dead_letters(config)[0]["reason"]
@@ -180,7 +180,7 @@ def test_messages_of_journal_only_listeners_are_not_relayed(
     produce_events(config, [other, mine])
     with relay_worker(config):
         hop.wait_for(to="bob@corp.example", timeout=30)
-        time.sleep(0.5)
+        wait_relay_drained(config)  # past both records: carol's was handled, not relayed
     assert hop.messages_to("carol@corp.example") == []
 
 
@@ -205,7 +205,7 @@ def test_kill_mid_flow_loses_nothing(
         at_kill = len(hop.messages)
         proc = subprocess.Popen(argv, env=env)
         wait_until(lambda: len({m.rcpt_tos[0] for m in hop.messages}) >= n, 120, "all relayed")
-        time.sleep(1.0)
+        wait_relay_drained(config)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import threading
-import time
 import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ import schemas
 from schemas import codec, events
 from schemas.codec import MAGIC, Codec, SchemaError, fingerprint64
 from schemas.registry import RegistryCodec
+from tests.fixtures.smtp import wait_until
 
 AVRO_ROOT = Path(str(resources.files("schemas") / "avro"))
 NOW = datetime(2025, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)  # millisecond precision
@@ -684,7 +684,8 @@ def test_event_ids_are_unique_and_sorted_by_time() -> None:
 
 def test_event_ids_across_milliseconds_sort_by_time() -> None:
     first = events.new_event_id()
-    time.sleep(0.003)
+    later = events.event_id_millis(first) + 3
+    wait_until(lambda: events.now_millis() >= later, 5, "the clock to pass 2 ms")
     second = events.new_event_id()
     assert first < second
     assert events.event_id_millis(second) - events.event_id_millis(first) >= 2
