@@ -32,7 +32,8 @@ class IngestDirectory:
     @classmethod
     def from_config(cls, config: Config) -> IngestDirectory | None:
         ingest = config.ingest
-        if not (ingest.verify_recipients or ingest.sender_login_binding):
+        binds = ingest.sender_login_binding and any(lst.auth for lst in ingest.listeners)
+        if not (ingest.verify_recipients or binds):
             return None
         directory = make_directory(config.directory, METRICS)
         if directory is None:

@@ -742,7 +742,13 @@ def files_read_by(config: Config, stage: str) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path | None]] = []
     if stage in ("journal", "deliver", "audit"):  # the loop-guard stamp: made or checked
         out.append(("journal.stamp_secret_file", config.journal.stamp_secret_file))
-    if stage in ("journal", "audit") and config.directory.backend == "ldap":
+    ingest_reads_directory = config.ingest.verify_recipients or (
+        config.ingest.sender_login_binding and any(lst.auth for lst in config.ingest.listeners)
+    )
+    reads_directory = stage in ("journal", "audit") or (
+        stage == "ingest" and ingest_reads_directory
+    )
+    if reads_directory and config.directory.backend == "ldap":
         ldap = config.directory.ldap
         assert ldap is not None
         out += [("directory.ldap.ca_file", ldap.ca_file)]
