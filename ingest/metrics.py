@@ -69,3 +69,20 @@ INFLIGHT_BYTES = Gauge(
     "Bytes held by messages between DATA and the final reply",
     multiprocess_mode="livesum",
 )
+DIRECTORY_LOOKUPS = Counter(
+    "mailjournal_ingest_directory_lookups_total",
+    "Directory lookups of recipient verification and sender-login binding, by backend and "
+    "result (cache_hit, found, not_found, error)",
+    ["backend", "result"],
+)
+DIRECTORY_LATENCY = Histogram(
+    "mailjournal_ingest_directory_lookup_seconds",
+    "Latency of ingest's directory lookups that reached the backend",
+    ["backend"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DIRECTORY_RELOADS = Counter(
+    "mailjournal_ingest_directory_reloads_total",
+    "File directory reloads in ingest by result (ok, error)",
+    ["result"],
+)

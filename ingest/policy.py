@@ -12,7 +12,15 @@ Every refusal is a :class:`Reply` with a basic and an enhanced status code (RFC 
   stricter than "external sender to external recipient": a client that merely *claims* an
   internal sender must not relay either, or ingest would be an open relay.
 - Journal and NDR addresses are refused to untrusted clients with the same reply an unknown
-  user gets (``550 5.1.1``), so probing them reveals nothing.
+  user gets (``550 5.1.1``), so probing them reveals nothing; compared in
+  :func:`mailjournal.addresses.canonical` form, so no other spelling (quoted, ``+ext``, case,
+  width, IDNA, trailing dot) gets through.
+- Recipient verification (``verify_recipients``): an untrusted client's internal recipient must
+  be a directory user (:meth:`Policy.listed`), else the same ``550 5.1.1``; the lookup comes
+  first, so during an outage every address gets ``451 4.4.3`` alike.
+- Sender-specified routing from untrusted clients (``%``, ``!``, quoted ``@``, source routes):
+  ``550 5.1.3`` unless ``allow_untrusted_routing``.
+- Sender-login binding: an authenticated login uses only its own addresses (``553 5.7.1``).
 - Limits: recipients per message (``452 4.5.3``), declared size (``552 5.3.4``), connections
   globally and per client address (``421 4.7.0``), messages and bytes in flight.
 """
@@ -22,7 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mailjournal.addresses import is_valid_mailbox, normalize
+from mailjournal.addresses import canonical, has_routing_local_part, is_valid_mailbox, normalize
 from mailjournal.config import Config
 
 
@@ -116,6 +124,12 @@ def _syntax(text: str, enhanced: str = "5.5.4", code: int = 501) -> SyntaxRefusa
 def split_path(arg: str | None, keyword: str) -> tuple[str, list[str]]:
     """Split ``FROM:<path> params`` (or ``TO:``) into the path (without angle brackets and
     source route) and the parameter words. Raises :class:`SyntaxRefusal`."""
+    _, path, words = split_routed_path(arg, keyword)
+    return path, words
+
+
+def split_routed_path(arg: str | None, keyword: str) -> tuple[str, str, list[str]]:
+    """:func:`split_path` that also returns the source route (``@a,@b``, "" for none)."""
     usage = f"Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}:<address> [parameters]"
     if arg is None or arg[: len(keyword)].upper() != keyword:
         raise _syntax(usage, "5.5.2")
@@ -144,12 +158,13 @@ def split_path(arg: str | None, keyword: str) -> tuple[str, list[str]]:
         path, _, rest = s.partition(" ")
         if path == "":
             raise _syntax(usage, "5.5.2")
+    route = ""
     if path.startswith("@"):  # source route "@a,@b:user@c" (RFC 5321 4.1.2: MUST accept)
-        _, colon, after = path.partition(":")
+        route, colon, after = path.partition(":")
         if not colon:
             raise _syntax(usage, "5.1.3")
         path = after
-    return path, rest.split()
+    return route, path, rest.split()
 
 
 def parse_params(words: list[str]) -> dict[str, str]:
@@ -302,7 +317,31 @@ def unknown_user(address: str) -> Reply:
     )
 
 
+def routing_refused(address: str) -> Reply:
+    return Reply(
+        550,
+        "5.1.3",
+        f"<{address}>: Recipient address rejected: sender-specified routing is not allowed",
+        "routing",
+    )
+
+
+def sender_not_owned(address: str, login: str) -> Reply:
+    return Reply(
+        553,
+        "5.7.1",
+        f"<{address}>: Sender address rejected: not owned by user {login}",
+        "sender_login_mismatch",
+    )
+
+
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients", "too_many_recipients")
+RECIPIENT_LOOKUP_FAILED = Reply(
+    451, "4.4.3", "Recipient address lookup failed, try again later", "directory_unavailable"
+)
+SENDER_LOOKUP_FAILED = Reply(
+    451, "4.4.3", "Sender address lookup failed, try again later", "directory_unavailable"
+)
 
 
 class Policy:
@@ -312,7 +351,11 @@ class Policy:
         self.org = config.organization
         self.max_size = config.ingest.max_message_size
         self.max_recipients = config.ingest.max_recipients
-        self.protected = frozenset(config.journal.protected_addresses())
+        self.delimiter = self.org.recipient_delimiter
+        self.protected = frozenset(config.protected_keys())
+        self.verify_recipients = config.ingest.verify_recipients
+        self.allow_routing = config.ingest.allow_untrusted_routing
+        self.sender_login_binding = config.ingest.sender_login_binding
         self.postmaster = f"postmaster@{self.org.accepted_domains[0]}"
         self._ip_trust: dict[str, bool] = {}
 
@@ -353,7 +396,7 @@ class Policy:
         """Parse and judge ``RCPT TO:``; returns (recipient, params) when it is accepted.
 
         Raises :class:`SyntaxRefusal` with the refusal."""
-        path, words = split_path(arg, "TO:")
+        route, path, words = split_routed_path(arg, "TO:")
         if words and not esmtp:
             raise _syntax("Parameters need EHLO")
         if path.lower() == "postmaster":  # RFC 5321 4.5.1: MUST accept without a domain
@@ -362,6 +405,8 @@ class Policy:
             raise SyntaxRefusal(Reply(501, "5.1.3", "Bad recipient address syntax", "bad_address"))
         address = check_address(path, smtputf8=smtputf8, sender=False)
         params = parse_rcpt_params(words)
+        if not trusted and not self.allow_routing and (route or has_routing_local_part(address)):
+            raise SyntaxRefusal(routing_refused(address))
         refusal = self.judge_recipient(address, accepted=accepted, trusted=trusted)
         if refusal is not None:
             raise SyntaxRefusal(refusal)
@@ -373,9 +418,44 @@ class Policy:
         if not trusted:
             if not self.org.is_internal_address(address):
                 return relay_denied(address)
-            if address.casefold() in self.protected:
+            if not self.verify_recipients and self.is_protected(address):
                 return unknown_user(address)
         return None
+
+    def is_protected(self, address: str) -> bool:
+        """A journal or NDR address, in any spelling."""
+        return canonical(address, self.delimiter) in self.protected
+
+    def needs_lookup(self, *, trusted: bool) -> bool:
+        """Must an accepted recipient (internal, when untrusted) be looked up in the directory?"""
+        return self.verify_recipients and not trusted
+
+    def listed(self, address: str, is_user: bool | None) -> Reply | None:
+        """The reply after the directory lookup (None: the directory could not answer). Hidden
+        addresses and unknown users get one reply, whatever the directory says of the former."""
+        if is_user is None:
+            return RECIPIENT_LOOKUP_FAILED
+        if not is_user or self.is_protected(address):
+            return unknown_user(address)
+        return None
+
+    def binds_sender(self, sender: str, *, authenticated: bool) -> bool:
+        """Must this MAIL FROM be checked against the login's addresses? (Not the null sender:
+        an authenticated server may send bounces.)"""
+        return self.sender_login_binding and authenticated and sender != ""
+
+    def sender_owned(self, sender: str, login: str, allowed: list[str] | None) -> Reply | None:
+        """The reply for ``sender`` given the addresses the directory gives ``login`` (None: no
+        such user). ``@domain`` in the list allows every address of that domain."""
+        want = canonical(sender, self.delimiter)
+        domain = want.rpartition("@")[2]
+        for address in allowed or ():
+            if address.startswith("@"):
+                if canonical("x" + address, "").rpartition("@")[2] == domain:
+                    return None
+            elif canonical(address, self.delimiter) == want:
+                return None
+        return sender_not_owned(sender, login)
 
 
 # -- limits ------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import schemas
 from ingest import metrics as m
 from ingest.auth import Credentials
 from ingest.datapath import DataParser, DataStatus, read_data
+from ingest.directory import IngestDirectory
 from ingest.headers import received_count, selected_headers
 from ingest.policy import (
     BARE_NEWLINE,
@@ -50,6 +51,7 @@ from ingest.policy import (
     OK_RECIPIENT,
     OK_SENDER,
     QUEUE_FULL,
+    SENDER_LOOKUP_FAILED,
     SHUTTING_DOWN,
     ConnectionLimiter,
     InflightBudget,
@@ -168,6 +170,7 @@ class IngestContext:
         self.config = config
         self.ingest = config.ingest
         self.policy = Policy(config)
+        self.directory = IngestDirectory.from_config(config)  # recipients, sender logins
         self.limiter = ConnectionLimiter(
             config.ingest.max_connections, config.ingest.max_connections_per_client
         )
@@ -504,11 +507,20 @@ class IngestSMTP(SMTP):
             await self._refuse("MAIL", NESTED_MAIL)
             return
         assert self.session is not None
+        policy = self.ctx.policy
         try:
-            sender, params = self.ctx.policy.mail(arg, esmtp=self.session.extended_smtp)
+            sender, params = policy.mail(arg, esmtp=self.session.extended_smtp)
         except SyntaxRefusal as refusal:
             await self._refuse("MAIL", refusal.reply)
             return
+        login = self.auth_user
+        if login is not None and policy.binds_sender(sender, authenticated=True):
+            assert self.ctx.directory is not None  # config validation: binding needs one
+            answered, allowed = await self.ctx.directory.sender_addresses(login)
+            reply = policy.sender_owned(sender, login, allowed) if answered else None
+            if not answered or reply is not None:
+                await self._refuse("MAIL", reply or SENDER_LOOKUP_FAILED)
+                return
         self.tx = Transaction(sender, params)
         await self.push(OK_SENDER)
 
@@ -520,17 +532,25 @@ class IngestSMTP(SMTP):
             await self._refuse("RCPT", NEED_MAIL)
             return
         assert self.session is not None
+        policy = self.ctx.policy
+        trusted = self.is_trusted()
         try:
-            address, params = self.ctx.policy.rcpt(
+            address, params = policy.rcpt(
                 arg,
                 smtputf8=tx.params.smtputf8,
                 accepted=len(tx.recipients),
-                trusted=self.is_trusted(),
+                trusted=trusted,
                 esmtp=self.session.extended_smtp,
             )
         except SyntaxRefusal as refusal:
             await self._refuse("RCPT", refusal.reply)
             return
+        if policy.needs_lookup(trusted=trusted):
+            assert self.ctx.directory is not None  # config validation: verification needs one
+            reply = policy.listed(address, await self.ctx.directory.is_user(address))
+            if reply is not None:
+                await self._refuse("RCPT", reply)
+                return
         tx.recipients.append(
             {
                 "address": address,
@@ -866,4 +886,6 @@ class IngestServer:
         for server in self.servers.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        if ctx.directory is not None:
+            ctx.directory.close()
         return left

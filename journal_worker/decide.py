@@ -37,7 +37,7 @@ from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
-from mailjournal.addresses import AddressError, key, validate_mailbox
+from mailjournal.addresses import AddressError, canonical, key, validate_mailbox
 from mailjournal.config import Config
 from mailjournal.config import Direction as CfgDirection
 from mailjournal.config import ReportFormat as CfgFormat
@@ -184,7 +184,8 @@ def _facts(
         if k in seen:
             continue
         seen.add(k)
-        (protected if k in protected_keys else recipients).append(address)
+        protected_key = canonical(address, org.recipient_delimiter)
+        (protected if protected_key in protected_keys else recipients).append(address)
     directions: list[tuple[str, Direction | None]] = []
     for address in recipients:
         internal = org.is_internal_address(address)
@@ -312,7 +313,7 @@ class Decider:
     def __init__(self, config: Config, stamp_key: bytes | None):
         self.config = config
         self.stamp_key = stamp_key
-        self.protected = config.journal.protected_addresses()
+        self.protected = config.protected_keys()
 
     def plan(self, event: Mapping[str, Any]) -> Plan:
         facts = _facts(event, self.config, self.stamp_key, self.protected)

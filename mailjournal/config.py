@@ -35,7 +35,13 @@ from pydantic import (
     model_validator,
 )
 
-from mailjournal.addresses import AddressError, domain_key, domain_of, validate_mailbox
+from mailjournal.addresses import (
+    AddressError,
+    canonical,
+    domain_key,
+    domain_of,
+    validate_mailbox,
+)
 
 ENV_PREFIX = "MAILJOURNAL_"
 
@@ -101,6 +107,10 @@ class OrganizationConfig(Strict):
     trusted_networks: list[Network] = ["127.0.0.0/8", "::1/128"]
     include_subdomains: bool = False
     """Also treat sub.accepted.example as internal."""
+    recipient_delimiter: str = Field(default="+", max_length=8)
+    """Subaddress delimiters, each character one (Postfix's recipient_delimiter): user+ext is
+    compared as user (journal/NDR address protection, recipient verification, sender-login
+    binding). Empty: off."""
 
     def is_internal_domain(self, domain: str) -> bool:
         # U-labels and A-labels are one domain: anna@köln.example is anna@xn--kln-sna.example
@@ -205,6 +215,11 @@ class LdapDirectoryConfig(Strict):
     base_dn: str
     # {address} is replaced by the escaped address; matches primary mail and proxy aliases
     filter: str = "(|(mail={address})(proxyAddresses=smtp:{address}))"
+    login_filter: str = "(|(uid={login})(mail={login}))"
+    """Sender-login binding: the entry of an authenticated login ({login} replaced, escaped)."""
+    sender_attributes: list[str] = ["mail", "proxyAddresses"]
+    """Sender-login binding: the addresses that entry may use as MAIL FROM (smtp: values of
+    proxyAddresses style attributes unwrapped)."""
     timeout_seconds: float = Field(default=5.0, gt=0)
     pool_size: int = Field(default=4, ge=1)
 
@@ -424,6 +439,18 @@ class IngestConfig(Strict):
     max_inflight_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     # "reject": bare CR/LF in DATA is refused with 550 5.6.0 (never ends DATA, never splits)
     bare_newline: Literal["reject", "normalize"] = "reject"
+    verify_recipients: bool = False
+    """Check each internal recipient of an untrusted client against the directory at RCPT
+    (Postfix's relay_recipient_maps): unknown users get 550 5.1.1 like the hidden journal/NDR
+    addresses, a directory outage 451 4.4.3. Needs [directory]. Inline mode: no backscatter."""
+    allow_untrusted_routing: bool = False
+    """Accept sender-specified routing from untrusted clients: % or ! or a quoted @ in the
+    local part, source routes (Postfix's allow_untrusted_routing; the percent hack and bang
+    paths of the next hop would relay them). Off: 550 5.1.3."""
+    sender_login_binding: bool = True
+    """An authenticated user may use only the MAIL FROM addresses the directory gives them
+    (Postfix's smtpd_sender_login_maps + reject_sender_login_mismatch): 553 5.7.1 otherwise.
+    The null sender <> is allowed (bounces). Needs [directory] when a listener has auth."""
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> IngestConfig:
@@ -555,6 +582,18 @@ class Config(Strict):
                 "directory.backend must be 'file' or 'ldap' when a journal.*.recipient_attribute "
                 "is set (per-recipient journaling reads the directory)"
             )
+        if self.directory.backend == "none":
+            if self.ingest.verify_recipients:
+                raise ValueError(
+                    "ingest.verify_recipients needs directory.backend 'file' or 'ldap' "
+                    "(the list of users)"
+                )
+            if self.ingest.sender_login_binding and any(lst.auth for lst in self.ingest.listeners):
+                raise ValueError(
+                    "ingest.sender_login_binding needs directory.backend 'file' or 'ldap' "
+                    "when a listener has auth (the addresses each login may send as); "
+                    "or set ingest.sender_login_binding = false"
+                )
         if self.relays:
             missing = [d for d in ("inbound", "outbound") if getattr(self.relay, d) is None]
             if missing:
@@ -587,6 +626,11 @@ class Config(Strict):
                     f"{key}: topic {name!r} is also {seen[name]}; each role needs its own topic"
                 )
             seen[name] = key
+
+    def protected_keys(self) -> set[str]:
+        """The journal and NDR addresses in :func:`~mailjournal.addresses.canonical` form."""
+        delimiter = self.organization.recipient_delimiter
+        return {canonical(a, delimiter) for a in self.journal.protected_addresses()}
 
     @property
     def relays(self) -> bool:
@@ -698,7 +742,13 @@ def files_read_by(config: Config, stage: str) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path | None]] = []
     if stage in ("journal", "deliver", "audit"):  # the loop-guard stamp: made or checked
         out.append(("journal.stamp_secret_file", config.journal.stamp_secret_file))
-    if stage in ("journal", "audit") and config.directory.backend == "ldap":
+    ingest_reads_directory = config.ingest.verify_recipients or (
+        config.ingest.sender_login_binding and any(lst.auth for lst in config.ingest.listeners)
+    )
+    reads_directory = stage in ("journal", "audit") or (
+        stage == "ingest" and ingest_reads_directory
+    )
+    if reads_directory and config.directory.backend == "ldap":
         ldap = config.directory.ldap
         assert ldap is not None
         out += [("directory.ldap.ca_file", ldap.ca_file)]

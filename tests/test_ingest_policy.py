@@ -414,3 +414,77 @@ def test_producer_config_keeps_the_durability_contract() -> None:
     assert conf["message.timeout.ms"] == 7500 and "delivery.timeout.ms" not in conf
     assert conf["linger.ms"] == 20  # a tunable: the operator's value wins
     assert conf["compression.type"] == "lz4"
+
+
+# -- the edge (issue 14): canonical protected addresses, verification, routing, sender logins ----
+
+
+def test_protected_addresses_in_every_spelling(policy: Policy) -> None:
+    for address in (
+        '"journal-in"@corp.example',
+        "journal-in+x@corp.example",
+        "JOURNAL-IN@corp.example",
+    ):
+        reply = refusal(rcpt, policy, address)
+        assert (reply.code, reply.enhanced, reply.reason) == (550, "5.1.1", "unknown_user")
+
+
+def test_routing_local_parts_refused_unless_trusted_or_allowed(policy: Policy) -> None:
+    routed = ["a%b.example@corp.example", "b.example!a@corp.example", '"a@b.example"@corp.example']
+    for address in [*routed, "@relay.example:a@corp.example"]:
+        reply = refusal(rcpt, policy, address)
+        assert (reply.code, reply.enhanced, reply.reason) == (550, "5.1.3", "routing"), address
+        assert rcpt(policy, address, trusted=True)
+    allowing = Policy(make_config({"ingest": {"allow_untrusted_routing": True}}))
+    for address in routed:
+        assert rcpt(allowing, address)
+
+
+def test_verification_lookup_decides_after_the_directory() -> None:
+    policy = Policy(
+        make_config(
+            {
+                "ingest": {"verify_recipients": True},
+                "directory": {"backend": "file", "file": {"path": "users.toml"}},
+            }
+        )
+    )
+    assert policy.needs_lookup(trusted=False) and not policy.needs_lookup(trusted=True)
+    # with verification on, a hidden address passes RCPT parsing and is refused after the
+    # lookup, so a directory outage answers it like every other address
+    assert rcpt(policy, "journal-in@corp.example")
+    assert policy.listed("journal-in@corp.example", None) == policy.listed("x@corp.example", None)
+    outage = policy.listed("x@corp.example", None)
+    assert outage is not None and (outage.code, outage.enhanced) == (451, "4.4.3")
+    hidden = policy.listed("journal-in@corp.example", True)  # even when the directory lists it
+    unknown = policy.listed("nobody@corp.example", False)
+    assert hidden is not None and unknown is not None
+    assert (hidden.code, hidden.enhanced) == (unknown.code, unknown.enhanced) == (550, "5.1.1")
+    assert policy.listed("alice@corp.example", True) is None
+
+
+def test_sender_owned(policy: Policy) -> None:
+    allowed = ["alice@corp.example", "@partner.example"]
+    assert policy.sender_owned("Alice+x@CORP.example", "alice", allowed) is None
+    assert policy.sender_owned("anyone@partner.example", "alice", allowed) is None
+    reply = policy.sender_owned("bob@corp.example", "alice", allowed)
+    assert reply is not None and (reply.code, reply.enhanced) == (553, "5.7.1")
+    assert policy.sender_owned("alice@corp.example", "ghost", None) is not None
+    assert not policy.binds_sender("", authenticated=True)  # bounces
+    assert not policy.binds_sender("a@corp.example", authenticated=False)
+    assert policy.binds_sender("a@corp.example", authenticated=True)
+
+
+def test_edge_settings_need_a_directory(tmp_path: Path) -> None:
+    from mailjournal.config import ConfigError, files_read_by
+
+    with pytest.raises(ConfigError, match="verify_recipients needs directory"):
+        make_config({"ingest": {"verify_recipients": True}})
+    cert = {"tls_cert_file": "c.pem", "tls_key_file": "k.pem", "credentials_file": "p"}
+    auth = {"listeners": [{"name": "submit", "port": 587, "auth": True, **cert}]}
+    with pytest.raises(ConfigError, match="sender_login_binding needs directory"):
+        make_config({"ingest": auth})
+    assert make_config({"ingest": {**auth, "sender_login_binding": False}})
+    ldap = {"backend": "ldap", "ldap": {"base_dn": "dc=x", "password_file": "pw"}}
+    cfg = make_config({"ingest": {"verify_recipients": True}, "directory": ldap})
+    assert ("directory.ldap.password_file", Path("pw")) in files_read_by(cfg, "ingest")

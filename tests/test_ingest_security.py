@@ -91,6 +91,9 @@ def credentials(tmp_path: Path) -> Path:
     return path
 
 
+NO_SENDER_BINDING = {"ingest": {"sender_login_binding": False}}
+
+
 def tls_listener(tls_files: TlsFiles, **extra: object) -> dict[str, object]:
     return {
         "name": "submit",
@@ -105,7 +108,8 @@ def test_starttls_and_auth(
     ingest_factory: Callable[..., RunningIngest], tls_files: TlsFiles, credentials: Path
 ) -> None:
     ing = ingest_factory(
-        listeners=[tls_listener(tls_files, auth=True, credentials_file=str(credentials))]
+        NO_SENDER_BINDING,  # no directory here; sender-login binding: tests/test_ingest_edge.py
+        listeners=[tls_listener(tls_files, auth=True, credentials_file=str(credentials))],
     )
     port = ing.port("submit")
     with smtplib.SMTP("127.0.0.1", port, local_hostname="laptop.corp.example") as s:
@@ -141,7 +145,8 @@ def test_auth_login_mechanism(
     ingest_factory: Callable[..., RunningIngest], tls_files: TlsFiles, credentials: Path
 ) -> None:
     ing = ingest_factory(
-        listeners=[tls_listener(tls_files, auth=True, credentials_file=str(credentials))]
+        NO_SENDER_BINDING,  # no directory here; sender-login binding: tests/test_ingest_edge.py
+        listeners=[tls_listener(tls_files, auth=True, credentials_file=str(credentials))],
     )
     with smtplib.SMTP("127.0.0.1", ing.port("submit")) as s:
         s.starttls(context=tls_files.client_context())

@@ -1,10 +1,14 @@
-"""Directory backends for per-recipient journaling: ``file`` and ``ldap``, behind a cache."""
+"""Directory backends for per-recipient journaling: the shared ones in
+:mod:`mailjournal.directory`, re-exported here, with the journal worker's metrics."""
 
 from __future__ import annotations
 
-from journal_worker.directory.base import Directory, DirectoryUnavailable, Entry, resolve
-from journal_worker.directory.cache import CachedDirectory
+from journal_worker import metrics
+from journal_worker.directory.base import resolve
 from mailjournal.config import DirectoryConfig
+from mailjournal.directory import CachedDirectory, Directory, DirectoryUnavailable, Entry
+from mailjournal.directory import make_directory as _make_directory
+from mailjournal.directory.metrics import DirectoryMetrics
 
 __all__ = [
     "CachedDirectory",
@@ -15,23 +19,10 @@ __all__ = [
     "resolve",
 ]
 
+METRICS = DirectoryMetrics(
+    metrics.DIRECTORY_LOOKUPS, metrics.DIRECTORY_LATENCY, metrics.DIRECTORY_RELOADS
+)
+
 
 def make_directory(cfg: DirectoryConfig) -> Directory | None:
-    """The configured backend, or None for ``backend = "none"``. LDAP sits behind the cache;
-    the file backend is an in-memory index already, and a cache would only delay its reloads."""
-    if cfg.backend == "file":
-        from journal_worker.directory.file import FileDirectory
-
-        assert cfg.file is not None
-        return FileDirectory(cfg.file.path)
-    if cfg.backend == "ldap":
-        from journal_worker.directory.ldap import LdapDirectory
-
-        assert cfg.ldap is not None
-        return CachedDirectory(
-            LdapDirectory(cfg.ldap),
-            cfg.cache_ttl_seconds,
-            cfg.negative_ttl_seconds,
-            cfg.cache_size,
-        )
-    return None
+    return _make_directory(cfg, METRICS)

@@ -1,37 +1,15 @@
-"""The directory seen by the journal worker: address -> attributes, with a clear outage signal.
-
-A backend answers, for each address, the requested attributes of the matching entry (``{}`` when
-the entry has none of them) or ``None`` when no entry matches. It raises
-:class:`DirectoryUnavailable` when it cannot answer: the worker then retries and never decides
-the message without the answer.
-"""
+"""The directory as the journal worker uses it: the shared backends plus :func:`resolve`,
+which answers the decision functions' lookups."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable
 
 from journal_worker.decide import LookupKey, lookup_key
 from mailjournal.addresses import key
+from mailjournal.directory.base import Directory, DirectoryUnavailable, Entry
 
-# attribute name case-folded -> values
-Entry = dict[str, list[str]]
-
-
-class DirectoryUnavailable(Exception):
-    """The directory could not answer (down, timeout, unreadable file): retry, do not skip."""
-
-
-class Directory(Protocol):
-    backend: str  # metric label: "file", "ldap"
-
-    def lookup_many(
-        self, addresses: Sequence[str], attributes: Sequence[str]
-    ) -> dict[str, Entry | None]:
-        """Entries keyed by :func:`mailjournal.addresses.key` of each address."""
-        ...
-
-    def close(self) -> None: ...
+__all__ = ["Directory", "DirectoryUnavailable", "Entry", "resolve"]
 
 
 def resolve(
