@@ -387,6 +387,10 @@ class ListenerConfig(Strict):
     credentials_file: Path | None = None
     proxy_protocol: bool = False
     """Expect a PROXY v1/v2 header (behind a TCP load balancer)."""
+    proxy_protocol_peers: list[Network] = []
+    """With proxy_protocol: the networks of the load balancer, the only peers whose PROXY header
+    is believed; a connection from any other address is closed before anything is read or sent
+    (logged, counted). Required with proxy_protocol = true."""
     relay: bool = False
     """Inline mode: ingest's 250 takes responsibility for the original, and the relay forwards
     every message accepted here to its next hop (see [relay]). Off for pure journaling feeds."""
@@ -404,6 +408,16 @@ class ListenerConfig(Strict):
             )
         if self.auth and self.credentials_file is None:
             raise ValueError(f"listener {self.name!r}: auth needs credentials_file")
+        if self.proxy_protocol and not self.proxy_protocol_peers:
+            raise ValueError(
+                f"listener {self.name!r}: proxy_protocol = true needs proxy_protocol_peers (the "
+                f"load balancer's networks); from anyone else a PROXY header would be a forged "
+                f"client address"
+            )
+        if self.proxy_protocol_peers and not self.proxy_protocol:
+            raise ValueError(
+                f"listener {self.name!r}: proxy_protocol_peers is set but proxy_protocol is false"
+            )
         return self
 
 
@@ -424,6 +438,37 @@ class IngestConfig(Strict):
     max_inflight_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     # "reject": bare CR/LF in DATA is refused with 550 5.6.0 (never ends DATA, never splits)
     bare_newline: Literal["reject", "normalize"] = "reject"
+    # -- session limits like Postfix smtpd's (docs/reliability.md "The edge") --
+    junk_command_limit: int = Field(default=100, ge=1)
+    """NOOP, RSET, VRFY, ETRN and HELP a session may send before 421 4.7.0 and close (Postfix
+    smtpd_junk_command_limit); a delivered message resets the count."""
+    soft_error_limit: int = Field(default=10, ge=0)
+    """Errors (4xx/5xx replies to commands) after which each further reply waits
+    error_sleep_seconds (Postfix smtpd_soft_error_limit)."""
+    hard_error_limit: int = Field(default=20, ge=1)
+    """Errors after which the session is answered 421 4.7.0 and closed (Postfix
+    smtpd_hard_error_limit)."""
+    error_sleep_seconds: float = Field(default=1.0, ge=0, le=60)
+    """Delay before each error reply past soft_error_limit (Postfix smtpd_error_sleep_time)."""
+    session_lifetime_seconds: float = Field(default=1800, gt=0)
+    """Longest SMTP session, however busy: 421 4.4.2 and close after it (a message in DATA is
+    finished first). Postfix has no total limit, only per-command timeouts."""
+    min_data_rate: int = Field(default=500, ge=0)
+    """Bytes per second a DATA phase must average, measured from its start once it has run
+    for data_rate_grace_seconds; below it 421 4.4.2 and close (Postfix smtpd_min_data_rate,
+    500). 0 turns the check off."""
+    data_rate_grace_seconds: float = Field(default=30, gt=0)
+    """How long a DATA phase may run before min_data_rate applies (its first bytes may be slow)."""
+    client_connection_rate_limit: int = Field(default=0, ge=0)
+    """New connections one client address may make per minute, per ingest worker; past it
+    421 4.7.0 at connect (Postfix anvil's smtpd_client_connection_rate_limit, 0 = off, as there)."""
+    auth_failure_limit: int = Field(default=5, ge=1)
+    """Failed AUTH attempts one client address may make within auth_failure_window_seconds, across
+    connections; after it AUTH is answered 454 4.7.0 until the window passes."""
+    auth_failure_window_seconds: float = Field(default=300, gt=0)
+    auth_threads: int = Field(default=2, ge=1, le=32)
+    """Threads that check passwords (scrypt), apart from the pool that hashes messages: a flood of
+    AUTH attempts cannot delay accepted mail."""
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> IngestConfig:
@@ -442,6 +487,11 @@ class IngestConfig(Strict):
                     f"{lst.host}:{lst.port}"
                 )
             bound[where] = lst.name
+        if self.soft_error_limit > self.hard_error_limit:
+            raise ValueError(
+                f"ingest.soft_error_limit ({self.soft_error_limit}) is above "
+                f"ingest.hard_error_limit ({self.hard_error_limit})"
+            )
         return self
 
 

@@ -199,11 +199,19 @@ def test_plaintext_injection_before_starttls_is_discarded(
 
 # -- PROXY protocol -------------------------------------------------------------------------------
 
+# the balancer is the loopback peer of these tests
+LB_LISTENER = {
+    "name": "lb",
+    "port": 0,
+    "proxy_protocol": True,
+    "proxy_protocol_peers": ["127.0.0.1/32"],
+}
+
 
 def test_proxy_protocol_v1_and_v2_set_the_client(
     ingest_factory: Callable[..., RunningIngest],
 ) -> None:
-    ing = ingest_factory(listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}])
+    ing = ingest_factory(listeners=[LB_LISTENER])
     ids = {}
     for version, header in (
         ("v1", encode_v1("198.51.100.7", 40001, "10.0.0.10", 25)),
@@ -238,7 +246,7 @@ def test_proxy_protocol_v1_and_v2_set_the_client(
 def test_proxy_protocol_trust_follows_the_real_client(
     ingest_factory: Callable[..., RunningIngest],
 ) -> None:
-    ing = ingest_factory(listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}])
+    ing = ingest_factory(listeners=[LB_LISTENER])
     with RawSMTP(ing.port("lb"), preamble=encode_v2("10.1.2.3", 5000, "10.0.0.10", 25)) as c:
         assert c.reply()[0] == 220
         assert c.cmd("EHLO inside.corp.example")[0] == 250
@@ -247,7 +255,7 @@ def test_proxy_protocol_trust_follows_the_real_client(
 
 
 def test_proxy_listener_requires_the_header(ingest_factory: Callable[..., RunningIngest]) -> None:
-    ing = ingest_factory(listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}])
+    ing = ingest_factory(listeners=[LB_LISTENER])
     with RawSMTP(ing.port("lb"), preamble=b"EHLO sneaky.example\r\n") as c:
         assert c.closed(timeout=5)
         assert c.buf == b""  # not even a banner
@@ -258,7 +266,7 @@ def test_per_client_limit_counts_the_proxied_client(
 ) -> None:
     ing = ingest_factory(
         {"ingest": {"max_connections_per_client": 1}},
-        listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}],
+        listeners=[LB_LISTENER],
     )
     a = RawSMTP(ing.port("lb"), preamble=encode_v1("192.0.2.1", 1111, "10.0.0.10", 25))
     b = RawSMTP(ing.port("lb"), preamble=encode_v1("192.0.2.2", 2222, "10.0.0.10", 25))
