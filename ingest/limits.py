@@ -99,7 +99,7 @@ class DataRate:
 
     def too_slow(self, received: int, now: float) -> bool:
         deadline = self.deadline(received)
-        return deadline is not None and now > deadline
+        return deadline is not None and now >= deadline
 
 
 class ClientRate:
