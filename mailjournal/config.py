@@ -443,8 +443,9 @@ class IngestConfig(Strict):
     """NOOP, RSET, VRFY, ETRN and HELP a session may send before 421 4.7.0 and close (Postfix
     smtpd_junk_command_limit); a delivered message resets the count."""
     soft_error_limit: int = Field(default=10, ge=0)
-    """Errors (4xx/5xx replies to commands) after which each further reply waits
-    error_sleep_seconds (Postfix smtpd_soft_error_limit)."""
+    """Errors (5xx replies; a 4xx is ingest's own state: Kafka, load) after which each further
+    error reply waits error_sleep_seconds (Postfix smtpd_soft_error_limit); a delivered message
+    resets the count."""
     hard_error_limit: int = Field(default=20, ge=1)
     """Errors after which the session is answered 421 4.7.0 and closed (Postfix
     smtpd_hard_error_limit)."""
@@ -466,6 +467,7 @@ class IngestConfig(Strict):
     """Failed AUTH attempts one client address may make within auth_failure_window_seconds, across
     connections; after it AUTH is answered 454 4.7.0 until the window passes."""
     auth_failure_window_seconds: float = Field(default=300, gt=0)
+    """The window auth_failure_limit counts in, opened by the address's first counted failure."""
     auth_threads: int = Field(default=2, ge=1, le=32)
     """Threads that check passwords (scrypt), apart from the pool that hashes messages: a flood of
     AUTH attempts cannot delay accepted mail."""
