@@ -104,3 +104,7 @@ RELAY_DSNS = Counter(
     "DSNs queued to original senders by action",
     ["action"],  # failed, delayed
 )
+SMTP_AUTH_WITHOUT_TLS = Counter(
+    "mailjournal_delivery_smtp_auth_without_tls_total",
+    "Sessions ended before AUTH because no TLS was negotiated (credentials never sent in clear)",
+)

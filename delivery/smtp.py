@@ -9,9 +9,10 @@ itself) and exposes every reply, which the outcome decision and the audit trail 
 
 Each session: connect, EHLO, STARTTLS per ``smart_host.starttls`` (``off``; ``opportunistic``:
 when offered; ``required``: or fail), the certificate verified against ``ca_file`` or the system
-store when ``tls_verify``, AUTH when a username is configured, then transactions. A session is
-reused for later messages: ``RSET`` before each reuse clears any leftover state and proves the
-connection still alive, so a connection the server dropped while idle is replaced before a
+store when ``tls_verify``, AUTH when a username is configured (only inside TLS: without it the
+session fails before the credentials are sent), then transactions. A session is reused for later
+messages: ``RSET`` before each reuse clears any leftover state and proves the connection still
+alive, so a connection the server dropped while idle is replaced before a
 transaction starts rather than failing one.
 """
 
@@ -181,6 +182,8 @@ class SmtpClient:
                     )
             if host.username:
                 stage = "auth"
+                if not tls:
+                    self._refuse_auth_without_tls()
                 if not smtp.has_extn("auth"):
                     raise SessionError("auth", None, "smart host does not offer AUTH")
                 try:
@@ -209,6 +212,25 @@ class SmtpClient:
         metrics.SMTP_CONNECTIONS.inc()
         metrics.SMTP_CONNECTS.labels("ok").inc()
         return Session(smtp, now, now, tls=tls, features=dict(smtp.esmtp_features))
+
+    def _refuse_auth_without_tls(self) -> None:
+        """Credentials only ever travel inside TLS: a session where STARTTLS was off, not
+        offered (opportunistic) or is not yet negotiated ends before AUTH, a temporary failure
+        retried like any other, so a downgrade by a man in the middle never sees the password."""
+        metrics.SMTP_AUTH_WITHOUT_TLS.inc()
+        log.warning(
+            "not authenticating to %s as %r: no TLS on the session (starttls = %s); the "
+            "password is never sent in clear, the copy is retried",
+            self.address,
+            self._host.username,
+            self._host.starttls,
+        )
+        raise SessionError(
+            "auth",
+            None,
+            f"4.7.11 AUTH needs TLS and none was negotiated with {self.address} "
+            f"(starttls = {self._host.starttls}): credentials not sent",
+        )
 
     def _discard(self, session: Session, *, quit: bool = False) -> None:
         if quit:

@@ -86,3 +86,13 @@ DIRECTORY_RELOADS = Counter(
     "File directory reloads in ingest by result (ok, error)",
     ["result"],
 )
+PROXY_PEER_REFUSED = Counter(
+    "mailjournal_ingest_proxy_peer_refused_total",
+    "Connections to a PROXY listener from a peer outside proxy_protocol_peers, closed unread",
+    ["listener"],
+)
+ERROR_DELAYS = Counter(
+    "mailjournal_ingest_error_delays_total",
+    "Error replies delayed past the soft error limit (error_sleep_seconds each)",
+    ["listener"],
+)

@@ -3,7 +3,9 @@
 aiosmtpd reads and parses the header before the banner (``proxy_protocol_timeout``); this module
 decides what it means for us: the real client address, and who proxied it. A listener with
 ``proxy_protocol = true`` requires the header on every connection (a connection without a valid
-one is closed before the banner): only the load balancer should be able to reach such a listener.
+one is closed before the banner), and believes it only from ``proxy_protocol_peers`` (the load
+balancer's networks, :class:`ProxyPeers`): a connection from any other address is closed at once,
+before anything is read, so a pod or node port reached directly cannot claim a trusted client.
 
 The encoders are the reference for tests and tools that speak to such a listener.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiosmtpd.proxy_protocol import AF, V2_CMD, V2_SIGNATURE, ProxyData
@@ -41,6 +44,22 @@ def peer_address(peer: object) -> ClientAddress:
             host = _ip_text(ipaddress.ip_address(host.partition("%")[0]))
         return ClientAddress(host, int(peer[1]))
     return ClientAddress(str(peer or "unknown"), 0)
+
+
+class ProxyPeers:
+    """The networks allowed to send a PROXY header to one listener."""
+
+    def __init__(self, networks: Iterable[str]):
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def allows(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
 
 
 def client_from_proxy(data: ProxyData | None, peer: ClientAddress) -> ClientAddress:

@@ -9,8 +9,10 @@ One :class:`IngestSMTP` per connection (aiosmtpd's ``SMTP`` subclassed). What we
 - ``DATA``: :mod:`ingest.datapath` reads in bulk; the event is published and ``250`` is sent
   only after Kafka's delivery report;
 - every reply without an enhanced status code gets the default one for its code;
-- connection limits (global before anything, per client after the PROXY header), AUTH checked
-  off the event loop, graceful shutdown.
+- connection limits (global before anything, per client after the PROXY header), PROXY headers
+  only from ``proxy_protocol_peers``, the session limits of :mod:`ingest.limits` (junk commands,
+  error limits and delays, session lifetime, minimum DATA rate, connection rate and AUTH failures
+  per client), AUTH checked on its own threads, graceful shutdown.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, _AuthMechAttr, login_always_fail
 
 import schemas
+from ingest import limits
 from ingest import metrics as m
-from ingest.auth import Credentials
+from ingest.auth import Credentials, PasswordChecker
 from ingest.datapath import DataParser, DataStatus, read_data
 from ingest.directory import IngestDirectory
 from ingest.headers import received_count, selected_headers
@@ -62,7 +65,13 @@ from ingest.policy import (
     queued,
     size_exceeded,
 )
-from ingest.proxy import PROXY_TIMEOUT_SECONDS, ClientAddress, client_from_proxy, peer_address
+from ingest.proxy import (
+    PROXY_TIMEOUT_SECONDS,
+    ClientAddress,
+    ProxyPeers,
+    client_from_proxy,
+    peer_address,
+)
 from ingest.publisher import Publisher, PublishError
 from mailjournal.config import Config, ListenerConfig
 from mailjournal.faults import fault_point
@@ -161,6 +170,9 @@ class ListenerRuntime:
         for reason in ("kafka_error", "kafka_timeout", "queue_full"):
             m.MESSAGES_REFUSED.labels(cfg.name, reason, "4xx")
         self.m_bytes = m.RECEIVED_BYTES.labels(cfg.name)
+        self.proxy_peers = ProxyPeers(cfg.proxy_protocol_peers) if cfg.proxy_protocol else None
+        self.m_proxy_refused = m.PROXY_PEER_REFUSED.labels(cfg.name)
+        self.m_error_delays = m.ERROR_DELAYS.labels(cfg.name)
 
 
 class IngestContext:
@@ -177,6 +189,11 @@ class IngestContext:
         self.budget = InflightBudget(
             config.ingest.max_inflight_messages, config.ingest.max_inflight_bytes
         )
+        self.client_rate = limits.ClientRate(config.ingest.client_connection_rate_limit)
+        self.auth_failures = limits.AuthFailures(
+            config.ingest.auth_failure_limit, config.ingest.auth_failure_window_seconds
+        )
+        self.password_checker = PasswordChecker(config.ingest.auth_threads)
         self.publisher = publisher
         self.topic = config.kafka.topics.messages.name
         self.ingest_host = socket.gethostname()
@@ -260,6 +277,17 @@ class IngestSMTP(SMTP):
         self._bound_ip: str | None = None
         self._auth_failures = 0
         self._ip_trusted: bool | None = None
+        self.counters = limits.SessionCounters(
+            cfg.junk_command_limit,
+            cfg.soft_error_limit,
+            cfg.hard_error_limit,
+            cfg.error_sleep_seconds,
+        )
+        self._lifetime_handle: asyncio.TimerHandle | None = None
+        self._expire_after_message = False
+        self._closing = False  # a final 421 was sent: no more error counting
+        self._data_rate: limits.DataRate | None = None
+        self._data_parser: DataParser | None = None
 
     def _init_like_aiosmtpd(
         self,
@@ -325,23 +353,54 @@ class IngestSMTP(SMTP):
     _deadline = 0.0
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        loop = self.loop
-        self._deadline = loop.time() + (duration or self._timeout_duration)
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._arm(self._deadline)
+
+    def _arm(self, when: float) -> None:
         handle = self._timeout_handle
-        if handle is None or handle.cancelled() or self._deadline < handle.when():
+        if handle is None or handle.cancelled() or when < handle.when():
             if handle is not None:
                 handle.cancel()
-            self._timeout_handle = loop.call_at(self._deadline, self._timeout_cb)
+            self._timeout_handle = self.loop.call_at(when, self._timeout_cb)
+
+    def _rate_deadline(self) -> float | None:
+        """In DATA: when the phase falls below ``min_data_rate`` unless more bytes arrive."""
+        if self._data_rate is None or self._data_parser is None:
+            return None
+        return self._data_rate.deadline(self._data_parser.wire_bytes)
 
     def _timeout_cb(self) -> None:
-        if self.loop.time() < self._deadline:
-            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+        now = self.loop.time()
+        rate_due = self._rate_deadline()
+        if rate_due is not None and now >= rate_due:
+            self._end_session("DATA", limits.DATA_TOO_SLOW)
+            return
+        due = self._deadline if rate_due is None else min(self._deadline, rate_due)
+        if now < due:
+            self._timeout_handle = self.loop.call_at(due, self._timeout_cb)
             return
         if self.transport is not None and not self.transport.is_closing():
             self._count_refusal("TIMEOUT", TIMED_OUT)
             with contextlib.suppress(Exception):
                 self._writer.write(f"{TIMED_OUT}\r\n".encode())
         super()._timeout_cb()
+
+    def _end_session(self, command: str, reply: Reply) -> None:
+        """Answer a final ``421`` and close (a limit ended the session)."""
+        self._closing = True
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._count_refusal(command, reply)
+        log.info("%s: %s: %s", self.listener.name, self.client.ip, reply)
+        with contextlib.suppress(Exception):
+            self._writer.write(f"{reply}\r\n".encode())
+        self.transport.close()
+
+    def _lifetime_cb(self) -> None:
+        if self.busy:  # a message in DATA gets its reply first
+            self._expire_after_message = True
+        else:
+            self._end_session("SESSION", limits.SESSION_TOO_LONG)
 
     # -- connection lifecycle ------------------------------------------------------------------
 
@@ -358,6 +417,12 @@ class IngestSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and self._original_transport is None:  # not STARTTLS
             ctx = self.ctx
+            peers = self.listener.proxy_peers
+            if peers is not None:
+                peer = peer_address(transport.get_extra_info("peername"))
+                if not peers.allows(peer.ip):
+                    self._refuse_proxy_peer(transport, peer)
+                    return
             if ctx.shutting_down:
                 self._refuse_connection(transport, SHUTTING_DOWN)
                 return
@@ -368,7 +433,7 @@ class IngestSMTP(SMTP):
             self._released = False
             self.client = peer_address(transport.get_extra_info("peername"))
             if not self.listener.cfg.proxy_protocol:
-                refusal = ctx.limiter.bind(self.client.ip)
+                refusal = self._rate_refusal() or ctx.limiter.bind(self.client.ip)
                 if refusal is not None:
                     self._release()
                     self._refuse_connection(transport, refusal)
@@ -377,7 +442,33 @@ class IngestSMTP(SMTP):
             ctx.connections.add(self)
             self.listener.m_connections.inc()
             self.listener.m_connections_total.inc()
+            self._lifetime_handle = self.loop.call_later(
+                ctx.ingest.session_lifetime_seconds, self._lifetime_cb
+            )
         super().connection_made(transport)
+
+    def _refuse_proxy_peer(self, transport: asyncio.BaseTransport, peer: ClientAddress) -> None:
+        """A PROXY listener reached by someone other than the balancer: closed without reading
+        its header or sending a banner (as postscreen drops a client), so it cannot claim a
+        trusted address and learns nothing about the server."""
+        self._refused = True
+        self.listener.m_proxy_refused.inc()
+        log.warning(
+            "%s: connection from %s refused: not in proxy_protocol_peers",
+            self.listener.name,
+            peer.ip,
+        )
+        transport.close()
+
+    def _rate_refusal(self) -> Reply | None:
+        """Anvil's connection rate per client address; trusted networks are exempt (Postfix:
+        smtpd_client_event_limit_exceptions = $mynetworks)."""
+        ctx = self.ctx
+        if ctx.client_rate.limit <= 0 or ctx.policy.ip_trusted(self.client.ip):
+            return None
+        if ctx.client_rate.connect(self.client.ip, self.loop.time()):
+            return None
+        return limits.CONNECTION_RATE
 
     def _release(self) -> None:
         if self._released:
@@ -391,6 +482,9 @@ class IngestSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
+        if self._lifetime_handle is not None:
+            self._lifetime_handle.cancel()
+            self._lifetime_handle = None
         if not self._released:
             self._release()
             self.ctx.connections.discard(self)
@@ -404,7 +498,7 @@ class IngestSMTP(SMTP):
 
     async def on_proxy(self, data: ProxyData) -> bool:
         self.client = client_from_proxy(data, self.client)
-        refusal = self.ctx.limiter.bind(self.client.ip)
+        refusal = self._rate_refusal() or self.ctx.limiter.bind(self.client.ip)
         if refusal is not None:
             self._count_refusal("CONNECT", refusal)
             await self.push(str(refusal))
@@ -435,6 +529,15 @@ class IngestSMTP(SMTP):
                 status = f"{status} {enhanced}"
         if isinstance(status, str):
             status = status.encode("utf-8", "surrogateescape")
+        # a permanent refusal is the client's error (temporary ones are our state: Kafka, load)
+        if status[:1] == b"5" and not self._closing:
+            verdict = self.counters.error()
+            if verdict.close:
+                self._end_session("SESSION", limits.TOO_MANY_ERRORS)
+                return
+            if verdict.delay:
+                self.listener.m_error_delays.inc()
+                await asyncio.sleep(verdict.delay)
         self._writer.write(status + b"\r\n")
         await self._writer.drain()
 
@@ -464,6 +567,33 @@ class IngestSMTP(SMTP):
         return self._ip_trusted
 
     # -- commands --------------------------------------------------------------------------------
+
+    def _junk(self, verb: str) -> bool:
+        """Count a junk command; True when it ended the session."""
+        if self.counters.command(verb):
+            self._end_session(verb, limits.TOO_MANY_JUNK)
+            return True
+        return False
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not self._junk("NOOP"):
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if not self._junk("RSET"):
+            await super().smtp_RSET(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not self._junk("VRFY"):
+            await super().smtp_VRFY(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        if not self._junk("HELP"):
+            await super().smtp_HELP(arg)
+
+    async def smtp_ETRN(self, arg: str) -> None:
+        if not self._junk("ETRN"):
+            await self.push("502 5.5.1 ETRN not supported")
 
     async def smtp_HELO(self, hostname: str) -> None:
         if not hostname:
@@ -565,6 +695,11 @@ class IngestSMTP(SMTP):
         if self.listener.credentials is None:
             await self._refuse("AUTH", AUTH_NOT_AVAILABLE)
             return
+        if self._tls_protocol is not None and self.ctx.auth_failures.blocked(
+            self.client.ip, self.loop.time()
+        ):
+            await self._refuse("AUTH", limits.AUTH_THROTTLED)  # no password check at all
+            return
         await super().smtp_AUTH(arg)
         assert self.session is not None
         if self.session.authenticated:
@@ -579,8 +714,9 @@ class IngestSMTP(SMTP):
     async def _check_credentials(self, login: bytes, password: bytes) -> AuthResult:
         creds = self.listener.credentials
         assert creds is not None
-        user = await asyncio.to_thread(creds.check, login, password)
+        user = await self.ctx.password_checker.check(creds, login, password)
         if user is None:
+            self.ctx.auth_failures.failed(self.client.ip, self.loop.time())
             self._count_refusal("AUTH", Reply(535, "5.7.8", "", "auth_failed"))
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=user)
@@ -624,6 +760,9 @@ class IngestSMTP(SMTP):
 
     def _data_progress(self) -> None:
         self._reset_timeout(self.ctx.ingest.data_timeout_seconds)
+        rate_due = self._rate_deadline()
+        if rate_due is not None:
+            self._arm(rate_due)
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
@@ -652,6 +791,8 @@ class IngestSMTP(SMTP):
         finally:
             self.busy = False
             ctx.busy_dec()
+            if self._expire_after_message:  # the lifetime ran out during this message
+                self._end_session("SESSION", limits.SESSION_TOO_LONG)
 
     async def _data(self, ctx: IngestContext) -> None:
         """DATA after the checks: read, store, reply (the message slot is taken)."""
@@ -667,11 +808,17 @@ class IngestSMTP(SMTP):
         counted_bytes = 0
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
-            self._reset_timeout(ctx.ingest.data_timeout_seconds)
+            self._data_parser = parser
+            self._data_rate = limits.DataRate(
+                ctx.ingest.min_data_rate, ctx.ingest.data_rate_grace_seconds, self.loop.time()
+            )
+            self._data_progress()
             try:
                 await read_data(self._reader, parser, self._data_progress)
             except (ConnectionError, asyncio.IncompleteReadError):
-                return  # the client went away: nothing was accepted
+                return  # the client went away (or was cut): nothing was accepted
+            finally:
+                self._data_rate = self._data_parser = None
             self.listener.m_bytes.inc(parser.wire_bytes)
             counted_bytes = parser.reserved
             m.INFLIGHT_BYTES.inc(counted_bytes)
@@ -699,6 +846,7 @@ class IngestSMTP(SMTP):
         self._set_post_data_state()
         if reply.ok:
             self.listener.m_accepted.inc()
+            self.counters.delivered()
         else:
             m.MESSAGES_REFUSED.labels(self.listener.name, reply.reason, reply.reply_class).inc()
         await self.push(reply)
@@ -877,6 +1025,7 @@ class IngestServer:
         if self._topic_check is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._topic_check, 10)
+        ctx.password_checker.close()
         left = 0
         if self.publisher is not None:
             publisher = self.publisher

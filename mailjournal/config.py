@@ -402,6 +402,10 @@ class ListenerConfig(Strict):
     credentials_file: Path | None = None
     proxy_protocol: bool = False
     """Expect a PROXY v1/v2 header (behind a TCP load balancer)."""
+    proxy_protocol_peers: list[Network] = []
+    """With proxy_protocol: the networks of the load balancer, the only peers whose PROXY header
+    is believed; a connection from any other address is closed before anything is read or sent
+    (logged, counted). Required with proxy_protocol = true."""
     relay: bool = False
     """Inline mode: ingest's 250 takes responsibility for the original, and the relay forwards
     every message accepted here to its next hop (see [relay]). Off for pure journaling feeds."""
@@ -419,6 +423,16 @@ class ListenerConfig(Strict):
             )
         if self.auth and self.credentials_file is None:
             raise ValueError(f"listener {self.name!r}: auth needs credentials_file")
+        if self.proxy_protocol and not self.proxy_protocol_peers:
+            raise ValueError(
+                f"listener {self.name!r}: proxy_protocol = true needs proxy_protocol_peers (the "
+                f"load balancer's networks); from anyone else a PROXY header would be a forged "
+                f"client address"
+            )
+        if self.proxy_protocol_peers and not self.proxy_protocol:
+            raise ValueError(
+                f"listener {self.name!r}: proxy_protocol_peers is set but proxy_protocol is false"
+            )
         return self
 
 
@@ -451,6 +465,39 @@ class IngestConfig(Strict):
     """An authenticated user may use only the MAIL FROM addresses the directory gives them
     (Postfix's smtpd_sender_login_maps + reject_sender_login_mismatch): 553 5.7.1 otherwise.
     The null sender <> is allowed (bounces). Needs [directory] when a listener has auth."""
+    # -- session limits like Postfix smtpd's (docs/reliability.md "The edge") --
+    junk_command_limit: int = Field(default=100, ge=1)
+    """NOOP, RSET, VRFY, ETRN and HELP a session may send before 421 4.7.0 and close (Postfix
+    smtpd_junk_command_limit); a delivered message resets the count."""
+    soft_error_limit: int = Field(default=10, ge=0)
+    """Errors (5xx replies; a 4xx is ingest's own state: Kafka, load) after which each further
+    error reply waits error_sleep_seconds (Postfix smtpd_soft_error_limit); a delivered message
+    resets the count."""
+    hard_error_limit: int = Field(default=20, ge=1)
+    """Errors after which the session is answered 421 4.7.0 and closed (Postfix
+    smtpd_hard_error_limit)."""
+    error_sleep_seconds: float = Field(default=1.0, ge=0, le=60)
+    """Delay before each error reply past soft_error_limit (Postfix smtpd_error_sleep_time)."""
+    session_lifetime_seconds: float = Field(default=1800, gt=0)
+    """Longest SMTP session, however busy: 421 4.4.2 and close after it (a message in DATA is
+    finished first). Postfix has no total limit, only per-command timeouts."""
+    min_data_rate: int = Field(default=500, ge=0)
+    """Bytes per second a DATA phase must average, measured from its start once it has run
+    for data_rate_grace_seconds; below it 421 4.4.2 and close (Postfix smtpd_min_data_rate,
+    500). 0 turns the check off."""
+    data_rate_grace_seconds: float = Field(default=30, gt=0)
+    """How long a DATA phase may run before min_data_rate applies (its first bytes may be slow)."""
+    client_connection_rate_limit: int = Field(default=0, ge=0)
+    """New connections one client address may make per minute, per ingest worker; past it
+    421 4.7.0 at connect (Postfix anvil's smtpd_client_connection_rate_limit, 0 = off, as there)."""
+    auth_failure_limit: int = Field(default=5, ge=1)
+    """Failed AUTH attempts one client address may make within auth_failure_window_seconds, across
+    connections; after it AUTH is answered 454 4.7.0 until the window passes."""
+    auth_failure_window_seconds: float = Field(default=300, gt=0)
+    """The window auth_failure_limit counts in, opened by the address's first counted failure."""
+    auth_threads: int = Field(default=2, ge=1, le=32)
+    """Threads that check passwords (scrypt), apart from the pool that hashes messages: a flood of
+    AUTH attempts cannot delay accepted mail."""
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> IngestConfig:
@@ -469,6 +516,11 @@ class IngestConfig(Strict):
                     f"{lst.host}:{lst.port}"
                 )
             bound[where] = lst.name
+        if self.soft_error_limit > self.hard_error_limit:
+            raise ValueError(
+                f"ingest.soft_error_limit ({self.soft_error_limit}) is above "
+                f"ingest.hard_error_limit ({self.hard_error_limit})"
+            )
         return self
 
 

@@ -140,6 +140,12 @@ CASES: dict[str, Case] = {
         ("delivery.connect_timeout_seconds: Input should be a finite number",),
     ),
     "listener port out of range": Case(listener(port=70000), ("ingest.listeners.0.port",)),
+    "PROXY listener without its peers": Case(
+        listener(proxy_protocol=True), ("ingest.listeners.0", "proxy_protocol_peers")
+    ),
+    "soft error limit above the hard one": Case(
+        merged({"ingest": {"soft_error_limit": 30}}), ("ingest.soft_error_limit",)
+    ),
     "smart host port 0": Case(
         merged({"delivery": {"smart_host": {"port": 0}}}), ("delivery.smart_host.port",)
     ),

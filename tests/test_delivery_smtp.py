@@ -209,3 +209,67 @@ def test_hostile_report_survives_the_wire(smtp_capture: CaptureServer, client_fo
     msg = email.message_from_bytes(got.data, policy=policy.default)
     assert "Bcc" not in msg and not msg.defects
     assert msg["Subject"] == "Hi Bcc: evil@attacker.example Smuggled . MAIL FROM:<x@y>"
+
+
+# -- AUTH only over TLS ----------------------------------------------------------------------------
+
+
+class AuthWiretap(CaptureServer):
+    """A capture server that counts every AUTH exchange that reached its authenticator."""
+
+    def __init__(self, **kwargs: Any):
+        self.auth_exchanges = 0
+        super().__init__(**kwargs)
+
+    def _authenticate(self, *args: Any) -> Any:
+        self.auth_exchanges += 1
+        return super()._authenticate(*args)
+
+
+def auth_without_tls_total() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("mailjournal_delivery_smtp_auth_without_tls_total") or 0.0
+
+
+@pytest.mark.parametrize("starttls", ["off", "opportunistic"])
+def test_credentials_are_never_sent_without_tls(client_for, tmp_path: Path, starttls: str):
+    """A smart host offering AUTH in clear (no STARTTLS): the session ends before AUTH, a
+    temporary failure; the server never sees the credentials, nothing is delivered."""
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    with AuthWiretap(users={"journal": "s3cret"}) as server:
+        before = auth_without_tls_total()
+        client = client_for(
+            server.port, starttls=starttls, username="journal", password_file=str(password)
+        )
+        r = client.send(MAIL_FROM, RCPT, DATA)
+        assert (r.code, r.stage, r.result_class) == (None, "auth", ResultClass.TRANSIENT), r
+        assert r.text.startswith("4.7.11 ") and "credentials not sent" in r.text
+        # the relay's path (several recipients, original envelope) refuses the same way
+        (rr,) = client.send_envelope(MAIL_FROM, [], [(RCPT, [])], DATA)
+        assert (rr.stage, rr.result_class) == ("auth", ResultClass.TRANSIENT), rr
+        assert auth_without_tls_total() == before + 2
+        assert server.auth_exchanges == 0
+        assert "AUTH" not in {verb for _, verb in server.commands}
+        assert server.messages == []
+
+
+def test_credentials_go_inside_starttls(client_for, tls_server_ctx, ca_file, tmp_path: Path):
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    with AuthWiretap(tls_context=tls_server_ctx, users={"journal": "s3cret"}) as server:
+        before = auth_without_tls_total()
+        client = client_for(
+            server.port,
+            starttls="opportunistic",
+            ca_file=str(ca_file),
+            username="journal",
+            password_file=str(password),
+        )
+        r = client.send(MAIL_FROM, RCPT, DATA)
+        assert r.code == 250, r
+        (got,) = server.messages
+        assert got.tls and got.auth_user == "journal"
+        assert server.auth_exchanges == 1
+        assert auth_without_tls_total() == before

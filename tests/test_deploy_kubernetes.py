@@ -72,6 +72,7 @@ def test_smtp_service_targets_the_listener_port() -> None:
     smtp = next(p for p in container["ports"] if p["name"] == "smtp")
     assert smtp["containerPort"] == cfg.ingest.listeners[0].port
     assert cfg.ingest.listeners[0].proxy_protocol  # behind the load balancer
+    assert cfg.ingest.listeners[0].proxy_protocol_peers  # and believing only it
     assert svc["spec"]["ports"][0]["targetPort"] == "smtp"
 
 
@@ -123,3 +124,41 @@ def test_tls_sasl_overlay_patches_every_stage_container_and_parses() -> None:
     assert cfg.kafka.properties["sasl.password"] == "s3cret"
     mounted = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(Path(str(cfg.kafka.properties["ssl.ca.location"])).parent) in mounted
+
+
+def test_network_policy_admits_only_the_balancer_and_prometheus_to_ingest() -> None:
+    """SMTP only from the balancer's networks, which are the PROXY listener's peers; metrics only
+    from Prometheus; nothing else (no other rule, no rule without a source or a port)."""
+    cfg = load_config(K8S / "mailjournal.toml")
+    (lst,) = cfg.ingest.listeners
+    ingest = next(
+        d
+        for d in documents()
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "mailjournal-ingest"
+    )
+    pod_labels = ingest["spec"]["template"]["metadata"]["labels"]
+    container = ingest["spec"]["template"]["spec"]["containers"][0]
+    port_names = {p["name"] for p in container["ports"]}
+    (policy,) = [
+        d
+        for d in documents()
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from") and rule.get("ports"), rule  # no rule open to all
+        (port,) = rule["ports"]
+        assert port["port"] in port_names
+        rules[port["port"]] = rule["from"]
+    assert set(rules) == {"smtp", "metrics"}
+    assert sorted(src["ipBlock"]["cidr"] for src in rules["smtp"]) == sorted(
+        lst.proxy_protocol_peers
+    )
+    assert all("except" not in src["ipBlock"] for src in rules["smtp"])
+    (prometheus,) = rules["metrics"]
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert "namespaceSelector" in prometheus  # same rule: Prometheus pods of that namespace
+    metrics = next(p for p in container["ports"] if p["name"] == "metrics")
+    assert metrics["containerPort"] == cfg.metrics.ingest_port

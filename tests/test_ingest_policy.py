@@ -349,6 +349,7 @@ def test_fast_init_sets_the_state_aiosmtpd_would(tls_files: TlsFiles) -> None:
                         "name": "x",
                         "port": 0,
                         "proxy_protocol": True,
+                        "proxy_protocol_peers": ["127.0.0.1/32"],
                         "require_starttls": True,
                         "tls_cert_file": str(tls_files.cert),
                         "tls_key_file": str(tls_files.key),

@@ -204,11 +204,19 @@ def test_plaintext_injection_before_starttls_is_discarded(
 
 # -- PROXY protocol -------------------------------------------------------------------------------
 
+# the balancer is the loopback peer of these tests
+LB_LISTENER = {
+    "name": "lb",
+    "port": 0,
+    "proxy_protocol": True,
+    "proxy_protocol_peers": ["127.0.0.1/32"],
+}
+
 
 def test_proxy_protocol_v1_and_v2_set_the_client(
     ingest_factory: Callable[..., RunningIngest],
 ) -> None:
-    ing = ingest_factory(listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}])
+    ing = ingest_factory(listeners=[LB_LISTENER])
     ids = {}
     for version, header in (
         ("v1", encode_v1("198.51.100.7", 40001, "10.0.0.10", 25)),
@@ -243,7 +251,7 @@ def test_proxy_protocol_v1_and_v2_set_the_client(
 def test_proxy_protocol_trust_follows_the_real_client(
     ingest_factory: Callable[..., RunningIngest],
 ) -> None:
-    ing = ingest_factory(listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}])
+    ing = ingest_factory(listeners=[LB_LISTENER])
     with RawSMTP(ing.port("lb"), preamble=encode_v2("10.1.2.3", 5000, "10.0.0.10", 25)) as c:
         assert c.reply()[0] == 220
         assert c.cmd("EHLO inside.corp.example")[0] == 250
@@ -252,10 +260,67 @@ def test_proxy_protocol_trust_follows_the_real_client(
 
 
 def test_proxy_listener_requires_the_header(ingest_factory: Callable[..., RunningIngest]) -> None:
-    ing = ingest_factory(listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}])
+    ing = ingest_factory(listeners=[LB_LISTENER])
     with RawSMTP(ing.port("lb"), preamble=b"EHLO sneaky.example\r\n") as c:
         assert c.closed(timeout=5)
         assert c.buf == b""  # not even a banner
+
+
+def proxy_peer_refusals(listener: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "mailjournal_ingest_proxy_peer_refused_total", {"listener": listener}
+    )
+    return value or 0.0
+
+
+def test_proxy_header_only_from_the_listed_peers(
+    ingest_factory: Callable[..., RunningIngest],
+) -> None:
+    """Only 127.0.0.2 is the balancer: a PROXY header from 127.0.0.1 claiming a trusted client
+    (a pod or node port reached directly) is never read; the connection is closed without a
+    banner and counted. The same header from the listed peer is believed."""
+    ing = ingest_factory(
+        listeners=[{**LB_LISTENER, "proxy_protocol_peers": ["127.0.0.2/32", "192.0.2.0/24"]}]
+    )
+    header = encode_v1("10.1.2.3", 5000, "10.0.0.10", 25)  # 10/8 is a trusted network
+    before = proxy_peer_refusals("lb")
+    with RawSMTP(ing.port("lb"), preamble=header) as c:
+        assert c.closed(timeout=5)
+        assert c.buf == b""  # not even a banner
+    assert proxy_peer_refusals("lb") == before + 1
+    sock = socket.create_connection(
+        ("127.0.0.1", ing.port("lb")), timeout=10, source_address=("127.0.0.2", 0)
+    )
+    c = RawSMTP.__new__(RawSMTP)
+    c.sock, c.buf = sock, b""
+    with c:
+        c.send(header)
+        assert c.reply()[0] == 220
+        assert c.cmd("EHLO inside.corp.example")[0] == 250
+        assert c.cmd("MAIL FROM:<u@corp.example>")[0] == 250
+        assert c.cmd("RCPT TO:<x@other.example>")[0] == 250  # the claimed trusted client
+        assert c.cmd("DATA")[0] == 354
+        assert c.cmd("Subject: via the balancer\r\n\r\nx\r\n.")[0] == 250
+    assert proxy_peer_refusals("lb") == before + 1
+    (event,) = message_events(ing.config, min_count=1)
+    assert event["client"]["ip"] == "10.1.2.3"
+    assert event["client"]["proxied_by"] == "127.0.0.2"
+
+
+def test_proxy_protocol_without_peers_is_refused_by_the_config() -> None:
+    from mailjournal.config import ConfigError, load_config_dict
+    from tests.fixtures.config import BASE, deep_merge
+
+    lst = {"name": "lb", "port": 2525, "proxy_protocol": True}
+    with pytest.raises(ConfigError) as err:
+        load_config_dict(deep_merge(BASE, {"ingest": {"listeners": [lst]}}))
+    assert "ingest.listeners.0" in str(err.value) and "proxy_protocol_peers" in str(err.value)
+    lst = {"name": "lb", "port": 2525, "proxy_protocol_peers": ["10.0.0.0/24"]}
+    with pytest.raises(ConfigError) as err:
+        load_config_dict(deep_merge(BASE, {"ingest": {"listeners": [lst]}}))
+    assert "proxy_protocol is false" in str(err.value)
 
 
 def test_per_client_limit_counts_the_proxied_client(
@@ -263,7 +328,7 @@ def test_per_client_limit_counts_the_proxied_client(
 ) -> None:
     ing = ingest_factory(
         {"ingest": {"max_connections_per_client": 1}},
-        listeners=[{"name": "lb", "port": 0, "proxy_protocol": True}],
+        listeners=[LB_LISTENER],
     )
     a = RawSMTP(ing.port("lb"), preamble=encode_v1("192.0.2.1", 1111, "10.0.0.10", 25))
     b = RawSMTP(ing.port("lb"), preamble=encode_v1("192.0.2.2", 2222, "10.0.0.10", 25))
