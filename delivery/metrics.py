@@ -104,3 +104,11 @@ RELAY_DSNS = Counter(
     "DSNs queued to original senders by action",
     ["action"],  # failed, delayed
 )
+RENDER_FALLBACKS = Counter(
+    "mailjournal_delivery_render_fallbacks_total",
+    "Messages built in a fallback form because rendering raised (a field the builders could not "
+    "render; the copy still goes out)",
+    ["what"],  # field, report (sent as the unchanged original), ndr (minimal), sender_dsn
+)
+for _what in ("field", "report", "ndr", "sender_dsn"):
+    RENDER_FALLBACKS.labels(_what)
