@@ -96,10 +96,21 @@ def render_field(render: Callable[[Any], str], raw: Any) -> str:
         return safe_ascii(raw)
 
 
+# a summary field shows at most this much of a raw header value (the attached original has all
+# of it): the standard library's decoding and folding take quadratic time, and a 100 KB subject
+# of encoded words took over two seconds per build (found by the fuzzer)
+MAX_SUMMARY_CHARS = 4096
+TRUNCATED = " [...]"
+
+
 def decode_header_text(raw: str | None) -> str:
-    """A raw header value (RFC 2047 encoded-words possibly inside) as clean display text."""
+    """A raw header value (RFC 2047 encoded-words possibly inside) as clean display text; one
+    longer than :data:`MAX_SUMMARY_CHARS` is cut at a blank before that and marked ``[...]``."""
     if not raw:
         return ""
+    if len(raw) > MAX_SUMMARY_CHARS:
+        cut = raw.rfind(" ", 0, MAX_SUMMARY_CHARS)
+        return decode_header_text(raw[: cut if cut > 0 else MAX_SUMMARY_CHARS]) + TRUNCATED
     # unfold first: a folded raw value must not leave its CRLF for the header parser
     text = clean_text(raw)
     # a malformed encoded word: show the raw text rather than nothing
