@@ -8,12 +8,13 @@ CONFIG ?= config/mailjournal.example.toml
 RUN_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: help install sysdeps kafka-jars run test lint format bench bench-quick bench-paced clean
+.PHONY: help install sysdeps kafka-jars run test lint format fuzz bench bench-quick bench-paced clean
 
 help:
 	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
 	@echo "make test   - install and run the whole test suite (real Kafka, SMTP, slapd, Prometheus)"
 	@echo "make lint   - ruff and mypy"
+	@echo "make fuzz   - the coverage-guided fuzzer over decide + build, FUZZ_SECONDS (default 60)"
 	@echo "make bench  - benchmarks against Postfix and smtp-sink"
 
 $(BIN)/mailjournal: pyproject.toml
@@ -62,6 +63,17 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# New inputs the fuzzer finds go to $(RUN_DIR)/fuzz/corpus, crashes to $(RUN_DIR)/fuzz/crash-*;
+# tests/fuzz/corpus (committed, replayed by make test) is read as seeds only.
+FUZZ_SECONDS ?= 60
+FUZZ_MAX_LEN ?= 8192
+FUZZ_ARGS ?=
+fuzz: install
+	@mkdir -p $(RUN_DIR)/fuzz/corpus
+	$(BIN)/python -m tests.fuzz.fuzz_pipeline $(RUN_DIR)/fuzz/corpus tests/fuzz/corpus \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) -timeout=30 -rss_limit_mb=4096 \
+	  -artifact_prefix=$(RUN_DIR)/fuzz/ -print_final_stats=1 $(FUZZ_ARGS)
 
 bench: install sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'

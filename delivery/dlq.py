@@ -6,6 +6,10 @@ Message-ID; attempt count and expiry window reset), a RETRYING outcome for the a
 *replay marker* on the dead-letter topic (a DeadLetter record whose Kafka header
 ``mailjournal-replay-of`` names the replayed dead letter).
 
+Every kind of dead letter replays: a journal, NDR or relay copy as above; a ``MessageReceived``
+the journal worker could not journal goes back on the messages topic unchanged (same key, value
+and record headers), so the worker decides it again -- after the fix that made it fail.
+
 What is guaranteed: each dead letter is re-queued at most once, however often ``replay`` runs.
 The replay uses a fixed transactional id, so a concurrent ``replay`` is fenced, and it reads the
 markers only after fencing (every earlier replay transaction is then committed or aborted); a
@@ -38,6 +42,7 @@ from schemas import (
     DEAD_LETTER,
     DELIVERY_OUTCOME,
     JOURNAL_COPY,
+    MESSAGE_RECEIVED,
     SchemaError,
     decode,
     encode,
@@ -70,22 +75,29 @@ class Entry:
     def is_marker(self) -> bool:
         return self.replay_of is not None
 
+    def message(self) -> dict[str, Any] | None:
+        """The dead-lettered ``MessageReceived``, when that is what the value holds."""
+        with contextlib.suppress(SchemaError):
+            return decode(self.record["value"], MESSAGE_RECEIVED)
+        return None
+
     def summary(self) -> dict[str, Any]:
         copy: dict[str, Any] | None = None
         with contextlib.suppress(SchemaError):
             copy = decode(self.record["value"], JOURNAL_COPY)
+        message = self.message() if copy is None else None
         at = self.record["at"]
         return {
             "id": self.id,
             "at": at.isoformat() if isinstance(at, datetime) else at,
             "copy_id": self.record.get("copy_id"),
             "event_id": self.record.get("event_id"),
-            "kind": copy.get("kind") if copy else None,
+            "kind": copy.get("kind") if copy else ("MESSAGE" if message else None),
             "journal_address": copy.get("journal_address") if copy else None,
             "reason": self.record["reason"],
             "source": f"{self.record['source_topic']}[{self.record['partition']}]"
             f"@{self.record['offset']}",
-            "replayable": copy is not None,
+            "replayable": copy is not None or message is not None,
             "replayed": bool(self.replayed_by),
             "dlq_partition": self.partition,
             "dlq_offset": self.offset,
@@ -182,16 +194,43 @@ def replay(
     chosen = select(open_dead_letters(read_dead_letters(config, timeout=timeout)), ids)
     now = now_millis()
     replayable: list[tuple[Entry, dict[str, Any]]] = []
+    messages: list[tuple[Entry, dict[str, Any]]] = []
     broken: list[Entry] = []
     for entry in chosen:
         try:
             replayable.append((entry, requeued_copy(entry, now)))
         except SchemaError:
-            broken.append(entry)
-    if producer is None or not replayable:
-        return [e for e, _ in replayable], broken
+            message = entry.message()
+            if message is None:
+                broken.append(entry)
+            else:
+                messages.append((entry, message))
+    done = [e for e, _ in replayable] + [e for e, _ in messages]
+    if producer is None or not done:
+        return done, broken
     topics = config.kafka.topics
     producer.begin_transaction()
+    for entry, message in messages:
+        # unchanged, so it is the same accepted message (same event id, same copy ids)
+        key = entry.record.get("key") or str(message["event_id"]).encode()
+        producer.produce(
+            topics.messages.name,
+            key=key,
+            value=entry.record["value"],
+            headers=[
+                *((k, v) for k, v in (entry.record.get("headers") or {}).items()),
+                (MARKER_HEADER, entry.id.encode()),
+            ],
+        )
+        producer.produce(
+            topics.dead_letters.name,
+            key=key,
+            value=encode(
+                DEAD_LETTER,
+                _marker(entry, now, topics.dead_letters.name, key, None, str(message["event_id"])),
+            ),
+            headers=[(MARKER_HEADER, entry.id.encode()), (KIND_HEADER, b"replay-marker")],
+        )
     for entry, copy in replayable:
         key = str(copy["copy_id"]).encode()
         # the header tells the audit this is a replay, not a second emission of the copy
@@ -216,19 +255,9 @@ def replay(
             ),
         )
         producer.produce(topics.outcomes.name, key=key, value=encode(DELIVERY_OUTCOME, outcome))
-        marker = {
-            "id": new_event_id(),
-            "at": now,
-            "reason": f"replayed dead letter {entry.id}",
-            "source_topic": topics.dead_letters.name,
-            "partition": entry.partition,
-            "offset": entry.offset,
-            "key": key,
-            "value": b"",
-            "headers": {},
-            "copy_id": copy["copy_id"],
-            "event_id": copy["event_id"],
-        }
+        marker = _marker(
+            entry, now, topics.dead_letters.name, key, copy["copy_id"], copy["event_id"]
+        )
         producer.produce(
             topics.dead_letters.name,
             key=key,
@@ -237,7 +266,26 @@ def replay(
         )
         fault_point("dlq.replay.mid_batch")
     producer.commit_transaction(timeout)
-    return [e for e, _ in replayable], broken
+    return done, broken
+
+
+def _marker(
+    entry: Entry, now: int, topic: str, key: bytes, copy_id: str | None, event_id: str | None
+) -> dict[str, Any]:
+    """The replay marker of ``entry`` (a DeadLetter record with an empty value)."""
+    return {
+        "id": new_event_id(),
+        "at": now,
+        "reason": f"replayed dead letter {entry.id}",
+        "source_topic": topic,
+        "partition": entry.partition,
+        "offset": entry.offset,
+        "key": key,
+        "value": b"",
+        "headers": {},
+        "copy_id": copy_id,
+        "event_id": event_id,
+    }
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -306,7 +354,10 @@ def main(args: argparse.Namespace) -> int:
     verb = "would replay" if args.dry_run else "replayed"
     _print(done, args.json, prefix="" if args.json else f"{verb}: ")
     for e in broken:
-        print(f"not replayable (value is not a JournalCopy): {e.id}", file=sys.stderr)
+        print(
+            f"not replayable (value is neither a JournalCopy nor a MessageReceived): {e.id}",
+            file=sys.stderr,
+        )
     print(f"{verb} {len(done)} dead letter(s)", file=sys.stderr)
     if args.ids and not done and not broken:
         return EXIT_NOTHING

@@ -12,11 +12,14 @@ dead-lettered (see :mod:`delivery.worker`).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from delivery import metrics
 from delivery.report import (
     CRLF,
     MAX_LINE,
@@ -28,13 +31,18 @@ from delivery.report import (
     header_block,
     journal_headers,
     message_id_for,
+    render_field,
     rfc5322_date,
+    safe_ascii,
     simple_header,
     text_part,
     to_millis,
+    without_rendered_fields,
 )
 from mailjournal.config import Config
 from schemas.events import make_ndr_copy_id
+
+log = logging.getLogger(__name__)
 
 _ENHANCED = re.compile(r"^\s*([245])\d\d[ -]+([245]\.\d{1,3}\.\d{1,3})\b")
 _CODE = re.compile(r"^\s*([245])\d\d\b")
@@ -96,7 +104,7 @@ def human_text(
         f"  Copy id:           {clean_text(copy.get('copy_id'))}",
         f"  Event id:          {clean_text(copy.get('event_id'))}",
         f"  Original sender:   {clean_text(copy.get('original_sender')) or '<>'}",
-        f"  Original subject:  {decode_header_text(copy.get('subject'))}",
+        f"  Original subject:  {render_field(decode_header_text, copy.get('subject'))}",
         f"  Message-ID:        {clean_text(copy.get('message_id'))}",
         f"  Attempts:          {failure.attempts}",
         f"  Last reply:        {clean_text(failure.reply)}",
@@ -128,7 +136,35 @@ def build_ndr(
     *,
     now_ms: int,
 ) -> bytes:
-    """The NDR message about ``copy`` (whose sent form was ``sent_message``)."""
+    """The NDR message about ``copy`` (whose sent form was ``sent_message``); when building it
+    raises, a minimal NDR without the fields rendered from the original (subject, Message-ID,
+    the reply text in escaped ASCII): an NDR always builds."""
+    try:
+        return _build_ndr(copy, sent_message, failure, config, now_ms=now_ms)
+    except Exception:
+        log.exception(
+            "NDR about copy %s failed to build; sending a minimal one",
+            safe_ascii(copy.get("copy_id")),
+        )
+        metrics.RENDER_FALLBACKS.labels("ndr").inc()
+        minimal = dataclasses.replace(
+            failure,
+            reply=safe_ascii(failure.reply),
+            remote_mta=safe_ascii(failure.remote_mta) if failure.remote_mta else None,
+        )
+        return _build_ndr(
+            without_rendered_fields(copy), sent_message, minimal, config, now_ms=now_ms
+        )
+
+
+def _build_ndr(
+    copy: Mapping[str, Any],
+    sent_message: bytes,
+    failure: Failure,
+    config: Config,
+    *,
+    now_ms: int,
+) -> bytes:
     ndr_id = make_ndr_copy_id(str(copy["copy_id"]))
     limit = config.delivery.ndr_attach_max_bytes
     if len(sent_message) <= limit:
@@ -143,7 +179,7 @@ def build_ndr(
     attach_cte = body_transfer_encoding(attachment)
     boundary = choose_boundary(ndr_id, attachment, text, status)
     subject = "Undeliverable journal report"
-    original_subject = decode_header_text(copy.get("subject"))
+    original_subject = render_field(decode_header_text, copy.get("subject"))
     if original_subject:
         subject += f": {original_subject}"
     ndr_address = str(copy.get("ndr_address") or "")

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email import policy
 from email.header import Header
@@ -32,10 +33,13 @@ from email.quoprimime import body_encode
 from email.utils import format_datetime
 from typing import Any
 
+from delivery import metrics
 from mailjournal.addresses import domain_of
 from mailjournal.config import Config
 from mailjournal.stamp import HEADER as STAMP_HEADER
 from mailjournal.stamp import make_stamp
+
+log = logging.getLogger(__name__)
 
 CRLF = b"\r\n"
 # RFC 5322 §2.1.1: 998 characters per line at most, CRLF excluded
@@ -45,6 +49,7 @@ MAX_LINE = 998
 # readers such as Python's str.splitlines, so a recipient could gain a line in the report
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _SPACES = re.compile(r"[ \t]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MSGID_UNSAFE = re.compile(r"[^A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]")
 
 RECIPIENT_PREFIX = {"TO": "To", "CC": "Cc", "BCC": "Bcc", "RECIPIENT": "Recipient"}
@@ -56,19 +61,56 @@ _SMTP_UTF8 = policy.SMTPUTF8
 
 def clean_text(value: str | None) -> str:
     """One line of display text: surrogates from undecodable bytes made visible, CR/LF and other
-    control characters replaced by a space, runs of blanks collapsed, ends stripped."""
+    control characters replaced by a space, runs of blanks collapsed, ends stripped. The result
+    always encodes as UTF-8."""
     if not value:
         return ""
-    if any("\udc80" <= c <= "\udcff" for c in value):
-        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if _SURROGATE.search(value):
+        # undecodable bytes (U+DC80..U+DCFF from surrogateescape) are re-read as UTF-8; a lone
+        # surrogate of any other origin (an encoded word in UTF-7 or unicode-escape decodes to
+        # one) has no encoding at all: it is written as an ASCII escape
+        with contextlib.suppress(UnicodeError):
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        value = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
     value = _CONTROL.sub(" ", value)
     return _SPACES.sub(" ", value).strip()
 
 
+def safe_ascii(value: object) -> str:
+    """The last resort for a field nothing else could render: its raw text as printable ASCII,
+    anything else (8-bit, surrogates) as backslash escapes. Cannot raise."""
+    text = str(value or "").encode("ascii", "backslashreplace").decode("ascii")
+    return _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
+
+
+def render_field(render: Callable[[Any], str], raw: Any) -> str:
+    """``render(raw)``, or ``raw`` in :func:`safe_ascii` form when rendering raises (of any type:
+    a library bug, a recursion, an encoding): a report never loses a field to an exception."""
+    try:
+        return render(raw)
+    except Exception:
+        log.warning(
+            "a summary field could not be rendered; written as escaped ASCII", exc_info=True
+        )
+        metrics.RENDER_FALLBACKS.labels("field").inc()
+        return safe_ascii(raw)
+
+
+# a summary field shows at most this much of a raw header value (the attached original has all
+# of it): the standard library's decoding and folding take quadratic time, and a 100 KB subject
+# of encoded words took over two seconds per build (found by the fuzzer)
+MAX_SUMMARY_CHARS = 4096
+TRUNCATED = " [...]"
+
+
 def decode_header_text(raw: str | None) -> str:
-    """A raw header value (RFC 2047 encoded-words possibly inside) as clean display text."""
+    """A raw header value (RFC 2047 encoded-words possibly inside) as clean display text; one
+    longer than :data:`MAX_SUMMARY_CHARS` is cut at a blank before that and marked ``[...]``."""
     if not raw:
         return ""
+    if len(raw) > MAX_SUMMARY_CHARS:
+        cut = raw.rfind(" ", 0, MAX_SUMMARY_CHARS)
+        return decode_header_text(raw[: cut if cut > 0 else MAX_SUMMARY_CHARS]) + TRUNCATED
     # unfold first: a folded raw value must not leave its CRLF for the header parser
     text = clean_text(raw)
     # a malformed encoded word: show the raw text rather than nothing
@@ -77,10 +119,42 @@ def decode_header_text(raw: str | None) -> str:
     return clean_text(text)
 
 
+def without_rendered_fields(copy: Mapping[str, Any]) -> dict[str, Any]:
+    """``copy`` without the fields taken from the original's header (subject, Message-ID), the
+    sender and the recipients in :func:`safe_ascii` form: what a minimal NDR or DSN is built
+    from when the full one raised."""
+    out = dict(copy)
+    out.update(
+        subject=None,
+        message_id=None,
+        original_sender=safe_ascii(copy.get("original_sender")),
+        recipients=[
+            {**r, "address": safe_ascii(r.get("address")), "expanded": None, "forwarded": None}
+            for r in copy.get("recipients") or []
+        ],
+    )
+    return out
+
+
 def fold_header(name: str, value: str, *, utf8: bool = False) -> bytes:
-    """``Name: value`` folded and encoded by the standard library, value cleaned first."""
+    """``Name: value`` folded and encoded by the standard library, value cleaned first; if the
+    library raises, the value in :func:`safe_ascii` form as encoded words."""
+    try:
+        return _fold_header(name, value, utf8=utf8)
+    except Exception:
+        log.warning("header %s could not be folded; written as escaped ASCII", name, exc_info=True)
+        metrics.RENDER_FALLBACKS.labels("field").inc()
+        text = safe_ascii(value)
+        return _encoded_words(name, text) if text else f"{name}:".encode("ascii") + CRLF
+
+
+def _fold_header(name: str, value: str, *, utf8: bool) -> bytes:
     pol = _SMTP_UTF8 if utf8 else _SMTP_ASCII
     text = clean_text(value)
+    if name.lower() == "subject" and "=?" in text:
+        # the policy would decode the encoded-word look-alikes (see below), and raise on one
+        # that decodes to a lone surrogate
+        return _encoded_words(name, text)
     # a header object, not a str: ``policy.fold`` passes a short str through unencoded
     header = pol.header_factory(name, text)
     folded = header.fold(policy=pol)
@@ -95,11 +169,13 @@ def fold_header(name: str, value: str, *, utf8: bool = False) -> bytes:
         # The policy decodes encoded-word look-alikes in display text a second time (so the
         # header would differ from the report's text), and never splits a word, so a long one
         # overruns 998 octets: encoded-words carry any text, folded at 78 columns.
-        folded = f"{name}: " + Header(text, "utf-8", header_name=name).encode(
-            linesep="\r\n", maxlinelen=78
-        )
-        folded += "\r\n"
+        return _encoded_words(name, text)
     return folded.encode("utf-8" if utf8 else "ascii")
+
+
+def _encoded_words(name: str, text: str) -> bytes:
+    encoded = Header(text, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=78)
+    return f"{name}: {encoded}".encode("ascii") + CRLF
 
 
 def simple_header(name: str, value: str) -> bytes:
@@ -224,13 +300,13 @@ def recipient_line(recipient: Mapping[str, Any]) -> str:
 
 def report_lines(copy: Mapping[str, Any]) -> list[str]:
     """The envelope part of the report: Sender, Subject, Message-ID, one line per recipient."""
-    sender = clean_text(copy.get("original_sender")) or "<>"
+    sender = render_field(clean_text, copy.get("original_sender")) or "<>"
     lines = [
         f"Sender: {sender}",
-        f"Subject: {decode_header_text(copy.get('subject'))}",
-        f"Message-ID: {clean_text(copy.get('message_id'))}",
+        f"Subject: {render_field(decode_header_text, copy.get('subject'))}",
+        f"Message-ID: {render_field(clean_text, copy.get('message_id'))}",
     ]
-    lines.extend(recipient_line(r) for r in copy.get("recipients") or [])
+    lines.extend(render_field(recipient_line, r) for r in copy.get("recipients") or [])
     return lines
 
 
@@ -282,7 +358,7 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
     headers = journal_headers(
         copy,
         config,
-        subject=decode_header_text(copy.get("subject")),
+        subject=render_field(decode_header_text, copy.get("subject")),
         date_ms=to_millis(copy.get("received_at")),
     )
     headers[6:6] = [
@@ -319,10 +395,19 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
 
 def build_message(copy: Mapping[str, Any], config: Config) -> bytes:
     """The bytes delivery sends for ``copy``: an NDR as built, a ``copy`` unaltered, else the
-    journal report."""
+    journal report -- or, when building the report raises (it should not: every field has a
+    fallback), the original unaltered as in the ``copy`` format: a copy always goes out."""
     if copy.get("kind") == "NDR" or copy.get("format") == "COPY":
         return bytes(copy["original"])
-    return build_report(copy, config)
+    try:
+        return build_report(copy, config)
+    except Exception:
+        log.exception(
+            "report for copy %s failed to build; sending the original as a copy",
+            safe_ascii(copy.get("copy_id")),
+        )
+        metrics.RENDER_FALLBACKS.labels("report").inc()
+        return bytes(copy["original"])
 
 
 def envelope_sender(copy: Mapping[str, Any]) -> str:

@@ -16,11 +16,14 @@ building blocks (status codes, diagnostic codes, MIME assembly) are :mod:`delive
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from delivery import metrics
 from delivery.ndr import Failure, dsn_status, fold_field, multipart_report, recipient_fields
 from delivery.relay import route_key
 from delivery.report import (
@@ -32,13 +35,17 @@ from delivery.report import (
     fold_header,
     header_block,
     message_id_for,
+    render_field,
     rfc5322_date,
+    safe_ascii,
     simple_header,
     text_part,
     to_millis,
 )
 from mailjournal.config import Config
 from schemas.events import make_copy_id
+
+log = logging.getLogger(__name__)
 
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 
@@ -139,8 +146,8 @@ def human_text(
         lines.append(
             f"  <{clean_text(str(rf.recipient['address']))}>: {clean_text(rf.failure.reply)}"
         )
-    lines += ["", f"  Subject:     {decode_header_text(copy.get('subject'))}"]
-    lines.append(f"  Message-ID:  {clean_text(copy.get('message_id'))}")
+    lines += ["", f"  Subject:     {render_field(decode_header_text, copy.get('subject'))}"]
+    lines.append(f"  Message-ID:  {render_field(clean_text, copy.get('message_id'))}")
     return lines
 
 
@@ -154,7 +161,43 @@ def build_sender_dsn(
     dsn_id: str,
     until_ms: int | None = None,
 ) -> bytes:
-    """The RFC 3464 report about ``failures`` (one copy's recipients) to the original sender."""
+    """The RFC 3464 report about ``failures`` (one copy's recipients) to the original sender;
+    when building it raises, a minimal one without the original's subject and Message-ID and
+    with the replies in escaped ASCII."""
+    try:
+        return _build_sender_dsn(
+            copy, failures, action, config, now_ms=now_ms, dsn_id=dsn_id, until_ms=until_ms
+        )
+    except Exception:
+        log.exception("DSN %s failed to build; sending a minimal one", safe_ascii(dsn_id))
+        metrics.RENDER_FALLBACKS.labels("sender_dsn").inc()
+        minimal = [
+            RecipientFailure(
+                rf.recipient, dataclasses.replace(rf.failure, reply=safe_ascii(rf.failure.reply))
+            )
+            for rf in failures
+        ]
+        return _build_sender_dsn(
+            {**copy, "subject": None, "message_id": None},
+            minimal,
+            action,
+            config,
+            now_ms=now_ms,
+            dsn_id=dsn_id,
+            until_ms=until_ms,
+        )
+
+
+def _build_sender_dsn(
+    copy: Mapping[str, Any],
+    failures: Sequence[RecipientFailure],
+    action: str,
+    config: Config,
+    *,
+    now_ms: int,
+    dsn_id: str,
+    until_ms: int | None = None,
+) -> bytes:
     env = copy.get("relay") or {}
     ret = str((env.get("mail_params") or {}).get("ret") or "").upper()
     original: bytes = bytes(copy["original"])

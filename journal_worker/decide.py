@@ -124,6 +124,11 @@ class Decision:
     directions: tuple[tuple[str, Direction | None], ...]  # envelope recipient -> direction
     protected_recipients: tuple[str, ...] = ()  # journal/NDR addresses among the recipients
     invalid_values: tuple[InvalidValue, ...] = field(default=())
+    # header fields that could not be parsed (their recipients were typed Recipient:), as
+    # "field: error" for the log; counted by the worker
+    header_errors: tuple[str, ...] = ()
+    # the envelope-only fallback (:func:`fallback_decision`) made this decision: why
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,22 +243,44 @@ def _header_keys(value: str | None) -> set[str]:
     return {key(addr) for _, addr in getaddresses([value]) if addr}
 
 
+def _readable_header_keys(value: str | None, name: str, errors: list[str]) -> set[str] | None:
+    """:func:`_header_keys`, or None (and the error noted) when the field cannot be parsed: the
+    sender writes these fields, and ``getaddresses`` raises on crafted ones (``RecursionError``
+    on deep nesting, ``ValueError``, ...). Any exception: a recipient's type is only a label,
+    never a reason to lose its copy."""
+    try:
+        return _header_keys(value)
+    except Exception as exc:
+        errors.append(f"{name}: {type(exc).__name__}")
+        return None
+
+
 def recipient_types(
-    event: Mapping[str, Any], recipients: Iterable[str], trusted_submitter: bool
+    event: Mapping[str, Any],
+    recipients: Iterable[str],
+    trusted_submitter: bool,
+    errors: list[str] | None = None,
 ) -> dict[str, RecipientType]:
     """To / Cc when the envelope recipient appears in that header (To wins); otherwise Bcc when
     the submitter is ours (it knows whom it Bcc'd), else Recipient: inbound mail reaches people
-    through lists and aliases, so an unlisted inbound recipient is not asserted to be a Bcc."""
+    through lists and aliases, so an unlisted inbound recipient is not asserted to be a Bcc.
+
+    When To or Cc cannot be parsed, a recipient not found in a readable one is ``Recipient:``
+    (we cannot tell To, Cc or Bcc); the field's error is appended to ``errors``."""
+    errors = [] if errors is None else errors
     headers = event.get("headers") or {}
-    to = _header_keys(headers.get("to"))
-    cc = _header_keys(headers.get("cc"))
+    to = _readable_header_keys(headers.get("to"), "to", errors)
+    cc = _readable_header_keys(headers.get("cc"), "cc", errors)
+    unreadable = to is None or cc is None
     out: dict[str, RecipientType] = {}
     for address in recipients:
         k = key(address)
-        if k in to:
+        if to is not None and k in to:
             out[k] = RecipientType.TO
-        elif k in cc:
+        elif cc is not None and k in cc:
             out[k] = RecipientType.CC
+        elif unreadable:
+            out[k] = RecipientType.RECIPIENT
         elif trusted_submitter:
             out[k] = RecipientType.BCC
         else:
@@ -338,21 +365,9 @@ class Decider:
         def owe(
             journal: str, direction: Direction, source: JournalSource, covered: Iterable[str]
         ) -> None:
-            ndr = self.config.journal.direction(_CFG[direction]).ndr_address
-            assert ndr is not None  # the config refuses an active direction without it
-            g = groups.get((key(journal), key(ndr)))
-            if g is None:
-                g = groups[(key(journal), key(ndr))] = _Group(journal, ndr)
-            g.directions.add(direction)
-            g.sources.add(source)
-            for address in covered:
-                g.recipients.setdefault(key(address), address)
+            _owe(groups, self.config, journal, direction, source, covered)
 
-        for direction in _DIRECTION_ORDER:
-            dcfg = self.config.journal.direction(_CFG[direction])
-            rcpts = [a for a, d in facts.directions if d is direction]
-            if dcfg.active and rcpts and dcfg.address:
-                owe(dcfg.address, direction, JournalSource.GLOBAL, rcpts)
+        _owe_global(groups, self.config, facts.directions)
 
         for direction, attr, owner in _lookups_by_direction(facts, self.config):
             try:
@@ -378,34 +393,158 @@ class Decider:
                 facts.event_id, (), reason, facts.directions, facts.protected, tuple(invalid)
             )
 
-        types = recipient_types(event, facts.recipients, facts.origin_internal)
-        ndrs_per_journal: dict[str, int] = {}
-        for jk, _ in groups:
-            ndrs_per_journal[jk] = ndrs_per_journal.get(jk, 0) + 1
-        order = {key(a): i for i, a in enumerate(facts.recipients)}
-        copies = []
-        for (jk, _), g in groups.items():
-            formats = {self.config.journal.format_for(_CFG[d]) for d in g.directions}
-            # one copy serving directions with different formats: the report carries the
-            # original attached unaltered, so it satisfies a "copy" direction too
-            fmt = ReportFormat.COPY if formats == {CfgFormat.COPY} else ReportFormat.REPORT
-            covered = sorted(g.recipients, key=order.__getitem__)
-            copies.append(
-                PlannedCopy(
-                    copy_id=copy_id_for(
-                        facts.event_id, g.journal_address, g.ndr_address, ndrs_per_journal[jk] > 1
-                    ),
-                    journal_address=g.journal_address,
-                    ndr_address=g.ndr_address,
-                    directions=tuple(d for d in _DIRECTION_ORDER if d in g.directions),
-                    sources=tuple(s for s in _SOURCE_ORDER if s in g.sources),
-                    format=fmt,
-                    recipients=tuple(Covered(g.recipients[k], types[k]) for k in covered),
-                )
-            )
+        header_errors: list[str] = []
+        types = recipient_types(event, facts.recipients, facts.origin_internal, header_errors)
+        copies = _planned_copies(self.config, facts.event_id, groups, facts.recipients, types)
         return Decision(
-            facts.event_id, tuple(copies), None, facts.directions, facts.protected, tuple(invalid)
+            facts.event_id,
+            copies,
+            None,
+            facts.directions,
+            facts.protected,
+            tuple(invalid),
+            tuple(header_errors),
         )
+
+
+def _owe(
+    groups: dict[tuple[str, str], _Group],
+    config: Config,
+    journal: str,
+    direction: Direction,
+    source: JournalSource,
+    covered: Iterable[str],
+) -> None:
+    ndr = config.journal.direction(_CFG[direction]).ndr_address
+    assert ndr is not None  # the config refuses an active direction without it
+    g = groups.get((key(journal), key(ndr)))
+    if g is None:
+        g = groups[(key(journal), key(ndr))] = _Group(journal, ndr)
+    g.directions.add(direction)
+    g.sources.add(source)
+    for address in covered:
+        g.recipients.setdefault(key(address), address)
+
+
+def _owe_global(
+    groups: dict[tuple[str, str], _Group],
+    config: Config,
+    directions: Sequence[tuple[str, Direction | None]],
+) -> None:
+    """The global copy of each active direction that has a recipient."""
+    for direction in _DIRECTION_ORDER:
+        dcfg = config.journal.direction(_CFG[direction])
+        rcpts = [a for a, d in directions if d is direction]
+        if dcfg.active and rcpts and dcfg.address:
+            _owe(groups, config, dcfg.address, direction, JournalSource.GLOBAL, rcpts)
+
+
+def _planned_copies(
+    config: Config,
+    event_id: str,
+    groups: Mapping[tuple[str, str], _Group],
+    recipients: Sequence[str],
+    types: Mapping[str, RecipientType],
+) -> tuple[PlannedCopy, ...]:
+    ndrs_per_journal: dict[str, int] = {}
+    for jk, _ in groups:
+        ndrs_per_journal[jk] = ndrs_per_journal.get(jk, 0) + 1
+    order = {key(a): i for i, a in enumerate(recipients)}
+    copies = []
+    for (jk, _), g in groups.items():
+        formats = {config.journal.format_for(_CFG[d]) for d in g.directions}
+        # one copy serving directions with different formats: the report carries the
+        # original attached unaltered, so it satisfies a "copy" direction too
+        fmt = ReportFormat.COPY if formats == {CfgFormat.COPY} else ReportFormat.REPORT
+        covered = sorted(g.recipients, key=order.__getitem__)
+        copies.append(
+            PlannedCopy(
+                copy_id=copy_id_for(
+                    event_id, g.journal_address, g.ndr_address, ndrs_per_journal[jk] > 1
+                ),
+                journal_address=g.journal_address,
+                ndr_address=g.ndr_address,
+                directions=tuple(d for d in _DIRECTION_ORDER if d in g.directions),
+                sources=tuple(s for s in _SOURCE_ORDER if s in g.sources),
+                format=fmt,
+                recipients=tuple(Covered(g.recipients[k], types[k]) for k in covered),
+            )
+        )
+    return tuple(copies)
+
+
+def _envelope_directions(
+    event: Mapping[str, Any], config: Config, protected: set[str]
+) -> list[tuple[str, tuple[Direction, ...]]]:
+    """Each envelope recipient (journal/NDR addresses left out) and the directions it may have,
+    by the team's direction rule read from the envelope and the client's trust alone: external
+    -> outbound (whoever submitted it: trusted, or refused at RCPT anyway); internal -> internal
+    when the client is trusted and the sender internal, else inbound. Whatever cannot be read
+    (an exception of any type) counts as every direction: the fallback journals rather than
+    skips."""
+    org = config.organization
+    every = _DIRECTION_ORDER
+    try:
+        sender = str(event.get("mail_from") or "")
+        internal_origin: bool | None = is_trusted_client(event, config) and bool(
+            sender and org.is_internal_address(sender)
+        )
+    except Exception:
+        internal_origin = None
+    out: list[tuple[str, tuple[Direction, ...]]] = []
+    seen: set[str] = set()
+    for rcpt in event.get("recipients") or ():
+        try:
+            address = str(rcpt["address"])
+            k = key(address)
+        except Exception:
+            continue  # no address at all: nothing to deliver to, nothing to journal for it
+        if k in seen or k in protected:
+            continue
+        seen.add(k)
+        try:
+            internal = org.is_internal_address(address)
+        except Exception:
+            out.append((address, every))
+            continue
+        if not internal:
+            out.append((address, (Direction.OUTBOUND,)))
+        elif internal_origin is None:
+            out.append((address, (Direction.INBOUND, Direction.INTERNAL)))
+        else:
+            out.append((address, (Direction.INTERNAL if internal_origin else Direction.INBOUND,)))
+    return out
+
+
+def fallback_decision(event: Mapping[str, Any], config: Config, reason: str) -> Decision:
+    """The decision when :class:`Decider` raised on ``event`` (a library bug, a recursion, an
+    unencodable field): the global copies of the message's directions from the envelope alone
+    (:func:`_envelope_directions`), every covered recipient typed ``Recipient:``. No header,
+    stamp or directory is read: an accepted message always owes at least these copies. Copy
+    ids are the usual ones, so a later full decision (a replay after a fix) or the audit yields
+    the same copies."""
+    event_id = str(event["event_id"])
+    protected = config.journal.protected_addresses()
+    candidates = _envelope_directions(event, config, protected)
+    groups: dict[tuple[str, str], _Group] = {}
+    for direction in _DIRECTION_ORDER:
+        dcfg = config.journal.direction(_CFG[direction])
+        rcpts = [a for a, ds in candidates if direction in ds]
+        if dcfg.active and rcpts and dcfg.address:
+            _owe(groups, config, dcfg.address, direction, JournalSource.GLOBAL, rcpts)
+    recipients = [a for a, _ in candidates]
+    directions = tuple((a, ds[0] if len(ds) == 1 else None) for a, ds in candidates)
+    protected_rcpts = tuple(
+        str(r.get("address"))
+        for r in event.get("recipients") or ()
+        if isinstance(r, Mapping) and key(str(r.get("address") or "")) in protected
+    )
+    if not groups:
+        skip = SKIP_NOT_JOURNALED if recipients else SKIP_JOURNAL_RECIPIENTS_ONLY
+        return Decision(event_id, (), skip, directions, protected_rcpts, fallback=reason)
+    types = dict.fromkeys((key(a) for a in recipients), RecipientType.RECIPIENT)
+    copies = _planned_copies(config, event_id, groups, recipients, types)
+    return Decision(event_id, copies, None, directions, protected_rcpts, fallback=reason)
 
 
 def needed_lookups(
@@ -426,9 +565,13 @@ def decide(
     return decider.decide(decider.plan(event), answers)
 
 
-def journal_copy_record(event: Mapping[str, Any], copy: PlannedCopy) -> dict[str, Any]:
-    """The ``JournalCopy`` event for a planned copy (first attempt, deliver now)."""
-    headers = event.get("headers") or {}
+def journal_copy_record(
+    event: Mapping[str, Any], copy: PlannedCopy, *, header_text: bool = True
+) -> dict[str, Any]:
+    """The ``JournalCopy`` event for a planned copy (first attempt, deliver now); without
+    ``header_text``, no subject or Message-ID (the record to fall back on when they cannot be
+    encoded)."""
+    headers = (event.get("headers") or {}) if header_text else {}
     return {
         "copy_id": copy.copy_id,
         "event_id": str(event["event_id"]),

@@ -39,6 +39,15 @@ DEAD_LETTERS = Counter(
     "Records sent to the dead-letter topic, by reason class",
     ["reason"],
 )
+HEADER_PARSE_ERRORS = Counter(
+    "mailjournal_journal_header_parse_errors_total",
+    "To/Cc fields that could not be parsed (their recipients typed Recipient:), by field",
+    ["field"],
+)
+FALLBACK_DECISIONS = Counter(
+    "mailjournal_journal_fallback_decisions_total",
+    "Messages decided by the envelope-only fallback because the full decision raised",
+)
 DIRECTORY_LOOKUPS = Counter(
     "mailjournal_journal_directory_lookups_total",
     "Directory lookups by backend and result (cache_hit, found, not_found, error)",
@@ -93,7 +102,9 @@ KAFKA_ERRORS = Counter(
 
 DIRECTORY_AVAILABLE.set(1)
 # series at 0 from the start, so rate()/increase() and alerts see the first event
-for _reason in ("empty", "undecodable", "undecidable"):
+for _reason in ("empty", "undecodable", "unjournalable"):
     DEAD_LETTERS.labels(_reason)
+for _field in ("to", "cc"):
+    HEADER_PARSE_ERRORS.labels(_field)
 for _kind in ("retriable", "abortable", "fatal", "consumer"):
     KAFKA_ERRORS.labels(_kind)

@@ -48,7 +48,14 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from journal_worker import metrics
-from journal_worker.decide import Decider, Decision, Plan, journal_copy_record
+from journal_worker.decide import (
+    Decider,
+    Decision,
+    Plan,
+    PlannedCopy,
+    fallback_decision,
+    journal_copy_record,
+)
 from journal_worker.directory import Directory, DirectoryUnavailable, make_directory, resolve
 from mailjournal.config import Config
 from mailjournal.faults import fault_point
@@ -128,6 +135,7 @@ class _Item:
     event: dict[str, Any] | None = None
     plan: Plan | None = None
     poison: str | None = None  # reason, for the dead-letter topic
+    unplanned: str | None = None  # why planning raised: the event is decided by the fallback
 
 
 def _position(msg: Message) -> tuple[str, int, int]:
@@ -330,9 +338,9 @@ class JournalWorker:
             return item
         try:
             item.plan = self.decider.plan(item.event)
-        except Exception as exc:  # a decodable event we cannot interpret (bad field contents)
-            log.exception("event at %s/%d@%d", msg.topic(), msg.partition(), msg.offset())
-            item.poison = f"undecidable {MESSAGE_RECEIVED}: {exc!r}"
+        except Exception as exc:  # any type (recursion, encoding, a bug): the fallback decides
+            log.exception("planning %s/%d@%d", msg.topic(), msg.partition(), msg.offset())
+            item.unplanned = f"planning raised {exc!r}"
         return item
 
     def _answers(self, items: Sequence[_Item]) -> tuple[int, dict[Any, list[str]]]:
@@ -386,21 +394,38 @@ class JournalWorker:
     ) -> list[Record]:
         msg = item.msg
         if item.poison is None:
-            assert item.event is not None and item.plan is not None
-            try:
-                decision = self.decider.decide(item.plan, answers)
-                out: list[Record] = [
-                    (
-                        self.journal_topic,
-                        c.copy_id,
-                        self.codec.encode(JOURNAL_COPY, journal_copy_record(item.event, c)),
+            # A readable MessageReceived always ends in a decision: the full one, or when that
+            # raises (any type: a recursion in a header parser, an unencodable field, a bug)
+            # the envelope-only fallback with the global copies of its directions.
+            assert item.event is not None
+            failed = item.unplanned
+            if item.plan is not None:
+                try:
+                    decision = self.decider.decide(item.plan, answers)
+                    out = [self._copy_record(item.event, c) for c in decision.copies]
+                except Exception as exc:
+                    log.exception("deciding %s/%d@%d", msg.topic(), msg.partition(), msg.offset())
+                    failed = f"deciding raised {exc!r}"
+            if failed is not None:
+                try:
+                    decision = fallback_decision(item.event, self.config, failed)
+                    out = [self._copy_record(item.event, c, fallback=True) for c in decision.copies]
+                except Exception as exc:  # the last resort; the audit reports it as a gap
+                    log.exception(
+                        "fallback for %s/%d@%d", msg.topic(), msg.partition(), msg.offset()
                     )
-                    for c in decision.copies
-                ]
-            except Exception as exc:  # a bug or an unencodable field: keep it, go on
-                log.exception("deciding %s/%d@%d", msg.topic(), msg.partition(), msg.offset())
-                item.poison = f"undecidable {MESSAGE_RECEIVED}: {exc!r}"
-            else:
+                    item.poison = f"unjournalable {MESSAGE_RECEIVED}: {failed}; fallback {exc!r}"
+                else:
+                    log.error(
+                        "event %s at %s/%d@%d: decided by the envelope-only fallback (%s): %s",
+                        decision.event_id,
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        failed,
+                        ", ".join(c.journal_address for c in decision.copies) or "no copy",
+                    )
+            if item.poison is None:
                 tallies.add(decision)
                 self._log_decision(decision)
                 return out
@@ -425,8 +450,30 @@ class JournalWorker:
         key = msg.key() or event_id or f"{msg.topic()}/{msg.partition()}@{msg.offset()}"
         return [(self.dead_letter_topic, key, self.codec.encode(DEAD_LETTER, dead))]
 
+    def _copy_record(
+        self, event: dict[str, Any], copy: PlannedCopy, *, fallback: bool = False
+    ) -> Record:
+        try:
+            value = self.codec.encode(JOURNAL_COPY, journal_copy_record(event, copy))
+        except Exception:
+            if not fallback:
+                raise
+            # the subject and Message-ID are the sender's text: without them the copy still
+            # carries the original, which holds them
+            value = self.codec.encode(
+                JOURNAL_COPY, journal_copy_record(event, copy, header_text=False)
+            )
+        return (self.journal_topic, copy.copy_id, value)
+
     @staticmethod
     def _log_decision(decision: Decision) -> None:
+        for error in decision.header_errors:
+            log.warning(
+                "event %s: header field %s could not be parsed; its recipients are typed "
+                "Recipient:",
+                decision.event_id,
+                error,
+            )
         for bad in decision.invalid_values:
             log.warning(
                 "event %s: %s of %s is not a valid journal address: %r (ignored)",
@@ -720,6 +767,8 @@ class _Tallies:
     invalid: Tally[str] = field(default_factory=Tally)
     protected: int = 0
     dead_letters: Tally[str] = field(default_factory=Tally)
+    header_errors: Tally[str] = field(default_factory=Tally)
+    fallbacks: int = 0
 
     def add(self, decision: Decision) -> None:
         self.decided["journaled" if decision.copies else "skipped"] += 1
@@ -732,6 +781,10 @@ class _Tallies:
         for bad in decision.invalid_values:
             self.invalid[str(bad.direction).lower()] += 1
         self.protected += len(decision.protected_recipients)
+        for error in decision.header_errors:
+            self.header_errors[error.split(":", 1)[0]] += 1
+        if decision.fallback:
+            self.fallbacks += 1
 
     def publish(self) -> None:
         for outcome, n in self.decided.items():
@@ -744,6 +797,10 @@ class _Tallies:
             metrics.INVALID_JOURNAL_ADDRESSES.labels(direction).inc(n)
         if self.protected:
             metrics.PROTECTED_RECIPIENTS.inc(self.protected)
+        for name, n in self.header_errors.items():
+            metrics.HEADER_PARSE_ERRORS.labels(name).inc(n)
+        if self.fallbacks:
+            metrics.FALLBACK_DECISIONS.inc(self.fallbacks)
         for reason, n in self.dead_letters.items():
             metrics.DEAD_LETTERS.labels(reason).inc(n)
             metrics.MESSAGES_DECIDED.labels("dead_lettered").inc(n)

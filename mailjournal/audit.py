@@ -8,8 +8,27 @@ messages and copies in the window, not the topic history.
 Gaps (exit status 1): a message owed copies and has none emitted after the grace period; an owed
 copy missing; a copy emitted twice to the journal topic (exactly-once broken); a copy with no
 outcome after the grace period; a copy still retrying past its expiry; an NDR with no final
-outcome. Duplicate *deliveries* (at-least-once, a crash between the remote 250 and the offset
-commit) are listed but are not gaps unless ``--strict-duplicates``.
+outcome; a record the audit cannot interpret (named by topic, partition and offset: an
+undecodable record on the messages topic is an accepted message nobody can journal); and the
+*independent check* below failing. Duplicate *deliveries* (at-least-once, a crash between the
+remote 250 and the offset commit) are listed but are not gaps unless ``--strict-duplicates``.
+
+The audit never crashes on a record: whatever a record holds, it ends as reconciled or as a named
+gap. (A Kafka or directory outage ends the run with a one-line error and exit status 2.)
+
+Independent check (:func:`required_globals`): the owed copies above come from the journal
+worker's own decision functions, so a bug there (in header parsing, in the direction logic) would
+be agreed with. The check re-derives, without ``journal_worker.decide`` and without reading any
+header field, from the envelope (MAIL FROM, RCPT TO) and the client's trust (trusted network,
+authentication, relay listener) alone, the team's direction rule -- trusted submitter and external
+recipient: outbound whatever the MAIL FROM; internal recipient: internal when the client is
+trusted and the sender internal, else inbound (a null sender only exempted as our own NDR, by
+its verified stamp); untrusted client and external recipient: outbound (fail safe) -- and requires
+for every accepted message, in every direction whose global journaling is on, an emitted copy to
+that global address covering the direction that was delivered, NDR'd, or is still within the
+grace period or its retries (the outcome rules above). What it shares with the stages is only the
+configuration's definitions (internal domains, trusted networks, journal/NDR addresses), the
+address comparison key and the stamp's MAC check.
 """
 
 from __future__ import annotations
@@ -17,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -24,12 +44,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mailjournal.config import Config, load_config_or_report
+from mailjournal.addresses import key
+from mailjournal.config import Config, Direction, load_config_or_report
 from mailjournal.faults import fault_point
 
 log = logging.getLogger("mailjournal.audit")
 
 FINAL = {"DELIVERED", "NDR_SENT", "DEAD_LETTERED"}
+GAP_KINDS = (
+    "not-journaled",
+    "duplicate-copy",
+    "no-outcome",
+    "stuck",
+    "ndr-pending",
+    "unreadable",
+    "global-missing",
+    "global-undelivered",
+)
 
 
 def _ms(value: Any) -> int:
@@ -48,6 +79,8 @@ class CopyState:
     delivered: int = 0
     ndr_copy_id: str | None = None
     last_at: int = 0
+    journal_key: str = ""  # the journal address's comparison key (independent check)
+    directions: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -55,6 +88,8 @@ class MessageState:
     received_at: int
     owed: set[str] = field(default_factory=set)
     skipped_reason: str | None = None
+    # (direction, global journal address key) the independent check requires a copy for
+    required: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -63,8 +98,11 @@ class Gap:
     event_id: str
     copy_id: str | None
     detail: str
+    where: str | None = None  # topic[partition]@offset of a record that could not be read
 
     def line(self) -> str:
+        if self.where:
+            return f"GAP {self.kind}: unreadable record {self.where}: {self.detail}"
         copy = f" copy {self.copy_id}" if self.copy_id else ""
         return f"GAP {self.kind}: message {self.event_id}{copy}: {self.detail}"
 
@@ -78,8 +116,8 @@ class AuditReport:
     duplicates: list[tuple[str, int]]
     unexpected: list[str]
     oldest_pending_ms: int | None
-    # records that are not the topic's event type ("topic[partition]@offset: why"): the stages
-    # dead-letter them; listed so that an operator sees them, not gaps in themselves
+    # records that are not the topic's event type ("topic[partition]@offset: why"), each also a
+    # gap of kind "unreadable"
     unreadable: list[str] = field(default_factory=list)
 
     def has_gaps(self, strict_duplicates: bool = False) -> bool:
@@ -100,7 +138,6 @@ class AuditReport:
             out.append(f"DUPLICATE delivery: copy {copy_id} delivered {n} times")
         for copy_id in self.unexpected:
             out.append(f"NOTE copy {copy_id} is not owed under the current rules (changed config?)")
-        out.extend(f"NOTE unreadable record {where}" for where in self.unreadable)
         out.extend(g.line() for g in self.gaps)
         out.append(f"gaps: {len(self.gaps)}")
         return "\n".join(out)
@@ -113,18 +150,40 @@ class Reconciler:
         self.messages: dict[str, MessageState] = {}
         self.copies: dict[str, CopyState] = {}
         self.journal_dupes: Counter[str] = Counter()
-        self.unreadable: list[str] = []
+        self.unreadable: list[tuple[str, str]] = []  # (topic[partition]@offset, why)
+        self.by_event: dict[str, list[str]] = {}  # event id -> emitted journal copy ids
 
-    def add_message(self, event_id: str, received_at: int, owed: Iterable[str]) -> None:
-        state = MessageState(received_at, set(owed))
+    def add_unreadable(self, where: str, why: str) -> None:
+        self.unreadable.append((where, why))
+
+    def add_message(
+        self,
+        event_id: str,
+        received_at: int,
+        owed: Iterable[str],
+        required: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        state = MessageState(received_at, set(owed), required=set(required))
         self.messages[event_id] = state
         for copy_id in state.owed:
             self.copies.setdefault(copy_id, CopyState(event_id)).owed = True
 
-    def add_copy(self, copy_id: str, event_id: str, kind: str = "JOURNAL") -> None:
+    def add_copy(
+        self,
+        copy_id: str,
+        event_id: str,
+        kind: str = "JOURNAL",
+        journal_address: str = "",
+        directions: Iterable[str] = (),
+    ) -> None:
         state = self.copies.setdefault(copy_id, CopyState(event_id, kind))
         state.kind = kind
         state.emitted += 1
+        if journal_address:
+            state.journal_key = key(journal_address)
+            state.directions = frozenset(str(d).upper() for d in directions)
+        if kind == "JOURNAL" and state.emitted == 1:
+            self.by_event.setdefault(event_id, []).append(copy_id)
 
     def add_outcome(
         self, copy_id: str, event_id: str, kind: str, status: str, at: int, ndr_copy_id: str | None
@@ -185,6 +244,8 @@ class Reconciler:
                 ndr_final = ndr is not None and ndr.status in {"DELIVERED", "DEAD_LETTERED"}
                 if not ndr_final and now_ms - received > grace_ms:
                     gaps.append(Gap("ndr-pending", copy.event_id, copy_id, "NDR not final"))
+        gaps.extend(self._independent_gaps(now_ms, grace_ms))
+        gaps.extend(Gap("unreadable", "", None, why, where=where) for where, why in self.unreadable)
         duplicates = sorted((cid, c.delivered) for cid, c in self.copies.items() if c.delivered > 1)
         unexpected = sorted(
             cid
@@ -199,8 +260,42 @@ class Reconciler:
             duplicates=duplicates,
             unexpected=unexpected,
             oldest_pending_ms=oldest,
-            unreadable=list(self.unreadable),
+            unreadable=[f"{where}: {why}" for where, why in self.unreadable],
         )
+
+    def _independent_gaps(self, now_ms: int, grace_ms: int) -> list[Gap]:
+        """The independent check: each (direction, global address) a message requires has an
+        emitted journal copy to that address covering the direction, and that copy was
+        delivered or NDR'd (its other states -- in flight, retrying -- are judged by the copy
+        checks of :meth:`report`); a dead-lettered one was never delivered."""
+        gaps: list[Gap] = []
+        for event_id, msg in self.messages.items():
+            if not msg.required:
+                continue
+            emitted = [self.copies[c] for c in self.by_event.get(event_id, ())]
+            for direction, address in sorted(msg.required):
+                found = [
+                    c for c in emitted if c.journal_key == address and direction in c.directions
+                ]
+                what = f"{direction.lower()} copy to the global address {address}"
+                if not found:
+                    if now_ms - msg.received_at > grace_ms:
+                        gaps.append(
+                            Gap("global-missing", event_id, None, f"no {what} (independent check)")
+                        )
+                    continue
+                if not any(c.delivered or c.status == "NDR_SENT" for c in found) and all(
+                    c.status == "DEAD_LETTERED" for c in found
+                ):
+                    gaps.append(
+                        Gap(
+                            "global-undelivered",
+                            event_id,
+                            None,
+                            f"the {what} was dead-lettered, never delivered (independent check)",
+                        )
+                    )
+        return gaps
 
 
 # --- reading the topics --------------------------------------------------------------------------
@@ -282,22 +377,93 @@ def read_window(
 OwedFn = Callable[[dict[str, Any]], list[str]]
 
 
+class AuditUnavailable(Exception):
+    """The audit cannot finish (Kafka or the directory unreachable): no verdict, exit 2."""
+
+
 def default_owed(cfg: Config) -> OwedFn:
     """The copy ids the journal decision logic owes a message, recomputed with the journal
-    worker's own pure functions, today's configuration and directory (a directory outage raises:
-    an audit never guesses)."""
-    from journal_worker.decide import decide, needed_lookups
-    from journal_worker.directory import make_directory, resolve
+    worker's own pure functions, today's configuration and directory -- and, like the worker,
+    the envelope-only fallback when the decision raises (a directory outage raises
+    :class:`AuditUnavailable`: an audit never guesses)."""
+    from journal_worker.decide import Decider, fallback_decision
+    from journal_worker.directory import DirectoryUnavailable, make_directory, resolve
 
     directory = make_directory(cfg.directory)
-    stamp_key = cfg.journal.stamp_key()
+    decider = Decider(cfg, cfg.journal.stamp_key())
 
     def owed(event: dict[str, Any]) -> list[str]:
-        lookups = needed_lookups(event, cfg, stamp_key)
-        answers = resolve(directory, lookups) if lookups and directory is not None else {}
-        return [c.copy_id for c in decide(event, cfg, answers, stamp_key).copies]
+        try:
+            plan = decider.plan(event)
+            lookups = plan.lookups
+            answers = resolve(directory, lookups) if lookups and directory is not None else {}
+            decision = decider.decide(plan, answers)
+        except DirectoryUnavailable as exc:
+            raise AuditUnavailable(f"directory: {exc}") from None
+        except Exception as exc:
+            log.warning("event %s: decided by the fallback (%r)", event.get("event_id"), exc)
+            decision = fallback_decision(event, cfg, repr(exc))
+        return [c.copy_id for c in decision.copies]
 
     return owed
+
+
+# --- the independent check -----------------------------------------------------------------------
+
+_DIRECTIONS = {d.value.upper(): d for d in Direction}
+
+
+def _trusted(event: dict[str, Any], cfg: Config) -> bool:
+    """Trusted network, authenticated session, or a relay listener (re-derived, not the
+    worker's)."""
+    client = event.get("client") or {}
+    return (
+        bool(event.get("auth_user"))
+        or event.get("listener_role") == "relay"
+        or cfg.organization.is_trusted_ip(str(client.get("ip") or ""))
+    )
+
+
+def _is_own_ndr(event: dict[str, Any], cfg: Config, trusted: bool) -> bool:
+    """A null-sender message that carries our verified loop-guard stamp (one of our NDRs)."""
+    from mailjournal.stamp import verify_stamp
+
+    stamp = (event.get("headers") or {}).get("journal_stamp")
+    return verify_stamp(stamp, cfg.journal.stamp_key(), trusted_client=trusted)
+
+
+def required_globals(event: dict[str, Any], cfg: Config) -> set[tuple[str, str]]:
+    """(direction, global journal address key) of every copy the direction rule requires for
+    ``event``, from its envelope and the client's trust alone (see the module docstring)."""
+    org = cfg.organization
+    protected = cfg.journal.protected_addresses()
+    trusted = _trusted(event, cfg)
+    sender = str(event.get("mail_from") or "")
+    sender_internal = bool(sender) and org.is_internal_address(sender)
+    own_ndr: bool | None = None
+    out: set[tuple[str, str]] = set()
+    for rcpt in event.get("recipients") or ():
+        address = str(rcpt["address"])
+        if key(address) in protected:
+            continue  # journal and NDR addresses are never journaled
+        if not org.is_internal_address(address):
+            direction = "OUTBOUND"  # trusted: leaves through us; untrusted: fail safe
+        elif not trusted:
+            direction = "INBOUND"  # a spoofed internal sender from outside is inbound
+        elif sender_internal:
+            direction = "INTERNAL"
+        elif sender:
+            direction = "INBOUND"  # a trusted upstream filter relaying Internet mail
+        else:
+            if own_ndr is None:
+                own_ndr = _is_own_ndr(event, cfg, trusted)
+            if own_ndr:
+                continue
+            direction = "INBOUND"
+        dcfg = cfg.journal.direction(_DIRECTIONS[direction])
+        if dcfg.enabled and dcfg.address:
+            out.add((direction, key(dcfg.address)))
+    return out
 
 
 def run_audit(
@@ -318,14 +484,16 @@ def run_audit(
     for _headers, value, where in read_window(cfg, topics.messages.name, since_ms):
         try:
             msg = decode(value, "MessageReceived")
-        except ValueError as exc:
-            rec.unreadable.append(f"{where}: {exc}")
-            continue
-        received = _ms(msg["received_at"])
-        if received > until or (since_ms is not None and received < since_ms):
-            continue
-        rec.add_message(msg["event_id"], received, owed(msg))
-        fault_point("audit.mid_scan")
+            received = _ms(msg["received_at"])
+            if received > until or (since_ms is not None and received < since_ms):
+                continue
+            required = required_globals(msg, cfg)
+            rec.add_message(str(msg["event_id"]), received, owed(msg), required)
+            fault_point("audit.mid_scan")
+        except AuditUnavailable:
+            raise
+        except Exception as exc:  # any type: the record is named, never a crash
+            rec.add_unreadable(where, f"not a readable MessageReceived: {_why(exc)}")
     copy_topics = [topics.journal.name] + [
         f"{topics.retry.name}.{i}" for i in range(len(cfg.delivery.retry_delays_seconds))
     ]
@@ -334,36 +502,46 @@ def run_audit(
         for headers, value, where in read_window(cfg, topic, since_ms):
             try:
                 copy = decode(value, "JournalCopy")
-            except ValueError as exc:
-                rec.unreadable.append(f"{where}: {exc}")
-                continue
-            if str(copy["kind"]) == "RELAY":
-                continue  # originals relayed onward are not journal copies
-            if is_journal and REPLAY_HEADER in headers:
-                continue  # a dead letter re-queued by an operator, not a second emission
-            if is_journal:
-                if copy["event_id"] in rec.messages:
-                    rec.add_copy(copy["copy_id"], copy["event_id"], str(copy["kind"]))
-            elif str(copy["kind"]) == "NDR" and copy["copy_id"] not in rec.copies:
-                rec.add_copy(copy["copy_id"], copy["event_id"], "NDR")
+                if str(copy["kind"]) == "RELAY":
+                    continue  # originals relayed onward are not journal copies
+                if is_journal and REPLAY_HEADER in headers:
+                    continue  # a dead letter re-queued by an operator, not a second emission
+                if is_journal:
+                    if copy["event_id"] in rec.messages:
+                        rec.add_copy(
+                            copy["copy_id"],
+                            copy["event_id"],
+                            str(copy["kind"]),
+                            str(copy.get("journal_address") or ""),
+                            [str(d) for d in copy.get("directions") or ()],
+                        )
+                elif str(copy["kind"]) == "NDR" and copy["copy_id"] not in rec.copies:
+                    rec.add_copy(copy["copy_id"], copy["event_id"], "NDR")
+            except Exception as exc:
+                rec.add_unreadable(where, f"not a readable JournalCopy: {_why(exc)}")
     for _headers, value, where in read_window(cfg, topics.outcomes.name, since_ms):
         try:
             out = decode(value, "DeliveryOutcome")
-        except ValueError as exc:
-            rec.unreadable.append(f"{where}: {exc}")
-            continue
-        if str(out["kind"]) == "RELAY":
-            continue  # the relay's outcomes (originals) are not journal outcomes
-        rec.add_outcome(
-            out["copy_id"],
-            out["event_id"],
-            str(out["kind"]),
-            str(out["status"]),
-            _ms(out["at"]),
-            out.get("ndr_copy_id"),
-        )
+            if str(out["kind"]) == "RELAY":
+                continue  # the relay's outcomes (originals) are not journal outcomes
+            rec.add_outcome(
+                out["copy_id"],
+                out["event_id"],
+                str(out["kind"]),
+                str(out["status"]),
+                _ms(out["at"]),
+                out.get("ndr_copy_id"),
+            )
+        except Exception as exc:
+            rec.add_unreadable(where, f"not a readable DeliveryOutcome: {_why(exc)}")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     return rec.report(now, grace_ms, int(cfg.delivery.expiry_seconds * 1000))
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as one line (its text may quote the record: no line breaks, bounded)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def parse_time(value: str | None) -> int | None:
@@ -385,7 +563,7 @@ def publish_metrics(report: AuditReport) -> None:
     gauges = _audit_gauges(Gauge)
     gauges["messages"].set(report.messages)
     by_kind = Counter(g.kind for g in report.gaps)
-    for kind in ("not-journaled", "duplicate-copy", "no-outcome", "stuck", "ndr-pending"):
+    for kind in GAP_KINDS:
         gauges["gaps"].labels(kind=kind).set(by_kind.get(kind, 0))
     for state in ("DELIVERED", "NDR_SENT", "DEAD_LETTERED", "RETRYING", "IN_FLIGHT"):
         gauges["copies"].labels(state=state.lower()).set(report.states.get(state, 0))
@@ -442,12 +620,16 @@ def main(args: argparse.Namespace) -> int:
 
         serve_metrics(cfg.metrics.host, args.metrics_port)
     while True:
-        report = run_audit(
-            cfg,
-            since_ms=parse_time(args.since),
-            until_ms=parse_time(args.until),
-            grace_ms=int(args.grace * 1000),
-        )
+        try:
+            report = run_audit(
+                cfg,
+                since_ms=parse_time(args.since),
+                until_ms=parse_time(args.until),
+                grace_ms=int(args.grace * 1000),
+            )
+        except Exception as exc:  # Kafka or the directory: no verdict, and no traceback
+            print(f"audit: cannot finish: {_why(exc)}", file=sys.stderr)
+            return 2
         if args.json:
             print(
                 json.dumps(
