@@ -489,11 +489,12 @@ def run_audit(
                 continue
             required = required_globals(msg, cfg)
             rec.add_message(str(msg["event_id"]), received, owed(msg), required)
-            fault_point("audit.mid_scan")
         except AuditUnavailable:
             raise
         except Exception as exc:  # any type: the record is named, never a crash
             rec.add_unreadable(where, f"not a readable MessageReceived: {_why(exc)}")
+            continue
+        fault_point("audit.mid_scan")  # outside the try: an injected fault is not a bad record
     copy_topics = [topics.journal.name] + [
         f"{topics.retry.name}.{i}" for i in range(len(cfg.delivery.retry_delays_seconds))
     ]
