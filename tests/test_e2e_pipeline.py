@@ -193,7 +193,7 @@ def test_each_stage_killed_once_during_a_flow_loses_nothing(
                 i += 1
             except Exception as exc:  # an MTA retries until it gets 250
                 refused[type(exc).__name__] += 1
-                time.sleep(0.2)
+                time.sleep(0.2)  # not synchronisation: the MTA's retry pause
         done.set()
 
     thread = threading.Thread(target=sender, daemon=True)

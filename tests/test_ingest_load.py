@@ -76,7 +76,7 @@ def test_twenty_megabytes_while_small_messages_flow(ingest: RunningIngest) -> No
             step = 512 * 1024
             for off in range(0, len(big), step):
                 c.send(big[off : off + step])
-                time.sleep(0.02)
+                time.sleep(0.02)  # not synchronisation: the client's transfer pace
             c.send(b".\r\n")
             result["end"] = time.monotonic()
             result["reply"] = c.reply()

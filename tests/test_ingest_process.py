@@ -27,6 +27,7 @@ from tests.fixtures.ingest import (
     with_overrides,
     write_config_file,
 )
+from tests.fixtures.smtp import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -81,7 +82,7 @@ def test_kafka_unreachable_answers_4xx_then_the_retry_is_stored_once(
                 break
             assert code == 451, reply
             assert time.monotonic() < deadline, f"still refused: {replies[-3:]}"
-            time.sleep(0.5)
+            time.sleep(0.5)  # not synchronisation: a sending MTA's retry pause after a 451
         event_id = reply.decode().rsplit(" ", 1)[1]
         events = message_events(dead, min_count=1)
         assert [e["event_id"] for e in events] == [event_id]  # nothing from the 451s
@@ -139,12 +140,11 @@ def test_sigterm_finishes_transfers_in_flight(kafka_config: Config, tmp_path: Pa
             threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
             for t in threads:
                 t.start()
-            deadline = time.monotonic() + 30
-            while len(accepted) < 10:
-                assert time.monotonic() < deadline, proc.log()
-                time.sleep(0.05)
+            wait_until(lambda: len(accepted) >= 10, 30, "10 messages accepted", diagnose=proc.log)
             proc.proc.send_signal(15)  # SIGTERM, mid-transfer
-            time.sleep(0.5)
+            wait_until(
+                lambda: "stopping: no new connections" in proc.log(), 30, "the graceful stop"
+            )
             mid.send(b"second half\r\n.\r\n")
             code, text = mid.reply()
             assert code == 250, text  # the transfer in flight was finished, not cut
@@ -182,11 +182,13 @@ def test_workers_share_one_port(kafka_config: Config, tmp_path: Path) -> None:
     port = config.ingest.listeners[0].port
     proc = IngestProcess(write_config_file(config, tmp_path / "ingest.toml"), [port], workers=2)
     try:
-        deadline = time.monotonic() + 60
         # both workers listen on the port (SO_REUSEPORT), and one endpoint serves metrics
-        while len(_listening(proc.proc.pid, port)) < 2 or not _ready(metrics_port):
-            assert time.monotonic() < deadline, proc.log()
-            time.sleep(0.2)
+        wait_until(
+            lambda: len(_listening(proc.proc.pid, port)) >= 2 and _ready(metrics_port),
+            60,
+            "two workers listening and metrics ready",
+            diagnose=proc.log,
+        )
         workers = [psutil.Process(pid) for pid in _listening(proc.proc.pid, port)]
         ids = []
         for i in range(20):
@@ -198,10 +200,11 @@ def test_workers_share_one_port(kafka_config: Config, tmp_path: Path) -> None:
                 assert code == 250
                 ids.append(reply.decode().rsplit(" ", 1)[1])
         # one metrics endpoint, the sum over the workers
-        deadline = time.monotonic() + 10
-        while metric_total(metrics_port, "mailjournal_ingest_messages_accepted_total") < 20:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(
+            lambda: metric_total(metrics_port, "mailjournal_ingest_messages_accepted_total") >= 20,
+            10,
+            "20 accepted messages in the summed metrics",
+        )
         assert metric_total(metrics_port, "mailjournal_ingest_messages_accepted_total") == 20
         assert proc.terminate() == 0, proc.log()
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)

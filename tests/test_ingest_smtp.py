@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.ingest import RawSMTP, RunningIngest, message_events
+from tests.fixtures.smtp import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -311,13 +312,12 @@ def test_connection_limits(ingest_factory: Callable[..., RunningIngest]) -> None
         a.close()
         b.close()
     # slots are given back when connections end
-    deadline = time.monotonic() + 5
-    while True:
+
+    def greeted() -> bool:
         with RawSMTP(ing.port()) as d:
-            if d.reply()[0] == 220:
-                break
-        assert time.monotonic() < deadline, "connection slots were not released"
-        time.sleep(0.05)
+            return bool(d.reply()[0] == 220)
+
+    wait_until(greeted, 5, "the connection slots to be released")
 
 
 def test_global_connection_limit(ingest_factory: Callable[..., RunningIngest]) -> None:
@@ -342,7 +342,7 @@ def test_idle_and_data_timeouts(ingest_factory: Callable[..., RunningIngest]) ->
         assert c.cmd("DATA")[0] == 354
         for _ in range(4):  # data that keeps coming keeps the session alive
             c.send(b"still here\r\n")
-            time.sleep(0.2)
+            time.sleep(0.2)  # not synchronisation: a client sending slowly, under the timeout
         assert c.closed(timeout=5)  # then silence: closed
     assert message_events(ing.config) == []
 

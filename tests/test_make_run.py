@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -44,25 +43,29 @@ def test_make_run_journals_the_readme_example_and_stops_cleanly(tmp_path: Path) 
         banner = log.read_text()
         assert "send mail to   127.0.0.1:2525" in banner
         maildir = run_dir / "maildir"
-        sent = subprocess.run(
-            [sys.executable, "-m", "mailjournal", "send-test"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        if sent.returncode != 0:  # ingest may still be joining Kafka right after the banner
-            time.sleep(3)
-            sent = subprocess.run(
-                [sys.executable, "-m", "mailjournal", "send-test"],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
+        attempts: list[subprocess.CompletedProcess[str]] = []
+
+        def send_test() -> bool:  # ingest may still be joining Kafka right after the banner
+            attempts.append(
+                subprocess.run(
+                    [sys.executable, "-m", "mailjournal", "send-test"],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
             )
-        assert sent.returncode == 0, sent.stdout + sent.stderr + log.read_text()[-3000:]
+            return attempts[-1].returncode == 0
+
+        wait_until(
+            send_test,
+            120,
+            "send-test to succeed",
+            interval=1.0,
+            diagnose=lambda: attempts[-1].stdout + attempts[-1].stderr + log.read_text()[-3000:],
+        )
+        sent = attempts[-1]
         assert sent.stdout.count("250 2.0.0 Ok: queued as") == 2
 
         def reports() -> dict[str, list[Path]]:
