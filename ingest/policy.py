@@ -426,9 +426,12 @@ class Policy:
         """A journal or NDR address, in any spelling."""
         return canonical(address, self.delimiter) in self.protected
 
-    def needs_lookup(self, *, trusted: bool) -> bool:
-        """Must an accepted recipient (internal, when untrusted) be looked up in the directory?"""
-        return self.verify_recipients and not trusted
+    def needs_lookup(self, address: str, *, trusted: bool) -> bool:
+        """Must an accepted recipient (internal, when untrusted) be looked up in the directory?
+        Not postmaster: RFC 5321 4.5.1 makes it reachable whatever the directory lists."""
+        if not self.verify_recipients or trusted:
+            return False
+        return canonical(address, self.delimiter).partition("@")[0] != "postmaster"
 
     def listed(self, address: str, is_user: bool | None) -> Reply | None:
         """The reply after the directory lookup (None: the directory could not answer). Hidden

@@ -675,7 +675,7 @@ class IngestSMTP(SMTP):
         except SyntaxRefusal as refusal:
             await self._refuse("RCPT", refusal.reply)
             return
-        if policy.needs_lookup(trusted=trusted):
+        if policy.needs_lookup(address, trusted=trusted):
             assert self.ctx.directory is not None  # config validation: verification needs one
             reply = policy.listed(address, await self.ctx.directory.is_user(address))
             if reply is not None:

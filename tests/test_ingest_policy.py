@@ -450,7 +450,9 @@ def test_verification_lookup_decides_after_the_directory() -> None:
             }
         )
     )
-    assert policy.needs_lookup(trusted=False) and not policy.needs_lookup(trusted=True)
+    assert policy.needs_lookup("x@corp.example", trusted=False)
+    assert not policy.needs_lookup("x@corp.example", trusted=True)
+    assert not policy.needs_lookup("Postmaster@corp.example", trusted=False)  # RFC 5321 4.5.1
     # with verification on, a hidden address passes RCPT parsing and is refused after the
     # lookup, so a directory outage answers it like every other address
     assert rcpt(policy, "journal-in@corp.example")
