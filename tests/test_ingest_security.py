@@ -275,6 +275,18 @@ def proxy_peer_refusals(listener: str) -> float:
     return value or 0.0
 
 
+def closed_without_a_word(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """The server closed without sending anything: EOF, or a reset (closing a socket whose
+    received bytes were never read makes the kernel answer RST)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
 def test_proxy_header_only_from_the_listed_peers(
     ingest_factory: Callable[..., RunningIngest],
 ) -> None:
@@ -287,8 +299,7 @@ def test_proxy_header_only_from_the_listed_peers(
     header = encode_v1("10.1.2.3", 5000, "10.0.0.10", 25)  # 10/8 is a trusted network
     before = proxy_peer_refusals("lb")
     with RawSMTP(ing.port("lb"), preamble=header) as c:
-        assert c.closed(timeout=5)
-        assert c.buf == b""  # not even a banner
+        assert closed_without_a_word(c.sock)  # not even a banner
     assert proxy_peer_refusals("lb") == before + 1
     sock = socket.create_connection(
         ("127.0.0.1", ing.port("lb")), timeout=10, source_address=("127.0.0.2", 0)
