@@ -279,3 +279,156 @@ def obs_colons_closed(raw: bytes) -> bytes:
     (compat32) must be given to agree with ingest's header reader, which accepts RFC 5322's
     obsolete blanks before the colon (section 4.5.3) where compat32 ends the header block."""
     return _OBS_COLON.sub(rb"\1:", raw)
+
+
+# -- hostile structured header fields (issue 13: attack the whole path) -------------------------
+
+STRUCTURED_NAMES = ["To", "Cc", "Bcc", "From", "Sender", "Reply-To", "Message-ID", "References"]
+CHARSETS = [
+    "utf-8",
+    "UTF-8",
+    "iso-8859-1",
+    "windows-1252",
+    "koi8-r",
+    "shift_jis",
+    "iso-2022-jp",
+    "euc-kr",
+    "gb18030",
+    "big5",
+    "utf-16",
+    "utf-16-le",
+    "utf-32",
+    "utf-7",  # "+2AA-" decodes to the lone surrogate U+D800
+    "unicode-escape",  # "\\ud800" too
+    "raw-unicode-escape",
+    "punycode",
+    "idna",
+    "rot13",
+    "base64",
+    "utf-8*en",  # RFC 2231 language
+    "x-bogus",
+    "",
+]
+EW_PAYLOADS = [b"+2AA-", b"\\ud800", b"\\udcff\\ud800", b"\xed\xa0\x80", b"\x00", b"\r\n", b"\xff"]
+# (opening, closing) of the nesting the address parser recurses on, and others
+NESTINGS = [("(", ")"), ("g:", ";"), ("<", ">"), ('"', '"'), ("[", "]"), ("(\\", ")"), ("<(", ")>")]
+
+
+def encoded_word() -> st.SearchStrategy[str]:
+    """An RFC 2047 encoded word in any charset, well-formed or not, some decoding to surrogates,
+    NUL or CR/LF."""
+    payload = st.one_of(st.sampled_from(EW_PAYLOADS), st.binary(max_size=12))
+
+    def render(charset: str, encoding: str, data: bytes) -> str:
+        import base64
+
+        if encoding in "bB":
+            text = base64.b64encode(data).decode()
+        else:
+            text = "".join(
+                chr(b) if 0x21 <= b <= 0x7E and b not in b"=?_" else f"={b:02X}" for b in data
+            )
+        return f"=?{charset}?{encoding}?{text}?="
+
+    return st.builds(render, st.sampled_from(CHARSETS), st.sampled_from("bBqQx"), payload)
+
+
+def nested_value() -> st.SearchStrategy[str]:
+    """Deep nesting (comments, groups, angle brackets, quotes, literals), closed or not, around
+    an address: thousands of levels make ``email.utils.getaddresses`` recurse."""
+
+    def render(pair: tuple[str, str], depth: int, closed: bool, inner: str) -> str:
+        opening, closing = pair
+        return " ".join([opening] * depth + [inner] + ([closing] * depth if closed else []))
+
+    return st.builds(
+        render,
+        st.sampled_from(NESTINGS),
+        st.one_of(st.integers(1, 50), st.integers(900, 3000)),
+        st.booleans(),
+        st.sampled_from(["alice@corp.example", "bob@corp.example", "x@ext.example", ""]),
+    )
+
+
+def many_addresses() -> st.SearchStrategy[str]:
+    """Hundreds to thousands of addresses, some with display names, some envelope recipients."""
+
+    def render(n: int, named: bool, domain: str) -> str:
+        if named:
+            return ", ".join(f'"User {i}, Q." <u{i}@{domain}>' for i in range(n))
+        return ", ".join(f"u{i}@{domain}" for i in range(n))
+
+    return st.builds(
+        render,
+        st.integers(200, 3000),
+        st.booleans(),
+        st.sampled_from(["corp.example", "ext.example"]),
+    )
+
+
+def structured_value() -> st.SearchStrategy[str]:
+    """The text of a hostile To/Cc/From/Message-ID/References ... field."""
+    atom = st.one_of(
+        nested_value(),
+        encoded_word(),
+        st.sampled_from(INJECTIONS),
+        address(st.sampled_from(["corp.example", *EXTERNAL_DOMAINS])),
+        hostile_text(3),
+        st.sampled_from(["alice@corp.example", "bob@corp.example", "<a@b>", "g: ;", ",,,"]),
+    )
+    return st.one_of(
+        st.lists(atom, min_size=1, max_size=5).map(" ".join),
+        many_addresses(),
+        nested_value(),
+    )
+
+
+def fold_text(text: str, width: int = 76) -> bytes:
+    """``text`` as a field body folded at blanks into lines of at most ``width`` characters
+    (longer words are split, so every line stays far below 998 octets): the shape ingest accepts
+    however large the field. CR and LF in the text become blanks; other bytes are kept, UTF-8,
+    or their surrogate escapes as the original bytes."""
+    words = text.replace("\r", " ").replace("\n", " ").split(" ")
+    pieces = [w[i : i + width] for w in words for i in range(0, max(len(w), 1), width)]
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and len(lines[-1]) + 1 + len(piece) <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.append(piece)
+    return "\r\n ".join(lines).encode("utf-8", "surrogateescape")
+
+
+def _raw_bytes_value() -> st.SearchStrategy[str]:
+    """NUL, 8-bit bytes that are not UTF-8, C1 controls: as surrogate escapes, so
+    :func:`fold_text` writes the bytes themselves."""
+    return st.binary(max_size=40).map(
+        lambda b: b.replace(b"\r", b" ").replace(b"\n", b" ").decode("utf-8", "surrogateescape")
+    )
+
+
+@st.composite
+def hostile_message(draw: st.DrawFn) -> bytes:
+    """A raw message whose structured fields (To, Cc, Bcc, From, Sender, Reply-To, Message-ID,
+    References) and Subject are built to break parsers: deep nesting, encoded words in many
+    charsets and invalid ones, surrogates, NUL and 8-bit bytes, thousands of addresses, huge
+    folded fields. Lines stay within 998 octets, so ingest accepts it (the property is about
+    what happens after a 250)."""
+    names = draw(st.lists(st.sampled_from([*STRUCTURED_NAMES, "Subject"]), max_size=10))
+    fields = []
+    for name in names:
+        value = draw(
+            st.one_of(structured_value(), _raw_bytes_value())
+            if name != "Subject"
+            else st.one_of(
+                st.lists(encoded_word(), min_size=1, max_size=40).map(" ".join),
+                hostile_text(4),
+                _raw_bytes_value(),
+                st.integers(100, 4000).map(lambda n: "=?utf-8?q?=F0=9F=92=A9?= " * n),
+            )
+        )
+        fields.append(name.encode() + b": " + fold_text(value) + b"\r\n")
+    body = draw(
+        st.sampled_from([b"body\r\n", b"", b"\x00\xff\r\n.\r\n..\r\n", b"x" * 990 + b"\r\n"])
+    )
+    return b"".join(fields) + b"\r\n" + body
