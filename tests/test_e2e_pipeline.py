@@ -13,6 +13,7 @@ from email import policy
 import pytest
 
 from mailjournal.config import Config
+from tests.fixtures.drain import wait_pipeline_drained
 from tests.fixtures.ldap import Slapd
 from tests.fixtures.pipeline import Pipeline, pipeline_config
 from tests.fixtures.smtp import CaptureServer, wait_until
@@ -133,7 +134,7 @@ def test_scenarios_yield_exactly_the_expected_copies_and_ndrs(
         90,
         "all journal copies and the NDR",
     )
-    time.sleep(2)  # anything extra (a duplicate, a stray copy) would arrive now
+    wait_pipeline_drained(p.config, diagnose=p.problems)  # anything extra was sent by now
     got = copies_by_event(smtp_capture)
     assert {e: sorted(r for r, _, _ in c) for e, c in got.items()} == {
         e: sorted(v) for e, v in expected.items()

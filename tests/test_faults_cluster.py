@@ -130,8 +130,15 @@ def test_leader_loss_then_quorum_loss_then_recovery(
     took = time.monotonic() - started
     assert 400 <= code < 500, code
     assert took < ACK_TIMEOUT + 10
-    frozen = load.count
-    time.sleep(ACK_TIMEOUT)
+    frozen, refused = load.count, sum(load.replies.values())
+    # the load keeps trying, each try refused after the ack timeout: as many more refusals as
+    # there are senders, and not one 250 among them
+    wait_until(
+        lambda: sum(load.replies.values()) >= refused + load.senders,
+        4 * ACK_TIMEOUT + 30,
+        "the load refused again",
+        diagnose=p.problems,
+    )
     assert load.count == frozen, "a 250 without min.insync.replicas"
 
     cluster.start_broker(first)
@@ -172,6 +179,7 @@ def test_all_brokers_down_then_back_without_restarting_stages(
     frozen = load.count
     assert frozen - settled <= load.senders
     # the load keeps trying all along: never a 250
+    # not synchronisation: the outage itself, longer than the transaction timeout on purpose
     time.sleep(max(2 * ACK_TIMEOUT, FULL_OUTAGE_SECONDS - (time.monotonic() - started)))
     assert load.count == frozen, "a 250 while every broker was down"
 

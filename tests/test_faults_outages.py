@@ -18,8 +18,10 @@ from tests.fixtures.faults import (
     brief,
     fault_config,
     journal_copy_counts,
+    retried,
     seed_users,
     sink_copies,
+    stage_metric,
     summary,
 )
 from tests.fixtures.ldap import Slapd
@@ -38,9 +40,12 @@ def test_smart_host_down_for_a_while_then_back(
     config = fault_config(kafka_config, first, None, {"delivery": {"expiry_seconds": 300}})
     p = pipeline_factory(config).start()
     first.stop()  # the smart host goes away before any copy is delivered
+    stopped_at = time.monotonic()
     load = Load(p.smtp_port, 200, rate=50).start()
     load.wait(120)
-    time.sleep(8)  # down for a while: several retry tiers pass (0.5 s, 1 s, then the last again)
+    # down for a while: every copy goes through the retry tiers (0.5 s, 1 s, then the last again)
+    wait_until(lambda: retried(config, 200, 3), 120, "200 copies attempted 3 times each")
+    outage = round(time.monotonic() - stopped_at, 1)
     assert first.messages == []
     back = smtp_capture_factory(port=first.port)
     wait_until(
@@ -49,7 +54,7 @@ def test_smart_host_down_for_a_while_then_back(
         "every accepted message journaled after the smart host came back",
     )
     report = audit_clean(p)
-    figures = summary("smart-host-down", load, back, report, outage_s=8)
+    figures = summary("smart-host-down", load, back, report, outage_s=outage)
     print(brief(report))
     assert figures["lost"] == 0
     assert figures["ndrs"] == 0  # nothing NDR'd before the expiry
@@ -76,7 +81,13 @@ def test_slapd_down_for_a_while_then_back(
     assert owing
     load = Load(p.smtp_port, 120, rate=40).start()
     load.wait(120)
-    time.sleep(6)  # the journal worker waits for the directory
+    # the journal worker waits for the directory: stalled on it, as its own gauge says
+    wait_until(
+        lambda: stage_metric(p, "journal", "mailjournal_journal_directory_available") == 0,
+        60,
+        "the journal worker to stall on the directory outage",
+        diagnose=p.problems,
+    )
     journal_before = journal_copy_counts(config)
     waiting = {
         e for i, e in load.accepted.items() if i % len(MIX) in owing

@@ -181,7 +181,7 @@ def test_read_data_hands_pipelined_commands_back_to_the_reader() -> None:
         parser = DataParser(max_size=1000)
 
         async def more() -> None:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # not synchronisation: the rest arrives later
             reader.feed_data(b"dy\r\n.\r\nRSET\r\nQUIT\r\n")
 
         task = asyncio.create_task(more())

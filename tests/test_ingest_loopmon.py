@@ -32,7 +32,7 @@ async def _run(block: str) -> None:
         while time.thread_time() < end:
             pass
     else:
-        time.sleep(0.3)  # blocks the loop without using the CPU
+        time.sleep(0.3)  # blocks the loop without using the CPU (the behaviour under test)
     await asyncio.sleep(0.12)
     task.cancel()
 

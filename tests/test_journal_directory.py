@@ -281,7 +281,7 @@ def test_ldap_cache_expiry_sees_changes(slapd: Slapd) -> None:
         # within the TTL the cached answers stand
         assert one(d, "alice@corp.example") == {ATTR.casefold(): ["old@corp.example"]}
         assert one(d, "dave@corp.example") is None
-        time.sleep(0.6)
+        time.sleep(0.6)  # not synchronisation: the cache TTL passing is what is tested
         assert one(d, "alice@corp.example") == {ATTR.casefold(): ["new@corp.example"]}
         assert one(d, "dave@corp.example") == {ATTR.casefold(): ["sup@corp.example"]}
     finally:

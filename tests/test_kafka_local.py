@@ -143,7 +143,7 @@ def test_three_brokers_replicate_and_survive_one_loss(tmp_path: Path) -> None:
                     or time.monotonic() > deadline
                 ):
                     raise
-                time.sleep(0.5)
+                time.sleep(0.5)  # the poll interval of this deadline loop
         assert configs["min.insync.replicas"].value == "2"
 
         # one node down: acks=all still succeeds with 2 in-sync replicas

@@ -457,7 +457,7 @@ def test_every_query_parses_and_returns_data(live: Live) -> None:
             if prom.query(expr)["data"]["result"] or _known_family(prom, expr):
                 del pending[expr]
         if pending:
-            time.sleep(1)
+            time.sleep(1)  # the poll interval of this deadline loop
     print(f"{len(all_checks)} checks had data after {time.monotonic() - started:.1f}s")
     missing = {c.source: c.expr for c in pending.values()}
     assert live.errors == []

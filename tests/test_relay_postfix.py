@@ -28,6 +28,7 @@ from mailjournal.config import Config
 from mailjournal.kafka import make_admin
 from mailjournal.kafka_local import KafkaLocal
 from mailjournal.topics import ensure_topics, topic_specs
+from tests.fixtures.drain import wait_pipeline_drained, wait_relay_drained
 from tests.fixtures.kafka import consume_all, kafka_test_config, unique_suffix
 from tests.fixtures.pipeline import Pipeline, pipeline_config
 from tests.fixtures.postfix import FilterPostfix
@@ -163,6 +164,13 @@ class Inline:
         return self.postfix.filter_port
 
 
+def settle(inline: Inline) -> None:
+    """Every stage has committed past every record, then Postfix's queue is empty."""
+    wait_pipeline_drained(inline.config, diagnose=inline.pipeline.problems)
+    wait_relay_drained(inline.config)
+    wait_until(inline.postfix.queue_empty, 30, "Postfix's queue empty")
+
+
 def relay_ready(port: int) -> bool:
     url = f"http://127.0.0.1:{port}/readyz"
     with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
@@ -279,8 +287,9 @@ def test_round_trip_through_postfix_content_filter(
         60,
         "originals and journal copies at the capture server",
     )
-    wait_until(pf.queue_empty, 30, "Postfix's queue empty")
-    time.sleep(2.0)  # a duplicate or a second pass would show within Postfix's 1 s queue runs
+    # every stage done with every record, then Postfix done with what the relay handed back:
+    # a duplicate or a second pass would have been sent before
+    settle(inline)
 
     for o in (inbound, outbound):
         assert_relayed_once_unchanged(smtp_capture, o, pf)
@@ -347,8 +356,7 @@ def test_kafka_down_postfix_keeps_the_mail_then_delivers(
         90,
         "delivery after Kafka is back",
     )
-    wait_until(pf.queue_empty, 30, "Postfix's queue empty")
-    time.sleep(2.0)
+    settle(inline)
     assert_relayed_once_unchanged(smtp_capture, o, pf)
     assert_journaled_once(
         smtp_capture,
