@@ -62,6 +62,7 @@ from ingest.policy import (
 )
 from ingest.proxy import PROXY_TIMEOUT_SECONDS, ClientAddress, client_from_proxy, peer_address
 from ingest.publisher import Publisher, PublishError
+from ingest.trace import traced
 from mailjournal.config import Config, ListenerConfig
 
 log = logging.getLogger(__name__)
@@ -739,6 +740,11 @@ class IngestSMTP(SMTP):
             "sha256": sha256,
             "raw": raw,
         }
+        # our Received: (and a Message-ID: when missing) before the bytes as received
+        if len(raw) >= THREAD_HASH_BYTES:
+            record = await asyncio.to_thread(traced, record, self.ctx.ingest.hostname)
+        else:
+            record = traced(record, self.ctx.ingest.hostname)
         value = schemas.encode(schemas.MESSAGE_RECEIVED, record)
         del record
         publisher = self.ctx.publisher

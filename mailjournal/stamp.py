@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 HEADER = "X-MailJournal-Stamp"
 _VERSION = "v2"
@@ -88,7 +89,7 @@ def body_of(message: bytes) -> bytes:
 def _mac(key: bytes, copy_id: str, destination: str, created_ms: int, body: bytes) -> str:
     digest = hashlib.sha256(body).hexdigest()
     text = "\0".join((_VERSION, copy_id, destination.casefold(), str(created_ms), digest))
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def make_stamp(copy_id: str, destination: str, created_ms: int, body: bytes, key: bytes) -> str:
@@ -96,7 +97,9 @@ def make_stamp(copy_id: str, destination: str, created_ms: int, body: bytes, key
     if key_problem(key):
         raise StampKeyError(f"stamp key: {key_problem(key)}")
     mac = _mac(key, copy_id, destination, created_ms, body)
-    return f"{_VERSION}; copy={copy_id}; to={destination}; t={created_ms}; mac={mac}"
+    # percent-encoded: a quoted local part may hold ";" or blanks, and the field stays ASCII
+    to = quote(destination, safe="@.-_+")
+    return f"{_VERSION}; copy={copy_id}; to={to}; t={created_ms}; mac={mac}"
 
 
 # What a builder writes where the stamp goes; :func:`stamp_message` replaces it once the body,
@@ -111,7 +114,7 @@ def stamp_message(
     """``message`` with our stamp in place of its :data:`PLACEHOLDER` field (or as its first
     field when it has none); its body, which the MAC covers, unchanged."""
     value = make_stamp(copy_id, destination, created_ms, body_of(message), key)
-    field = f"{HEADER}: {value}\r\n".encode()  # UTF-8: SMTPUTF8 destinations
+    field = f"{HEADER}: {value}\r\n".encode("ascii")
     body = body_of(message)
     head = message[: len(message) - len(body)]
     at = head.find(_PLACEHOLDER_FIELD)
@@ -156,8 +159,11 @@ def verify_stamp(
     if value.strip().split(";", 1)[0].strip() != _VERSION:
         return None
     fields = parse_stamp(value)
-    copy_id, destination, created, mac = (fields.get(k, "") for k in ("copy", "to", "t", "mac"))
-    if not (copy_id and destination and created.isdigit() and _HEX64.fullmatch(mac)):
+    copy_id, to, created, mac = (fields.get(k, "") for k in ("copy", "to", "t", "mac"))
+    destination = unquote(to) if to.isascii() else ""  # undecodable: U+FFFD, no MAC match
+    if not (copy_id and destination and created.isascii() and created.isdigit()):
+        return None
+    if not _HEX64.fullmatch(mac):
         return None
     created_ms = int(created)
     if (
