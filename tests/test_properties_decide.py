@@ -271,7 +271,8 @@ def stamp_destination(event: Mapping[str, Any], config: Config) -> str | None:
     if event["raw"] != RAW:
         return None
     for r in event["recipients"]:
-        if stamp == good_stamp(r["address"]):
+        # a stamp naming no destination (an empty address) exempts nobody
+        if r["address"] and stamp == good_stamp(r["address"]):
             return str(r["address"])
     return None
 
