@@ -46,6 +46,7 @@ kafka-jars: install
 	$(BIN)/mailjournal kafka-local fetch
 
 run: install sysdeps kafka-jars
+	MAILJOURNAL_JOURNAL__STAMP_SECRET_FILE=$(abspath $(RUN_DIR))/stamp.key \
 	$(BIN)/mailjournal run --config $(CONFIG) --local-kafka $(RUN_DIR)/kafka-local --capture $(RUN_DIR)/maildir
 
 test: install sysdeps kafka-jars

@@ -34,6 +34,7 @@ from delivery.report import (
     render_field,
     rfc5322_date,
     safe_ascii,
+    seal,
     simple_header,
     text_part,
     to_millis,
@@ -203,13 +204,14 @@ def _build_ndr(
         ),
     ]
     headers.append(simple_header("X-MailJournal-About-Copy-Id", str(copy["copy_id"])))
-    return multipart_report(
+    message = multipart_report(
         headers,
         boundary,
         (text, text_cte),
         (status, status_cte),
         (attachment, attach_type, attach_cte),
     )
+    return seal(message, config, copy_id=ndr_id, to=ndr_address, date_ms=now_ms)
 
 
 def make_ndr_copy(

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from delivery.outcomes import SmtpResult
-from delivery.report import rfc5322_date, to_millis
 from delivery.smtp import SmtpClient
+from ingest.trace import received_field
 from mailjournal.addresses import domain_of
 from mailjournal.config import Config, DeliveryConfig, NextHopConfig, SmartHostConfig
 from schemas.events import make_copy_id
@@ -103,29 +103,15 @@ def rcpt_args(recipient: Mapping[str, Any]) -> list[str]:
 
 def received_header(event: Mapping[str, Any], config: Config) -> bytes:
     """Our trace field (RFC 5321 section 4.4): it makes every pass through the relay a hop that
-    the loop check of ingest counts."""
-    client = event.get("client") or {}
-    helo = str(client.get("helo") or "unknown").replace("\r", "").replace("\n", "")
-    ip = str(client.get("ip") or "unknown")
-    with_ = "ESMTP"
-    if event.get("tls"):
-        with_ += "S"
-    if event.get("auth_user"):
-        with_ += "A"
-    recipients = event.get("recipients") or []
-    for_ = f"\r\n\tfor <{recipients[0]['address']}>" if len(recipients) == 1 else ""
-    date = rfc5322_date(to_millis(event.get("received_at") or 0))
-    text = (
-        f"Received: from {helo} ([{ip}])\r\n\tby {config.ingest.hostname} (mailjournal) "
-        f"with {with_} id {event['event_id']}{for_};\r\n\t{date}\r\n"
-    )
-    return text.encode("utf-8")
+    the loop check of ingest counts (the one ingest prepends, see :mod:`ingest.trace`)."""
+    return received_field(event, config.ingest.hostname)
 
 
 def relay_copies(event: Mapping[str, Any], config: Config) -> list[dict[str, Any]]:
     """One RELAY copy per destination of a ``MessageReceived`` from a relay listener."""
     raw: bytes = event["raw"]
-    if config.relay.add_received:
+    # ingest prepends the same field to events since MessageReceived v2: one of ours per hop
+    if config.relay.add_received and not event.get("prepended_length"):
         raw = received_header(event, config) + raw
     headers = event.get("headers") or {}
     out = []

@@ -37,7 +37,8 @@ from delivery import metrics
 from mailjournal.addresses import domain_of
 from mailjournal.config import Config
 from mailjournal.stamp import HEADER as STAMP_HEADER
-from mailjournal.stamp import make_stamp
+from mailjournal.stamp import PLACEHOLDER as STAMP_PLACEHOLDER
+from mailjournal.stamp import StampKeyError, stamp_message
 
 log = logging.getLogger(__name__)
 
@@ -339,11 +340,20 @@ def journal_headers(
         simple_header("Message-ID", message_id_for(copy_id, sender)),
         simple_header("MIME-Version", "1.0"),
         simple_header("Auto-Submitted", auto_submitted),
-        simple_header(STAMP_HEADER, make_stamp(copy_id, config.journal.stamp_key())),
+        simple_header(STAMP_HEADER, STAMP_PLACEHOLDER),  # made by seal() once the body exists
         simple_header("X-MailJournal-Copy-Id", copy_id),
         simple_header("X-MailJournal-Event-Id", str(copy.get("event_id") or "")),
         simple_header("X-MailJournal-Direction", directions_text(copy.get("directions") or [])),
     ]
+
+
+def seal(message: bytes, config: Config, *, copy_id: str, to: str, date_ms: int) -> bytes:
+    """``message`` (a report or NDR we built) with our loop-guard stamp: bound to its body, its
+    destination ``to`` and its Date, so it exempts this message to that address only."""
+    key = config.journal.stamp_key()
+    if key is None:
+        raise StampKeyError("journal.stamp_secret_file: not set; reports cannot be stamped")
+    return stamp_message(message, copy_id=copy_id, destination=to, created_ms=date_ms, key=key)
 
 
 def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
@@ -369,7 +379,7 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
     delimiter = b"--" + boundary.encode("ascii")
     # The CRLF before each delimiter belongs to the delimiter (RFC 2046 §5.1.1): the attached
     # part's body is exactly ``original``, whether or not it ends with a line break.
-    return b"".join(
+    message = b"".join(
         [
             *headers,
             CRLF,
@@ -390,6 +400,14 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
             b"--",
             CRLF,
         ]
+    )
+    date_ms = to_millis(copy.get("received_at"))
+    return seal(
+        message,
+        config,
+        copy_id=str(copy["copy_id"]),
+        to=str(copy["journal_address"]),
+        date_ms=date_ms,
     )
 
 

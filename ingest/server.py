@@ -73,6 +73,7 @@ from ingest.proxy import (
     peer_address,
 )
 from ingest.publisher import Publisher, PublishError
+from ingest.trace import traced
 from mailjournal.config import Config, ListenerConfig
 from mailjournal.faults import fault_point
 
@@ -908,6 +909,11 @@ class IngestSMTP(SMTP):
             "sha256": sha256,
             "raw": raw,
         }
+        # our Received: (and a Message-ID: when missing) before the bytes as received
+        if len(raw) >= THREAD_HASH_BYTES:
+            record = await asyncio.to_thread(traced, record, self.ctx.ingest.hostname)
+        else:
+            record = traced(record, self.ctx.ingest.hostname)
         value = schemas.encode(schemas.MESSAGE_RECEIVED, record)
         del record
         publisher = self.ctx.publisher

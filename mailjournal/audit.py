@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mailjournal.addresses import key
+from mailjournal.addresses import canonical, key
 from mailjournal.config import Config, Direction, load_config_or_report
 from mailjournal.faults import fault_point
 
@@ -424,42 +424,61 @@ def _trusted(event: dict[str, Any], cfg: Config) -> bool:
     )
 
 
-def _is_own_ndr(event: dict[str, Any], cfg: Config, trusted: bool) -> bool:
-    """A null-sender message that carries our verified loop-guard stamp (one of our NDRs)."""
+def _stamp_destination(event: dict[str, Any], cfg: Config) -> str | None:
+    """The canonical destination of our verified loop-guard stamp on ``event`` (the one
+    recipient it exempts: a journal report or NDR arriving where we sent it), else None."""
     from mailjournal.stamp import verify_stamp
 
     stamp = (event.get("headers") or {}).get("journal_stamp")
-    return verify_stamp(stamp, cfg.journal.stamp_key(), trusted_client=trusted)
+    if not stamp:
+        return None
+    try:
+        keys = cfg.journal.stamp_keys()
+    except ValueError:
+        return None  # no usable key: no stamp is honoured
+    received = event.get("received_at") or 0
+    if isinstance(received, datetime):
+        received = received.timestamp() * 1000
+    verified = verify_stamp(
+        stamp,
+        bytes(event.get("raw") or b""),
+        keys,
+        received_ms=int(received),
+        max_age_seconds=cfg.journal.stamp_max_age_seconds,
+    )
+    return (
+        canonical(verified.destination, cfg.organization.recipient_delimiter) if verified else None
+    )
 
 
 def required_globals(event: dict[str, Any], cfg: Config) -> set[tuple[str, str]]:
     """(direction, global journal address key) of every copy the direction rule requires for
     ``event``, from its envelope and the client's trust alone (see the module docstring)."""
     org = cfg.organization
-    protected = cfg.journal.protected_addresses()
+    delimiter = org.recipient_delimiter
+    protected = cfg.protected_keys()
     trusted = _trusted(event, cfg)
     sender = str(event.get("mail_from") or "")
     sender_internal = bool(sender) and org.is_internal_address(sender)
-    own_ndr: bool | None = None
+    exempt: str | None | bool = False  # False: not computed yet
     out: set[tuple[str, str]] = set()
     for rcpt in event.get("recipients") or ():
         address = str(rcpt["address"])
-        if key(address) in protected:
+        canon = canonical(address, delimiter)
+        if canon in protected:
             continue  # journal and NDR addresses are never journaled
+        if exempt is False:
+            exempt = _stamp_destination(event, cfg)
+        if canon == exempt:
+            continue  # our own report or NDR arriving where we sent it (the loop)
         if not org.is_internal_address(address):
             direction = "OUTBOUND"  # trusted: leaves through us; untrusted: fail safe
         elif not trusted:
             direction = "INBOUND"  # a spoofed internal sender from outside is inbound
         elif sender_internal:
             direction = "INTERNAL"
-        elif sender:
-            direction = "INBOUND"  # a trusted upstream filter relaying Internet mail
         else:
-            if own_ndr is None:
-                own_ndr = _is_own_ndr(event, cfg, trusted)
-            if own_ndr:
-                continue
-            direction = "INBOUND"
+            direction = "INBOUND"  # an external sender via a trusted filter, or a null sender
         dcfg = cfg.journal.direction(_DIRECTIONS[direction])
         if dcfg.enabled and dcfg.address:
             out.add((direction, key(dcfg.address)))

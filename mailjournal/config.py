@@ -42,6 +42,7 @@ from mailjournal.addresses import (
     domain_of,
     validate_mailbox,
 )
+from mailjournal.stamp import DEFAULT_MAX_AGE_SECONDS, StampKeyError, read_key
 
 ENV_PREFIX = "MAILJOURNAL_"
 
@@ -156,10 +157,17 @@ class JournalConfig(Strict):
     format: ReportFormat = ReportFormat.REPORT
     sender: Mailbox = "mailjournal@localhost.localdomain"
     """From: of journal reports."""
-    # HMAC key for the loop-guard stamp on our journal reports and NDRs; without it a stamp is
-    # honoured only on mail from trusted networks (an outsider must not opt out of journaling)
-    stamp_secret: str | None = None
+    # HMAC key of the loop-guard stamp on our journal reports and NDRs (mailjournal.stamp): a
+    # file of at least 32 random bytes, required wherever stamps are made or honoured when
+    # journaling is on (`mailjournal run` creates it when missing)
     stamp_secret_file: Path | None = None
+    """Loop-guard stamp key: a file of at least 32 random bytes (required with journaling on)."""
+    stamp_previous_secret_file: Path | None = None
+    """During a key rotation: verifies stamps, never makes them."""
+    stamp_max_age_seconds: int = Field(default=DEFAULT_MAX_AGE_SECONDS, ge=60)
+    """A stamp older than this when the message arrives is not honoured."""
+    archive_addresses: list[Mailbox] = []
+    """Mailboxes a journal distribution list expands to: protected like journal addresses."""
     inbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
     outbound: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
     internal: DirectionJournalConfig = DirectionJournalConfig(enabled=False)
@@ -179,10 +187,37 @@ class JournalConfig(Strict):
                 )
         return self
 
+    @property
+    def active(self) -> bool:
+        """Some direction is journaled: stamps are made and honoured."""
+        return any(self.direction(d).active for d in ("inbound", "outbound", "internal"))
+
     def stamp_key(self) -> bytes | None:
-        if self.stamp_secret_file is not None:
-            return self.stamp_secret_file.read_bytes().strip()
-        return self.stamp_secret.encode() if self.stamp_secret else None
+        """The current stamp key; None when none is configured (the stages that need one refuse
+        to start then, see :func:`file_problems`). Raises :class:`StampKeyError` naming the key
+        when the file holds no usable key."""
+        if self.stamp_secret_file is None:
+            return None
+        try:
+            return read_key(self.stamp_secret_file)
+        except StampKeyError as exc:
+            raise StampKeyError(f"journal.stamp_secret_file: {exc}") from None
+
+    def stamp_keys(self) -> tuple[bytes, ...]:
+        """The keys that verify a stamp: the current one, then the previous one."""
+        current = self.stamp_key()
+        if current is None:
+            raise StampKeyError(
+                "journal.stamp_secret_file: required when journaling is on (the loop-guard "
+                "stamp key: a file of at least 32 random bytes)"
+            )
+        keys = [current]
+        if self.stamp_previous_secret_file is not None:
+            try:
+                keys.append(read_key(self.stamp_previous_secret_file))
+            except StampKeyError as exc:
+                raise StampKeyError(f"journal.stamp_previous_secret_file: {exc}") from None
+        return tuple(keys)
 
     def direction(self, direction: Direction | str) -> DirectionJournalConfig:
         cfg: DirectionJournalConfig = getattr(self, str(direction))
@@ -197,6 +232,7 @@ class JournalConfig(Strict):
         for name in ("inbound", "outbound", "internal"):
             d = self.direction(name)
             out.update(a.casefold() for a in (d.address, d.ndr_address) if a)
+        out.update(a.casefold() for a in self.archive_addresses)
         return out
 
 
@@ -794,6 +830,9 @@ def files_read_by(config: Config, stage: str) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path | None]] = []
     if stage in ("journal", "deliver", "audit"):  # the loop-guard stamp: made or checked
         out.append(("journal.stamp_secret_file", config.journal.stamp_secret_file))
+        out.append(
+            ("journal.stamp_previous_secret_file", config.journal.stamp_previous_secret_file)
+        )
     ingest_reads_directory = config.ingest.verify_recipients or (
         config.ingest.sender_login_binding and any(lst.auth for lst in config.ingest.listeners)
     )
@@ -843,7 +882,18 @@ def file_problems(
             else:
                 continue
             problems[key] = _with_source(f"{key}: {path}: {why}", key, env)
+    if config.journal.active and STAMP_STAGES.intersection(stages):
+        try:
+            config.journal.stamp_keys()
+        except StampKeyError as exc:  # the message starts with the key it names
+            key = str(exc).split(":", 1)[0]
+            problems.setdefault(key, _with_source(str(exc), key, env))
     return list(problems.values())
+
+
+# stages that make (deliver) or honour (journal, audit) the loop-guard stamp: with journaling
+# on they refuse to start without a usable key
+STAMP_STAGES = frozenset(("journal", "deliver", "audit"))
 
 
 EXIT_CONFIG = 2  # every command's exit status for an unusable configuration

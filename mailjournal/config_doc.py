@@ -23,7 +23,9 @@ retry delays; no NaN or infinity), two roles sharing a topic or a consumer group
 direction without its `ndr_address` are refused with a message naming the key
 (`mailjournal config check FILE`, exit 0 when valid, 2 when not). Each command also refuses to start,
 with exit 2, when a file its stage reads (listener certificate and key, credentials, stamp secret,
-CA and password files) is missing or unreadable.
+CA and password files) is missing or unreadable, and -- with journaling on -- the journal worker,
+delivery and the audit refuse to start without a loop-guard key (`journal.stamp_secret_file`: at
+least 32 random bytes; `mailjournal run` creates one when the configured file is missing).
 Every key can be overridden from the environment: `MAILJOURNAL_` + the key's path in upper case
 with `__` between segments, e.g. `MAILJOURNAL_KAFKA__BOOTSTRAP_SERVERS=broker1:9092`; the value
 is read as a TOML value when it parses as one (numbers, booleans, arrays), else as a string; an

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mailjournal.config import EXIT_CONFIG, Config, file_problems, load_config_or_report
+from mailjournal.stamp import create_key
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -254,6 +255,9 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
+    key_file = cfg.journal.stamp_secret_file
+    if cfg.journal.active and key_file is not None and create_key(key_file):
+        log.info("created the loop-guard stamp key %s (32 random bytes, mode 0600)", key_file)
     problems = preflight(cfg)
     if problems:  # before Kafka or any stage starts
         print(f"{args.config}: configuration is invalid", file=sys.stderr)

@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 NAMESPACE = "mailjournal.events"
 
@@ -147,6 +147,9 @@ class MessageReceived(TypedDict):
     headers: SelectedHeaders
     size: int
     sha256: str
+    prepended_length: NotRequired[int]  # v2: ingest's fields at the start of raw
+    received_sha256: NotRequired[str | None]  # v2: digest of raw[prepended_length:]
+    message_id_added: NotRequired[bool]  # v2
     raw: bytes
 
 

@@ -49,6 +49,7 @@ from tests.fixtures.ingest import RawSMTP
 from tests.fixtures.kafka import consume_all, kafka_test_config, unique_suffix
 from tests.fixtures.pipeline import Pipeline, pipeline_config
 from tests.fixtures.smtp import Captured, CaptureServer, wait_until
+from tests.fixtures.trace import after_ours, assert_ours_then
 
 pytestmark = pytest.mark.kafka
 
@@ -218,7 +219,7 @@ class Run:
         return got[0] if got else None
 
     def copy_for(self, s: Sent, journal: str = JOURNAL_OUT) -> Captured | None:
-        got = [m for m in self.capture.messages_to(journal) if m.data == s.expected]
+        got = [m for m in self.capture.messages_to(journal) if after_ours(m.data) == s.expected]
         assert len(got) <= 1, f"{len(got)} copies of {s.name}"
         return got[0] if got else None
 
@@ -313,7 +314,7 @@ def test_report_attaches_the_original_byte_for_byte(corpus_run: Run, name: str) 
     headers, _ = report_parts(got.data)
     assert "X-MS-Journal-Report" in headers
     assert headers.get_content_type() == "multipart/mixed"
-    assert attached(got.data, "message/rfc822") == s.expected
+    assert_ours_then(attached(got.data, "message/rfc822"), s.expected, event_id=s.event_id)
     lines = report_text(got.data)
     assert lines[0] == f"Sender: {s.sender}"
     # To/Cc/Bcc by the original's header fields (however broken), Recipient when it names none
@@ -333,6 +334,7 @@ def test_copy_is_the_original_byte_for_byte(corpus_run: Run, name: str) -> None:
         pytest.fail(
             f"no copy equal to the {len(s.expected)}-byte original of {name} (copies: {sizes})"
         )
+    assert_ours_then(got.data, s.expected, event_id=s.event_id)
     assert got.mail_from == NDR_OUT
     assert ("BODY=8BITMIME" in got.mail_options) == (not s.expected.isascii())
     # a copy with UTF-8 header fields is an internationalised message (RFC 6531 §3.4)
@@ -348,7 +350,7 @@ def test_smart_host_advertises_smtputf8_and_utf8_envelopes_are_journaled(corpus_
     inbound = sent_case(run, "utf8-domain", "inbound")
     report = run.report_for(inbound, JOURNAL_IN)
     assert report is not None, "the recipient in the UTF-8 accepted domain was not journaled"
-    assert attached(report.data, "message/rfc822") == inbound.expected
+    assert_ours_then(attached(report.data, "message/rfc822"), inbound.expected)
     lines = report_text(report.data)
     assert lines[0] == "Sender: jörg@bücher.example"
     assert f"Recipient: anna@{UTF8_DOMAIN}" in lines  # the To: field names zoë
@@ -358,7 +360,7 @@ def test_smart_host_advertises_smtputf8_and_utf8_envelopes_are_journaled(corpus_
     assert report is not None, "no internal report to the UTF-8 journal address"
     assert report.rcpt_tos == [JOURNAL_INT] and report.mail_from == NDR_INT
     assert "SMTPUTF8" in report.mail_options and "BODY=8BITMIME" in report.mail_options
-    assert attached(report.data, "message/rfc822") == internal.expected
+    assert_ours_then(attached(report.data, "message/rfc822"), internal.expected)
 
     # the outbound copy of mail to a recipient in a UTF-8 external domain
     outbound = sent_case(run, INTERNATIONAL, "outbound")
@@ -450,7 +452,7 @@ def test_smart_host_without_smtputf8_gets_reports_and_the_rest_is_ndrd_with_the_
         got = run.report_for(report, JOURNAL_IN)
         assert got is not None
         assert "SMTPUTF8" not in got.mail_options and "BODY=8BITMIME" in got.mail_options
-        assert attached(got.data, "message/rfc822") == report.expected
+        assert_ours_then(attached(got.data, "message/rfc822"), report.expected)
         got = run.copy_for(copy_8bit)
         assert got is not None and "BODY=8BITMIME" in got.mail_options
         assert "SMTPUTF8" not in got.mail_options
@@ -469,7 +471,7 @@ def test_smart_host_without_smtputf8_gets_reports_and_the_rest_is_ndrd_with_the_
         # the failed copy is returned whole: nothing of it is lost
         returned = ndr_about(copy_utf8, NDR_OUT)
         assert returned is not None
-        assert attached(returned.data, "message/rfc822") == copy_utf8.expected
+        assert_ours_then(attached(returned.data, "message/rfc822"), copy_utf8.expected)
         # never sent in a form the smart host did not agree to
         assert run.copy_for(copy_utf8) is None and not capture.messages_to(JOURNAL_INT)
         assert all(a.isascii() for m in capture.messages for a in (m.mail_from, *m.rcpt_tos))

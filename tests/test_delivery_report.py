@@ -23,13 +23,12 @@ from delivery.report import (
 from delivery.retry import plan_retry, tier_for_attempt, tier_topics
 from delivery.worker import PartitionState
 from mailjournal.config import Config
-from mailjournal.stamp import verify_stamp
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import attached_bytes, make_copy
+from tests.fixtures.stamp import is_ours
 
 CONFIG = make_config(
     {
-        "journal": {"stamp_secret": "s3cret"},
         "delivery": {"reporting_mta": "gw1.corp.example", "ndr_attach_max_bytes": 4096},
     }
 )
@@ -141,7 +140,7 @@ def test_report_headers_and_envelope_lines():
     assert msg["X-MailJournal-Direction"] == "inbound, outbound"
     assert msg["Message-ID"] == f"<{copy['copy_id']}@corp.example>"
     assert msg["Auto-Submitted"] == "auto-generated"
-    assert verify_stamp(msg["X-MailJournal-Stamp"], b"s3cret", trusted_client=False)
+    assert is_ours(build_report(copy, CONFIG), copy["journal_address"])
     assert text_lines(msg) == [
         "Sender: <>",
         f"Subject: {copy['subject']}",
@@ -244,7 +243,9 @@ def test_ndr_is_an_rfc3464_report_to_the_ndr_address():
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["Message-ID"] == f"<{copy['copy_id']}.ndr@corp.example>"
     assert msg["X-MailJournal-About-Copy-Id"] == copy["copy_id"]
-    assert verify_stamp(msg["X-MailJournal-Stamp"], b"s3cret", trusted_client=False)
+    ndr = build_ndr(copy, build_message(copy, CONFIG), failure, CONFIG, now_ms=1_700_000_000_000)
+    assert is_ours(ndr, "journal-ndr-out@corp.example")
+    assert not is_ours(ndr, copy["journal_address"])  # bound to its own destination
     assert "Undeliverable journal report" in msg["Subject"]
     human, status, attached = msg.get_payload()
     assert human.get_content_type() == "text/plain"

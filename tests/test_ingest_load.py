@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.fixtures.ingest import RawSMTP, RunningIngest, message_events
+from tests.fixtures.trace import assert_event_of
 
 pytestmark = pytest.mark.kafka
 
@@ -103,7 +104,8 @@ def test_twenty_megabytes_while_small_messages_flow(ingest: RunningIngest) -> No
     assert max(lat for _, lat in done) < 2.0, f"small message latencies {sorted(done)[-5:]}"
     events = message_events(ingest.config, min_count=len(small_ids) + 1, timeout=60)
     (event,) = [e for e in events if e["headers"]["subject"] == "big"]
-    assert event["size"] == len(big)
-    assert event["sha256"] == hashlib.sha256(big).hexdigest()
-    assert event["raw"] == big
+    # (was: size and sha256 of big itself; raw now starts with our Received: field)
+    assert event["size"] == event["prepended_length"] + len(big)
+    assert event["received_sha256"] == hashlib.sha256(big).hexdigest()
+    assert_event_of(event, big)
     assert {e["event_id"] for e in events} >= set(small_ids)

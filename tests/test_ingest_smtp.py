@@ -19,6 +19,7 @@ import pytest
 
 from tests.fixtures.ingest import RawSMTP, RunningIngest, message_events
 from tests.fixtures.smtp import wait_until
+from tests.fixtures.trace import assert_event_of
 
 pytestmark = pytest.mark.kafka
 
@@ -87,9 +88,10 @@ def test_smtplib_message_lands_byte_identical_with_envelope(ingest: RunningInges
     event_id = event_id_of(reply)
     event = one_event(ingest, event_id)
     assert event["_key"] == event_id
-    assert event["raw"] == MESSAGE
-    assert event["size"] == len(MESSAGE)
-    assert event["sha256"] == hashlib.sha256(MESSAGE).hexdigest()
+    assert_event_of(event, MESSAGE)
+    # (was: size and sha256 of MESSAGE itself; raw now starts with our Received: field)
+    assert event["size"] == len(event["raw"]) == event["prepended_length"] + len(MESSAGE)
+    assert event["received_sha256"] == hashlib.sha256(MESSAGE).hexdigest()
     assert event["mail_from"] == "alice@example.org"
     assert event["mail_params"] == {
         "size": len(MESSAGE),
@@ -161,7 +163,7 @@ def test_swaks_message_lands_byte_identical(ingest: RunningIngest, tmp_path: Pat
     out = proc.stdout.decode(errors="replace")
     assert proc.returncode == 0, out + proc.stderr.decode(errors="replace")
     event = one_event(ingest, event_id_of(out))
-    assert event["raw"] == MESSAGE
+    assert_event_of(event, MESSAGE)
     assert event["mail_from"] == "sender@example.org"
     assert [r["address"] for r in event["recipients"]] == ["bob@corp.example", "carol@corp.example"]
     assert event["client"]["helo"] == "swaks.example.org"
@@ -179,7 +181,8 @@ def test_null_sender_and_empty_message(ingest: RunningIngest) -> None:
         assert code == 250
         assert c.cmd("QUIT")[0] == 221
     event = one_event(ingest, event_id_of(text))
-    assert event["mail_from"] == "" and event["raw"] == b"" and event["size"] == 0
+    assert event["mail_from"] == ""
+    assert_event_of(event, b"")
 
 
 def envelope(c: RawSMTP, sender: str = "a@example.org", *rcpts: str) -> None:
@@ -283,9 +286,10 @@ def test_pipelining(ingest: RunningIngest) -> None:
         assert c.reply()[0] == 221
     events = {e["event_id"]: e for e in message_events(ingest.config, min_count=2)}
     one, two = events[event_id_of(first[1])], events[event_id_of(second[1])]
-    assert one["raw"] == b"Subject: one\r\n\r\nfirst\r\n"
+    assert_event_of(one, b"Subject: one\r\n\r\nfirst\r\n")
     assert [r["address"] for r in one["recipients"]] == ["u1@corp.example", "u2@corp.example"]
-    assert two["raw"] == b"Subject: two\r\n\r\nsecond\r\n" and two["mail_from"] == "b@example.org"
+    assert_event_of(two, b"Subject: two\r\n\r\nsecond\r\n")
+    assert two["mail_from"] == "b@example.org"
 
 
 def test_rset_and_helo(ingest: RunningIngest) -> None:
@@ -410,4 +414,4 @@ def test_undecodable_bytes_in_commands(ingest: RunningIngest) -> None:
         assert c.cmd(b"Subject: \xff\xfe\r\n\r\nx\r\n.")[0] == 250
     (event,) = message_events(ingest.config, min_count=1)
     assert event["client"]["helo"] == "h\ufffd\ufffdst.example"
-    assert event["raw"] == b"Subject: \xff\xfe\r\n\r\nx\r\n"
+    assert_event_of(event, b"Subject: \xff\xfe\r\n\r\nx\r\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,17 +23,22 @@ from journal_worker.decide import (
     recipient_types,
 )
 from mailjournal.config import Config
-from mailjournal.stamp import make_stamp
 from schemas import encode, make_copy_id
-from tests.fixtures.config import make_config
+from tests.fixtures.config import (
+    PREVIOUS_STAMP_KEY,
+    PREVIOUS_STAMP_KEY_FILE,
+    STAMP_KEY,
+    make_config,
+)
 from tests.fixtures.journal import INSIDE_IP, OUTSIDE_IP, make_event
+from tests.fixtures.stamp import stamped, valid_stamp, with_stamp
 
 ATTR = "extensionAttribute10"
 J_IN, N_IN = "journal-in@corp.example", "journal-ndr-in@corp.example"
 J_OUT, N_OUT = "journal-out@corp.example", "journal-ndr-out@corp.example"
 J_INT, N_INT = "journal-int@corp.example", "journal-ndr-int@corp.example"
 SUP = "supervisor@corp.example"
-KEY = b"stamp-secret"
+KEY = STAMP_KEY
 FILE_DIR = {"directory": {"backend": "file", "file": {"path": "dir.toml"}}}
 
 
@@ -40,6 +47,11 @@ def cfg(**over: Any) -> Config:
 
 
 INTERNAL_ON = {"internal": {"address": J_INT, "ndr_address": N_INT}}
+# a journal report delivery sent to a supervisor's per-recipient journal address, coming back
+# through ingest from the smart host (a trusted client)
+REPORT_TO_SUP = make_event("journal-ndr-in@corp.example", [SUP], client_ip=INSIDE_IP, to=SUP)
+# the format of version 1: a MAC over the copy id only, valid forever
+V1_STAMP = "v1; copy=c1; mac=" + hmac.new(STAMP_KEY, b"c1", hashlib.sha256).hexdigest()[:32]
 PER_RCPT_IN = {"inbound": {"recipient_attribute": ATTR}}
 PER_RCPT_ONLY_IN = {"inbound": {"address": None, "recipient_attribute": ATTR}}
 PER_RCPT_OUT = {"outbound": {"recipient_attribute": ATTR}}
@@ -156,14 +168,50 @@ CASES = [
         },
     ),
     Case(
-        "mixed recipients from outside: only the internal ones are inbound",
+        # was: only the internal ones journaled (the old rule: no direction for zed)
+        "mixed recipients from outside: internal inbound, an external one journaled outbound",
         make_event("bob@example.net", ["alice@corp.example", "zed@example.org"]),
+        copies={
+            J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")]),
+            J_OUT: (N_OUT, {"OUTBOUND"}, {"GLOBAL"}, [("zed@example.org", "TO")]),
+        },
+    ),
+    Case(
+        # was: skipped as "not ours to journal" (the old rule: direction from MAIL FROM)
+        "external MAIL FROM to an external recipient from a trusted client is outbound",
+        make_event("bob@example.net", ["zed@example.org"], client_ip=INSIDE_IP),
+        copies={J_OUT: (N_OUT, {"OUTBOUND"}, {"GLOBAL"}, [("zed@example.org", "TO")])},
+    ),
+    Case(
+        "external MAIL FROM to an external recipient from an authenticated client is outbound",
+        make_event("bob@example.net", ["zed@example.org"], auth_user="alice@corp.example"),
+        copies={J_OUT: (N_OUT, {"OUTBOUND"}, {"GLOBAL"}, [("zed@example.org", "TO")])},
+    ),
+    Case(
+        "external MAIL FROM to an external recipient on a relay listener is outbound",
+        make_event("bob@example.net", ["zed@example.org"], listener_role="relay"),
+        copies={J_OUT: (N_OUT, {"OUTBOUND"}, {"GLOBAL"}, [("zed@example.org", "TO")])},
+    ),
+    Case(
+        "untrusted client to an external recipient (refused at RCPT): outbound, fail safe",
+        make_event("alice@corp.example", ["zed@example.org"]),
+        copies={J_OUT: (N_OUT, {"OUTBOUND"}, {"GLOBAL"}, [("zed@example.org", "TO")])},
+    ),
+    Case(
+        "a trusted upstream filter relaying Internet mail to an internal recipient is inbound",
+        make_event("bob@example.net", ["alice@corp.example"], client_ip=INSIDE_IP),
         copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")])},
     ),
     Case(
-        "external to external through a trusted relay: not ours to journal",
-        make_event("bob@example.net", ["zed@example.org"], client_ip=INSIDE_IP),
-        skip=SKIP_NOT_JOURNALED,
+        "null sender from a trusted client to an internal recipient is inbound",
+        make_event("", ["alice@corp.example"], client_ip=INSIDE_IP),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")])},
+    ),
+    Case(
+        "null sender from a trusted client to an internal recipient, internal on: inbound",
+        make_event("", ["alice@corp.example"], client_ip=INSIDE_IP),
+        config=cfg(journal=INTERNAL_ON),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")])},
     ),
     Case(
         "spoofed internal sender from the Internet is inbound",
@@ -303,32 +351,74 @@ CASES = [
         copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")])},
     ),
     Case(
-        "our own stamped journal copy (valid MAC)",
-        make_event("journal-ndr-in@corp.example", ["x@corp.example"], stamp=make_stamp("c1", KEY)),
-        config=cfg(journal={"stamp_secret": KEY.decode()}),
+        "our own journal report arriving at its per-recipient journal address",
+        stamped(REPORT_TO_SUP, SUP),
         skip=SKIP_STAMPED,
     ),
     Case(
-        "our own NDR: null sender with our stamp",
-        make_event("", ["archive@corp.example"], stamp=make_stamp("c1.ndr", KEY)),
-        config=cfg(journal={"stamp_secret": KEY.decode()}),
+        "our own NDR arriving at its NDR address: null sender with our stamp",
+        stamped(make_event("", [N_IN]), N_IN),
         skip=SKIP_OWN_NDR,
     ),
     Case(
-        "a forged stamp (wrong MAC) does not keep mail out of the journal",
-        make_event("bob@example.net", ["alice@corp.example"], stamp=make_stamp("c1", b"other")),
-        config=cfg(journal={"stamp_secret": KEY.decode()}),
-        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")])},
+        "a stamp exempts its destination only: the same report to an outsider is journaled",
+        stamped(
+            make_event(
+                "journal-ndr-in@corp.example", [SUP, "x@example.net"], client_ip=INSIDE_IP, to=SUP
+            ),
+            SUP,
+        ),
+        copies={J_OUT: (N_OUT, {"OUTBOUND"}, {"GLOBAL"}, [("x@example.net", "BCC")])},
     ),
     Case(
-        "without a key, a stamp from the Internet is ignored",
-        make_event("bob@example.net", ["alice@corp.example"], stamp=make_stamp("c1", None)),
-        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")])},
+        "a real report forwarded to an outside recipient (another destination) is journaled",
+        stamped(make_event("sup@corp.example", ["x@example.net"], client_ip=INSIDE_IP), SUP),
+        copies={J_OUT: (N_OUT, {"OUTBOUND"}, {"GLOBAL"}, [("x@example.net", "TO")])},
     ),
     Case(
-        "without a key, a stamp from a trusted client is honoured",
-        make_event("", ["alice@corp.example"], client_ip=INSIDE_IP, stamp=make_stamp("c1", None)),
-        skip=SKIP_OWN_NDR,
+        "a stamp lifted onto another message (another body) does not exempt it",
+        with_stamp(
+            make_event("bob@example.net", [SUP], body=b"another message\r\n"),
+            valid_stamp(REPORT_TO_SUP, SUP),
+        ),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [(SUP, "TO")])},
+    ),
+    Case(
+        "a forged stamp (wrong key) does not keep mail out of the journal",
+        stamped(make_event("bob@example.net", [SUP]), SUP, key=b"k" * 16 + b"other key bytes!"),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [(SUP, "TO")])},
+    ),
+    Case(
+        "a stamp without a MAC is ignored, even from a trusted client",
+        with_stamp(make_event("", [SUP], client_ip=INSIDE_IP), f"v2; copy=c1; to={SUP}"),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [(SUP, "TO")])},
+    ),
+    Case(
+        "an old v1 stamp with a MAC under our key is never honoured",
+        with_stamp(make_event("", [SUP], client_ip=INSIDE_IP), V1_STAMP),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [(SUP, "TO")])},
+    ),
+    Case(
+        "an expired stamp (older than stamp_max_age_seconds) is not honoured",
+        stamped(make_event("", [SUP], client_ip=INSIDE_IP), SUP, age_ms=8 * 86400 * 1000),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [(SUP, "TO")])},
+    ),
+    Case(
+        "a stamp dated far in the future is not honoured",
+        stamped(make_event("", [SUP], client_ip=INSIDE_IP), SUP, age_ms=-2 * 3600 * 1000),
+        copies={J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [(SUP, "TO")])},
+    ),
+    Case(
+        "a stamp made with the previous key is honoured during its rotation",
+        stamped(REPORT_TO_SUP, SUP, key=PREVIOUS_STAMP_KEY),
+        config=cfg(journal={"stamp_previous_secret_file": str(PREVIOUS_STAMP_KEY_FILE)}),
+        skip=SKIP_STAMPED,
+    ),
+    Case(
+        "a stamp made with a retired key is not honoured",
+        stamped(REPORT_TO_SUP, SUP, key=PREVIOUS_STAMP_KEY),
+        copies={J_INT: (N_INT, {"INTERNAL"}, {"GLOBAL"}, [(SUP, "TO")])},
+        config=cfg(journal=INTERNAL_ON),
     ),
     Case(
         "an invalid attribute value makes no copy; the global copy stays",
@@ -461,11 +551,45 @@ def test_missing_directory_answer_is_an_error_not_a_skip() -> None:
 
 
 def test_no_lookups_for_skipped_mail() -> None:
-    config = cfg(journal={**PER_RCPT_IN, "stamp_secret": "k"}, **FILE_DIR)
-    stamped = make_event("", ["alice@corp.example"], stamp=make_stamp("c", b"k"))
-    assert needed_lookups(stamped, config, b"k") == []
+    config = cfg(journal=PER_RCPT_IN, **FILE_DIR)
+    own = stamped(make_event("", [SUP]), SUP)
+    assert needed_lookups(own, config, KEY) == []
     only_journal = make_event("bob@example.net", [J_IN])
-    assert needed_lookups(only_journal, config, b"k") == []
+    assert needed_lookups(only_journal, config, KEY) == []
+
+
+def test_without_a_key_no_stamp_is_honoured() -> None:
+    own = stamped(REPORT_TO_SUP, SUP)
+    assert decide(own, make_config(), {}, KEY).skip_reason == SKIP_STAMPED
+    for keys in (None, ()):
+        decision = decide(own, cfg(journal=INTERNAL_ON), {}, keys)
+        assert [c.journal_address for c in decision.copies] == [J_INT]
+
+
+def test_outbound_per_sender_lookup_uses_the_authenticated_identity() -> None:
+    config = cfg(journal=PER_RCPT_OUT, **FILE_DIR)
+    spoofed = make_event("ceo@corp.example", ["bob@example.net"], auth_user="alice@corp.example")
+    assert needed_lookups(spoofed, config, KEY) == [(ATTR, "alice@corp.example")]
+    got = summarize(decide(spoofed, config, A("alice@corp.example", SUP), KEY))
+    assert got[SUP] == (N_OUT, {"OUTBOUND"}, {"RECIPIENT"}, [("bob@example.net", "TO")])
+    # a login that is not an internal address: the MAIL FROM, as before
+    plain = make_event("ceo@corp.example", ["bob@example.net"], auth_user="alice")
+    assert needed_lookups(plain, config, KEY) == [(ATTR, "ceo@corp.example")]
+    # an external or null MAIL FROM without such a login: no per-sender lookup, global copy
+    for sender in ("bob@example.org", ""):
+        event = make_event(sender, ["bob@example.net"], client_ip=INSIDE_IP)
+        assert needed_lookups(event, config, KEY) == []
+        assert summarize(decide(event, config, {}, KEY))[J_OUT][1] == {"OUTBOUND"}
+
+
+def test_archive_addresses_are_protected() -> None:
+    config = cfg(journal={"archive_addresses": ["Vault-1@corp.example"]})
+    event = make_event("bob@example.net", ["vault-1@corp.example", "alice@corp.example"])
+    decision = decide(event, config, {}, KEY)
+    assert decision.protected_recipients == ("vault-1@corp.example",)
+    assert summarize(decision) == {
+        J_IN: (N_IN, {"INBOUND"}, {"GLOBAL"}, [("alice@corp.example", "TO")])
+    }
 
 
 @pytest.mark.parametrize(
@@ -504,7 +628,9 @@ def test_recipient_types_parse_display_names_and_groups() -> None:
 
 
 def test_trusted_classification_uses_config_networks() -> None:
-    event = make_event("alice@corp.example", ["bob@example.net"], client_ip=OUTSIDE_IP)
-    assert decide(event, make_config(), {}, None).skip_reason == SKIP_NOT_JOURNALED
+    # was: internal sender to an external recipient (untrusted: no direction); the new rule
+    # journals that either way, so trust shows on an internal recipient: inbound vs internal
+    event = make_event("alice@corp.example", ["carol@corp.example"], client_ip=OUTSIDE_IP)
+    assert summarize(decide(event, make_config(), {}, None)).keys() == {J_IN}
     config = cfg(organization={"trusted_networks": ["203.0.113.0/24"]})
-    assert summarize(decide(event, config, {}, None)).keys() == {J_OUT}
+    assert decide(event, config, {}, None).skip_reason == SKIP_NOT_JOURNALED

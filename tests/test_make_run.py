@@ -42,6 +42,9 @@ def test_make_run_journals_the_readme_example_and_stops_cleanly(tmp_path: Path) 
         wait_until(lambda: b"mailjournal is running." in log.read_bytes(), 240, "make run ready")
         banner = log.read_text()
         assert "send mail to   127.0.0.1:2525" in banner
+        # the loop-guard key, created under the run directory: 32 random bytes, owner-only
+        key = run_dir / "stamp.key"
+        assert len(key.read_bytes()) == 32 and (key.stat().st_mode & 0o777) == 0o600
         maildir = run_dir / "maildir"
         attempts: list[subprocess.CompletedProcess[str]] = []
 

@@ -38,8 +38,9 @@ from journal_worker.decide import (
 )
 from mailjournal.addresses import is_valid_mailbox, key, validate_mailbox
 from mailjournal.config import Config, load_config_dict
-from mailjournal.stamp import make_stamp
+from mailjournal.stamp import body_of, make_stamp
 from schemas.events import Direction, JournalSource, RecipientType, ReportFormat, make_copy_id
+from tests.fixtures.config import PREVIOUS_STAMP_KEY_FILE, STAMP_KEY, STAMP_KEY_FILE
 from tests.strategies import (
     EXTERNAL_DOMAINS,
     address,
@@ -64,9 +65,29 @@ JOURNALS = [
 ]
 NDRS = ["journal-ndr@corp.example", "journal-ndr-in@corp.example", "NDR@corp.example"]
 ATTRS = [None, "extensionAttribute10", "journalAddress"]
-SECRET = "s3cret"
-# a stamp without MAC, and one with a forged MAC
-STAMPS = (make_stamp("some-copy", None), make_stamp("some-copy", b"wrong key"))
+SECRET = str(STAMP_KEY_FILE)
+RECEIVED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+RECEIVED_MS = int(RECEIVED.timestamp() * 1000)
+RAW = b"Subject: x\r\n\r\nbody\r\n"
+WRONG_KEY = bytes(range(32))
+
+
+def good_stamp(destination: str, raw: bytes = RAW) -> str:
+    """What delivery puts on a report for ``destination`` whose body is ``raw``'s."""
+    return make_stamp("some-copy", destination, RECEIVED_MS - 60_000, body_of(raw), STAMP_KEY)
+
+
+def forged_stamps(destination: str) -> list[str]:
+    """No MAC; another key; another body (lifted); expired; version 1."""
+    return [
+        f"v2; copy=some-copy; to={destination}; t={RECEIVED_MS}",
+        make_stamp("some-copy", destination, RECEIVED_MS, body_of(RAW), WRONG_KEY),
+        make_stamp("some-copy", destination, RECEIVED_MS, b"another body\r\n", STAMP_KEY),
+        make_stamp("some-copy", destination, RECEIVED_MS - 8 * 86400_000, body_of(RAW), STAMP_KEY),
+        "v1; copy=some-copy; mac=0123456789abcdef0123456789abcdef",
+    ]
+
+
 DIRECTIONS = (Direction.INBOUND, Direction.OUTBOUND, Direction.INTERNAL)
 
 
@@ -83,7 +104,7 @@ config_spec = st.tuples(
     st.tuples(direction_spec, direction_spec, direction_spec),
     st.booleans(),  # include_subdomains
     st.booleans(),  # IDN accepted domain
-    st.sampled_from([None, SECRET]),
+    st.sampled_from([None, str(PREVIOUS_STAMP_KEY_FILE)]),  # a previous key (rotation) or none
     st.sampled_from(["report", "copy"]),
 )
 
@@ -91,9 +112,14 @@ config_spec = st.tuples(
 @functools.lru_cache(maxsize=512)
 def build_config(spec: tuple[Any, ...]) -> Config:
     dirs, subdomains, idn, secret, fmt = spec
-    journal: dict[str, Any] = {"sender": "mailjournal@corp.example", "format": fmt}
+    # a key is required with journaling on: always the current one, sometimes a previous one
+    journal: dict[str, Any] = {
+        "sender": "mailjournal@corp.example",
+        "format": fmt,
+        "stamp_secret_file": SECRET,
+    }
     if secret:
-        journal["stamp_secret"] = secret
+        journal["stamp_previous_secret_file"] = secret
     for name, (enabled, addr, ndr, attr, dfmt) in zip(
         ("inbound", "outbound", "internal"), dirs, strict=True
     ):
@@ -146,15 +172,17 @@ def events(draw: st.DrawFn, config: Config) -> dict[str, Any]:
     )
     to = draw(st.one_of(st.none(), header_addrs, hostile_text(3)))
     cc = draw(st.one_of(st.none(), header_addrs, hostile_text(3)))
-    key_ = config.journal.stamp_key()
+    destination = draw(st.sampled_from(recipients))
     stamp = draw(
         st.one_of(
-            st.none(), st.sampled_from([make_stamp("some-copy", key_), *STAMPS]), hostile_text(3)
+            st.none(),
+            st.sampled_from([good_stamp(destination), *forged_stamps(destination)]),
+            hostile_text(3),
         )
     )
     return {
         "event_id": draw(st.sampled_from(["01J0EVENT", "01J0OTHER"])),
-        "received_at": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "received_at": RECEIVED,
         "listener_role": draw(st.sampled_from(["internet", "submission", "relay", "bogus"])),
         "client": {
             "ip": draw(
@@ -166,7 +194,7 @@ def events(draw: st.DrawFn, config: Config) -> dict[str, Any]:
             "helo": "client.test",
             "proxied_by": None,
         },
-        "auth_user": draw(st.sampled_from([None, "", "alice"])),
+        "auth_user": draw(st.sampled_from([None, "", "alice", "alice@corp.example"])),
         "mail_from": mail_from,
         "recipients": [{"address": r} for r in recipients],
         "headers": {
@@ -176,7 +204,7 @@ def events(draw: st.DrawFn, config: Config) -> dict[str, Any]:
             "cc": cc,
             "journal_stamp": stamp,
         },
-        "raw": b"Subject: x\r\n\r\nbody\r\n",
+        "raw": RAW,
     }
 
 
@@ -208,33 +236,45 @@ def _cfg(config: Config, d: Direction) -> Any:
     return config.journal.direction(d.value.lower())
 
 
-def expected_direction(event: Mapping[str, Any], config: Config, rcpt: str) -> Direction | None:
-    """BRIEF section 4, with the module's reading of ``<>`` (a DSN of our own systems when it
-    comes from a trusted client)."""
-    org = config.organization
-    trusted = (
+def is_trusted(event: Mapping[str, Any], config: Config) -> bool:
+    return (
         bool(event["auth_user"])
         or event["listener_role"] == "relay"
-        or org.is_trusted_ip(event["client"]["ip"])
+        or config.organization.is_trusted_ip(event["client"]["ip"])
     )
-    sender = event["mail_from"]
-    inside = trusted and (sender == "" or org.is_internal_address(sender))
-    internal = org.is_internal_address(rcpt)
-    if inside:
-        return Direction.INTERNAL if internal else Direction.OUTBOUND
-    return Direction.INBOUND if internal else None
 
 
-def stamp_is_valid(event: Mapping[str, Any], config: Config) -> bool:
-    """With a stamp key only our MAC counts; without one any stamp of ours counts, but only
-    from a trusted client (our own delivery path), never from outside."""
+def expected_direction(event: Mapping[str, Any], config: Config, rcpt: str) -> Direction | None:
+    """The direction rule agreed for issue 13: from the submitter's trust, not the MAIL FROM,
+    for external recipients; by the sender for internal ones (a null sender proves nothing)."""
+    org = config.organization
+    if not org.is_internal_address(rcpt):
+        return Direction.OUTBOUND  # trusted: leaves through us; untrusted: fail safe
+    if is_trusted(event, config) and org.is_internal_address(event["mail_from"]):
+        return Direction.INTERNAL
+    return Direction.INBOUND
+
+
+def submitter(event: Mapping[str, Any], config: Config) -> str | None:
+    """Whose per-sender attribute is read: an internal login, else an internal MAIL FROM."""
+    org = config.organization
+    for who in (event["auth_user"] or "", event["mail_from"]):
+        if org.is_internal_address(who):
+            return str(who)
+    return None
+
+
+def stamp_destination(event: Mapping[str, Any], config: Config) -> str | None:
+    """The recipient a stamp exempts: only a stamp made by us (our key) for this very message
+    and not expired, and only its own destination."""
     stamp = event["headers"]["journal_stamp"]
-    k = config.journal.stamp_key()
-    if k is not None:
-        return stamp == make_stamp("some-copy", k)
-    trusted = event["client"]["ip"] in ("10.1.2.3", "::ffff:10.0.0.1", "2001:db8::1")
-    trusted = trusted or bool(event["auth_user"]) or event["listener_role"] == "relay"
-    return trusted and stamp in STAMPS
+    if event["raw"] != RAW:
+        return None
+    for r in event["recipients"]:
+        # a stamp naming no destination (an empty address) exempts nobody
+        if r["address"] and stamp == good_stamp(r["address"]):
+            return str(r["address"])
+    return None
 
 
 Group = tuple[set[str], set[Direction], set[JournalSource]]
@@ -242,8 +282,11 @@ Group = tuple[set[str], set[Direction], set[JournalSource]]
 
 def envelope_recipients(event: Mapping[str, Any], config: Config) -> list[str]:
     """The envelope recipients, deduplicated by key (first spelling), journal and NDR
-    addresses removed."""
-    protected = config.journal.protected_addresses()
+    addresses and the one a valid stamp names removed."""
+    protected = set(config.journal.protected_addresses())
+    exempt = stamp_destination(event, config)
+    if exempt is not None:
+        protected.add(key(exempt))
     rcpts: list[str] = []
     seen: set[str] = set()
     for r in event["recipients"]:
@@ -260,7 +303,7 @@ def expected_copies(
     """(journal key, NDR key) -> (covered recipient keys, directions, sources), and the invalid
     attribute values (owner key, value, direction)."""
     rcpts = envelope_recipients(event, config)
-    sender = event["mail_from"]
+    sender = submitter(event, config)
     dirs = {key(a): expected_direction(event, config, a) for a in rcpts}
     groups: dict[tuple[str, str], Group] = {}
     invalid: set[tuple[str, str, Direction]] = set()
@@ -282,8 +325,8 @@ def expected_copies(
             owe(dcfg.address, d, JournalSource.GLOBAL, members)
         if not dcfg.recipient_attribute:
             continue
-        # inbound: each recipient's attribute covers that recipient; outbound: the sender's
-        # covers every recipient of the direction; internal: both
+        # inbound: each recipient's attribute covers that recipient; outbound: the internal
+        # submitter's covers every recipient of the direction; internal: both
         owners: list[tuple[str, list[str]]] = []
         if d in (Direction.INBOUND, Direction.INTERNAL):
             owners += [(a, [a]) for a in members]
@@ -318,18 +361,22 @@ def test_the_plan_is_exactly_what_the_rules_owe(scn: Any) -> None:
     rcpts = envelope_recipients(event, config)
 
     assert decision.directions == tuple((a, expected_direction(event, config, a)) for a in rcpts)
-    # journal and NDR addresses among the recipients are reported, never journaled
+    # journal and NDR addresses (and the destination of a valid stamp) among the recipients
+    # are reported, never journaled
+    exempt = stamp_destination(event, config)
     assert {key(a) for a in decision.protected_recipients} == {
-        key(r["address"]) for r in event["recipients"] if key(r["address"]) in protected
+        key(r["address"])
+        for r in event["recipients"]
+        if key(r["address"]) in protected or (exempt and key(r["address"]) == key(exempt))
     }
 
-    if stamp_is_valid(event, config):
-        assert decision.copies == ()
-        assert decision.skip_reason == (SKIP_OWN_NDR if event["mail_from"] == "" else SKIP_STAMPED)
-        return
     if not rcpts:
         assert decision.copies == ()
-        assert decision.skip_reason == SKIP_JOURNAL_RECIPIENTS_ONLY
+        if exempt is not None:
+            own_ndr = event["mail_from"] == ""
+            assert decision.skip_reason == (SKIP_OWN_NDR if own_ndr else SKIP_STAMPED)
+        else:
+            assert decision.skip_reason == SKIP_JOURNAL_RECIPIENTS_ONLY
         return
 
     groups, invalid = expected_copies(event, config, answers)
@@ -385,12 +432,18 @@ def test_every_copy_is_safe_to_send(scn: Any) -> None:
             else ReportFormat.REPORT
         )
         assert c.format == expect_fmt
-        inside = any(d is not Direction.INBOUND for d in c.directions)
+        # only our own submitter (trusted, internal or null sender) knows whom it Bcc'd; was:
+        # Bcc only on outbound/internal copies and Recipient only on inbound ones, which the
+        # old rule implied (an untrusted or external-sender message had no outbound direction)
+        sender = event["mail_from"]
+        ours = is_trusted(event, config) and (
+            sender == "" or config.organization.is_internal_address(sender)
+        )
         for r in c.recipients:
             if r.type is RecipientType.BCC:
-                assert inside  # only our own submitter's unlisted recipients are asserted Bcc
+                assert ours
             if r.type is RecipientType.RECIPIENT:
-                assert Direction.INBOUND in c.directions
+                assert not ours
 
 
 @SETTINGS
@@ -428,7 +481,8 @@ def test_a_missing_directory_answer_raises(scn: Any, data: st.DataObject) -> Non
 @given(scenario(), arbitrary_message())
 def test_our_own_reports_and_ndrs_are_never_journaled_again(scn: Any, original: bytes) -> None:
     """Loop guard end to end: each report the plan produces, and the NDR about it, read back
-    by the ingest header reader as a new message, is skipped (stamped / own NDR)."""
+    by the ingest header reader as a new message to the address it was made for, is skipped
+    (stamped / own NDR); the same message to anyone else is journaled for that recipient."""
     config, event, answers = scn
     event = dict(event, raw=original)
     decision = run(config, event, answers)
@@ -441,10 +495,10 @@ def test_our_own_reports_and_ndrs_are_never_journaled_again(scn: Any, original: 
             sent,
             Failure("550 5.1.1 no such user", True, False, 1, 0),
             config,
-            now_ms=1_700_000_000_000,
+            now_ms=RECEIVED_MS + 1000,
         )
-        # back at ingest: from the smart host (a trusted client) or anywhere with a stamp key
-        client_ip = "10.9.9.9" if key_ is None else "203.0.113.5"
+        # back at ingest from anywhere: the stamp, not the client, proves it is ours
+        client_ip = "203.0.113.5"
         cases = [
             (c.ndr_address, c.journal_address, sent, SKIP_STAMPED),
             ("", c.ndr_address, ndr, SKIP_OWN_NDR),
@@ -458,9 +512,9 @@ def test_our_own_reports_and_ndrs_are_never_journaled_again(scn: Any, original: 
                 "client": dict(event["client"], ip=client_ip),
                 "auth_user": None,
                 "listener_role": "internet",
+                "received_at": datetime(2025, 1, 2, 3, 5, tzinfo=UTC),
                 "mail_from": mail_from,
-                # delivered to the journal address and, say, a supervisor who is not protected
-                "recipients": [{"address": rcpt}, {"address": "supervisor@corp.example"}],
+                "recipients": [{"address": rcpt}],
                 "headers": selected_headers(raw),
                 "raw": raw,
             }
@@ -468,3 +522,12 @@ def test_our_own_reports_and_ndrs_are_never_journaled_again(scn: Any, original: 
             plan = d.plan(again)
             assert plan.lookups == ()
             assert d.decide(plan, {}).skip_reason == reason
+            # was: also skipped when a supervisor who is not protected got it too; now the
+            # stamp exempts its destination only
+            other = "someone-else@example.net"
+            if key(other) in config.journal.protected_addresses() | {key(rcpt)}:
+                continue
+            forwarded = {**again, "recipients": [{"address": rcpt}, {"address": other}]}
+            plan = d.plan(forwarded)
+            assert plan.facts.recipients == (other,)
+            assert plan.facts.directions == ((other, Direction.OUTBOUND),)

@@ -26,7 +26,7 @@ from delivery.ndr import Failure, build_ndr, diagnostic_code
 from delivery.report import MAX_LINE, build_message, build_report, has_long_line, header_block
 from ingest.headers import selected_headers
 from mailjournal.config import Config
-from tests.fixtures.config import make_config
+from tests.fixtures.config import PREVIOUS_STAMP_KEY_FILE, make_config
 from tests.strategies import (
     EXTERNAL_DOMAINS,
     address,
@@ -48,11 +48,11 @@ RECIPIENT_PREFIX = {"TO": "To", "CC": "Cc", "BCC": "Bcc", "RECIPIENT": "Recipien
 CONFIGS = {
     (secret, sender): make_config(
         {
-            "journal": {"sender": sender, **({"stamp_secret": secret} if secret else {})},
+            "journal": {"sender": sender, **({"stamp_secret_file": secret} if secret else {})},
             "delivery": {"reporting_mta": "gw1.corp.example", "ndr_attach_max_bytes": 2048},
         }
     )
-    for secret in (None, "s3cret")
+    for secret in (None, str(PREVIOUS_STAMP_KEY_FILE))
     for sender in ("mailjournal@corp.example", "jörnal-bot@corp.example")
 }
 
@@ -73,7 +73,7 @@ def copies(draw: st.DrawFn) -> tuple[dict[str, Any], Config]:
     journal = draw(mailbox)
     config = CONFIGS[
         (
-            draw(st.sampled_from([None, "s3cret"])),
+            draw(st.sampled_from([None, str(PREVIOUS_STAMP_KEY_FILE)])),
             draw(st.sampled_from(sorted({s for _, s in CONFIGS}))),
         )
     ]

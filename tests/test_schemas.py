@@ -94,6 +94,9 @@ def message_received(raw: bytes | None = None, **overrides: Any) -> dict[str, An
         },
         "size": len(raw),
         "sha256": hashlib.sha256(raw).hexdigest(),
+        "prepended_length": 0,
+        "received_sha256": hashlib.sha256(raw).hexdigest(),
+        "message_id_added": False,
         "raw": raw,
     }
     record.update(overrides)
