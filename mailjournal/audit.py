@@ -460,15 +460,13 @@ def required_globals(event: dict[str, Any], cfg: Config) -> set[tuple[str, str]]
     trusted = _trusted(event, cfg)
     sender = str(event.get("mail_from") or "")
     sender_internal = bool(sender) and org.is_internal_address(sender)
-    exempt: str | None | bool = False  # False: not computed yet
+    exempt = _stamp_destination(event, cfg)
     out: set[tuple[str, str]] = set()
     for rcpt in event.get("recipients") or ():
         address = str(rcpt["address"])
         canon = canonical(address, delimiter)
         if canon in protected:
             continue  # journal and NDR addresses are never journaled
-        if exempt is False:
-            exempt = _stamp_destination(event, cfg)
         if canon == exempt:
             continue  # our own report or NDR arriving where we sent it (the loop)
         if not org.is_internal_address(address):
