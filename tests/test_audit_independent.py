@@ -84,16 +84,21 @@ def test_a_disabled_direction_requires_nothing() -> None:
     assert required_globals(event(TRUSTED, "", "x@ext.example"), cfg) == set()
 
 
-def test_our_own_ndr_is_exempt_only_with_a_verified_stamp() -> None:
-    from mailjournal.stamp import make_stamp
+def test_a_verified_stamp_exempts_only_its_own_destination() -> None:
+    from tests.fixtures.stamp import stamped, valid_stamp, with_stamp
 
-    cfg = make_config({"journal": {"stamp_secret": "s3cret"}})
-    good = make_stamp("c1", cfg.journal.stamp_key())
-    forged = make_stamp("c1", b"another key")
-    for stamp, required in ((good, set()), (forged, {IN}), (None, {IN})):
-        ev = event(TRUSTED, "", "bob@corp.example")
-        ev["headers"]["journal_stamp"] = stamp
-        assert required_globals(ev, cfg) == required
+    base = event(TRUSTED, "", "bob@corp.example", "carol@corp.example")
+    base["raw"] = b"From: x@corp.example\r\nSubject: r\r\n\r\nreport body\r\n"
+    # a real stamp for bob exempts bob only: carol still owes the inbound copy
+    assert required_globals(stamped(base, "bob@corp.example"), CONFIG) == {IN}
+    only_bob = {**base, "recipients": [{"address": "bob@corp.example"}]}
+    assert required_globals(stamped(only_bob, "bob@corp.example"), CONFIG) == set()
+    # forged (another key), expired, or for another destination: no exemption
+    forged = with_stamp(only_bob, valid_stamp(only_bob, "bob@corp.example", key=bytes(range(32))))
+    expired = stamped(only_bob, "bob@corp.example", age_ms=8 * 86_400_000)
+    elsewhere = stamped(only_bob, "alice@corp.example")
+    for ev in (forged, expired, elsewhere):
+        assert required_globals(ev, CONFIG) == {IN}
 
 
 def report(rec: Reconciler):  # type: ignore[no-untyped-def]

@@ -45,13 +45,14 @@ from mailjournal.addresses import AddressError, key, validate_mailbox
 from mailjournal.audit import required_globals
 from mailjournal.config import Config, load_config_dict
 from schemas import JOURNAL_COPY, MESSAGE_RECEIVED, decode, encode
+from tests.fixtures.config import STAMP_KEY_FILE
 
 CONFIG: Config = load_config_dict(
     {
         "organization": {"accepted_domains": ["corp.example"], "trusted_networks": ["10.0.0.0/8"]},
         "journal": {
             "sender": "mailjournal@corp.example",
-            "stamp_secret": "fuzz-secret-0123456789abcdef0123456789",
+            "stamp_secret_file": str(STAMP_KEY_FILE),
             "inbound": {
                 "address": "journal-in@corp.example",
                 "ndr_address": "journal-ndr-in@corp.example",
