@@ -301,7 +301,7 @@ def test_auth_failures_are_throttled_across_connections(
     ingest_factory: Callable[..., RunningIngest], tls_files: TlsFiles, credentials: Path
 ) -> None:
     ing = ingest_factory(
-        {"ingest": {"auth_failure_limit": 3}},
+        {"ingest": {"auth_failure_limit": 3, "sender_login_binding": False}},  # no directory here
         listeners=[
             {
                 "name": "submit",
