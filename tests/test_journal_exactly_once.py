@@ -183,8 +183,8 @@ def test_two_workers_with_rebalances_is_exactly_once(
     session timeout, and must wait for that transaction's abort before reading their offsets."""
     config = eo_config(kafka_config)
     path = write_config_file(config, tmp_path / "journal.toml")
-    first, second, third = events(3000), events(3000), events(2000)
-    expected = expected_ids(config, first + second + third)
+    first, second, third, fourth = events(3000), events(3000), events(2000), events(1000)
+    expected = expected_ids(config, first + second + third + fourth)
     log = tmp_path / "faults.log"
 
     a = worker_processes(path, "a")
@@ -193,12 +193,14 @@ def test_two_workers_with_rebalances_is_exactly_once(
     produce_events(config, second)
     # joins: rebalance in the middle of the stream; its first transaction stops at the point
     b = worker_processes(path, "b", fault_env("journal.txn.before_commit:pause", log))
+    wait_until(lambda: "assigned" in b.log_text(), 120, "worker b to get partitions")
+    # a may have decided all it had by now: new records on every partition give b work for sure
+    produce_events(config, third)
     wait_fault(log, "journal.txn.before_commit", 120, diagnose=lambda: b.log_text()[-3000:])
-    assert "assigned" in b.log_text()
     assert offsets_pending(config), "b froze before its offsets were in the transaction"
     kill_paused(b.pid)
-    produce_events(config, third)
-    wait_decided(config, len(first) + len(second) + len(third), 120)
+    produce_events(config, fourth)
+    wait_decided(config, len(first) + len(second) + len(third) + len(fourth), 120)
     assert a.stop() == 0, a.log_text()[-3000:]
     check_exactly_once(config, expected)
     assert "revoked" in a.log_text() and "assigned" in a.log_text()
