@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from delivery.ndr import Failure, build_ndr
@@ -484,6 +484,9 @@ def test_our_own_reports_and_ndrs_are_never_journaled_again(scn: Any, original: 
     by the ingest header reader as a new message to the address it was made for, is skipped
     (stamped / own NDR); the same message to anyone else is journaled for that recipient."""
     config, event, answers = scn
+    # a stamped scenario's stamp is bound to its body: another body voids it, and the answers
+    # drawn for the stamped plan would no longer cover the lookups
+    assume(not (event.get("headers") or {}).get("journal_stamp"))
     event = dict(event, raw=original)
     decision = run(config, event, answers)
     key_ = config.journal.stamp_key()
