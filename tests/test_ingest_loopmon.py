@@ -24,16 +24,24 @@ def _sum(name: str) -> float:
     return REGISTRY.get_sample_value(f"{name}_sum") or 0.0
 
 
+def _count() -> float:
+    return REGISTRY.get_sample_value("mailjournal_ingest_event_loop_lag_seconds_count") or 0.0
+
+
 async def _run(block: str) -> None:
     task = asyncio.create_task(loopmon.monitor(0.05))
-    await asyncio.sleep(0.12)
+    await asyncio.sleep(0)  # the monitor runs up to its timer: its interval now spans the block
+    seen = _count()
     if block == "spin":  # 300 ms of this thread's CPU, however long a busy machine makes it
         end = time.thread_time() + 0.3
         while time.thread_time() < end:
             pass
     else:
         time.sleep(0.3)  # blocks the loop without using the CPU (the behaviour under test)
-    await asyncio.sleep(0.12)
+    deadline = time.monotonic() + 30
+    while _count() == seen:  # the sample whose interval held the block
+        assert time.monotonic() < deadline, "the monitor never observed the blocked interval"
+        await asyncio.sleep(0.01)  # the poll interval of this deadline loop
     task.cancel()
 
 
