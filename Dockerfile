@@ -11,6 +11,9 @@ COPY mailjournal ./mailjournal
 COPY ingest ./ingest
 COPY journal_worker ./journal_worker
 COPY delivery ./delivery
+COPY relay ./relay
+COPY audit ./audit
+COPY devtools ./devtools
 COPY schemas ./schemas
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

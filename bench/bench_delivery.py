@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from delivery.report import build_report
 from delivery.retry import tier_topics
 from delivery.worker import DeliveryWorker
+from devtools.kafka_local import KafkaLocal
 from mailjournal.config import Config
-from mailjournal.kafka_local import KafkaLocal
 from mailjournal.topics import ensure_topics
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import ensure_retry_tiers, make_copy, produce_copies

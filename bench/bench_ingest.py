@@ -40,7 +40,7 @@ from bench.common import (  # noqa: E402
     wait_port,
 )
 from bench.common import human as _human  # noqa: E402
-from mailjournal.kafka_local import KafkaLocal, free_ports  # noqa: E402
+from devtools.kafka_local import KafkaLocal, free_ports  # noqa: E402
 
 
 def write_config(path: Path, bootstrap: str, port: int, metrics_port: int, topic: str) -> None:

@@ -1,6 +1,6 @@
 """Benchmark: decided messages per second of ONE journal worker on a local real Kafka.
 
-Starts a single-node Kafka (``mailjournal.kafka_local.KafkaLocal``, or uses ``--bootstrap``),
+Starts a single-node Kafka (``devtools.kafka_local.KafkaLocal``, or uses ``--bootstrap``),
 pre-fills a messages topic with MessageReceived events (inbound and outbound, 1-3 recipients,
 ``--body-size`` bytes each), then runs one worker per scenario from the beginning of the topic
 in its own consumer group and measures from its first committed transaction to its last:
@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client import REGISTRY  # noqa: E402
 
+from devtools.kafka_local import KafkaLocal  # noqa: E402
 from journal_worker.directory import make_directory  # noqa: E402
 from journal_worker.worker import JournalWorker  # noqa: E402
 from mailjournal.config import Config  # noqa: E402
-from mailjournal.kafka_local import KafkaLocal  # noqa: E402
 from mailjournal.topics import ensure_topics  # noqa: E402
 from tests.fixtures.journal import (  # noqa: E402
     INSIDE_IP,

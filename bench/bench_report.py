@@ -16,7 +16,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from delivery.report import build_message
-from delivery.smtp import dot_stuffed, wire_bytes
+from mailjournal.smtp.client import dot_stuffed, wire_bytes
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import make_copy
 

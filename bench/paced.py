@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing_tools():
         print(f"missing {missing_tools()}: install the Debian package postfix", file=sys.stderr)
         return 2
-    from mailjournal.kafka_local import KafkaLocal, free_ports
+    from devtools.kafka_local import KafkaLocal, free_ports
 
     work = Path(tempfile.mkdtemp(prefix="mailjournal-paced-"))
     work.chmod(0o755)

@@ -127,7 +127,7 @@ class PostfixTarget(Target):
     name = family = "postfix"
 
     def start(self, work: Path) -> None:
-        from mailjournal.kafka_local import free_ports
+        from devtools.kafka_local import free_ports
 
         (self.port,) = free_ports(1)
         self.peer = PostfixPeer(work / "postfix", self.port, self.sink_port)
@@ -196,8 +196,8 @@ class MailjournalTarget(Target):
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, work: Path) -> None:
+        from devtools.kafka_local import free_ports
         from mailjournal.config import load_config_dict
-        from mailjournal.kafka_local import free_ports
         from tests.fixtures.config import deep_merge
         from tests.fixtures.delivery import write_toml
         from tests.fixtures.kafka import kafka_test_config, unique_suffix
@@ -747,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     sys.path.insert(0, str(ROOT))
-    from mailjournal.kafka_local import KafkaLocal, free_ports
+    from devtools.kafka_local import KafkaLocal, free_ports
 
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     work = Path(tempfile.mkdtemp(prefix="mailjournal-bench-"))

@@ -33,11 +33,11 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from delivery.outcomes import OutcomeFields, make_outcome
 from delivery.report import to_millis
 from mailjournal.config import Config, load_config_or_report
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_admin, make_consumer, make_producer
+from mailjournal.smtp.outcomes import OutcomeFields, make_outcome
 from schemas import (
     DEAD_LETTER,
     DELIVERY_OUTCOME,

@@ -10,13 +10,13 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 
-from delivery.relay import relay_tier_topics
 from delivery.retry import tier_topics
 from delivery.worker import DeliveryWorker
 from mailjournal.config import Config, load_config_or_report
 from mailjournal.kafka import make_admin
 from mailjournal.logs import setup_logging
 from mailjournal.metrics import serve_metrics
+from relay.routing import relay_tier_topics
 
 log = logging.getLogger(__name__)
 

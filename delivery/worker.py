@@ -44,7 +44,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from delivery import metrics
 from delivery.ndr import Failure, build_ndr, make_ndr_copy
-from delivery.outcomes import (
+from delivery.report import build_message, envelope_sender, to_millis
+from delivery.retry import tier_topic, tier_topics
+from mailjournal.config import Config
+from mailjournal.faults import fault_point
+from mailjournal.kafka import make_consumer, make_producer
+from mailjournal.smtp.client import SmtpClient
+from mailjournal.smtp.outcomes import (
     Action,
     Decision,
     OutcomeFields,
@@ -53,7 +59,7 @@ from delivery.outcomes import (
     make_outcome,
     retry_copy,
 )
-from delivery.relay import (
+from relay.routing import (
     RelaySender,
     Resolver,
     relay_copies,
@@ -61,13 +67,7 @@ from delivery.relay import (
     relay_tier_topics,
     with_recipients,
 )
-from delivery.report import build_message, envelope_sender, to_millis
-from delivery.retry import tier_topic, tier_topics
-from delivery.sender_dsn import RecipientFailure, dsn_recipients, make_dsn_copy
-from delivery.smtp import SmtpClient
-from mailjournal.config import Config
-from mailjournal.faults import fault_point
-from mailjournal.kafka import make_consumer, make_producer
+from relay.sender_dsn import RecipientFailure, dsn_recipients, make_dsn_copy
 from schemas import (
     DEAD_LETTER,
     DELIVERY_OUTCOME,

@@ -16,19 +16,19 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mailjournal.config_cli", "check a configuration file"),
     "kafka-local": (
-        "mailjournal.kafka_local",
+        "devtools.kafka_local",
         "run a real local Apache Kafka (KRaft) for dev/tests",
     ),
     "topics": ("mailjournal.topics", "create missing topics and report drift"),
     "ingest": ("ingest.main", "run the SMTP ingest stage"),
     "journal": ("journal_worker.main", "run the journal worker stage"),
     "deliver": ("delivery.main", "run the delivery stage"),
-    "relay": ("delivery.relay_main", "run the relay stage (inline mode: originals onward)"),
+    "relay": ("relay.main", "run the relay stage (inline mode: originals onward)"),
     "dlq": ("delivery.dlq", "list or replay dead letters"),
-    "run": ("mailjournal.supervisor", "run the whole pipeline on one machine"),
-    "audit": ("mailjournal.audit", "reconcile accepted messages against journal outcomes"),
-    "send-test": ("mailjournal.send_test", "send example inbound and outbound test messages"),
-    "capture": ("mailjournal.capture", "run a local SMTP server that stores mail in a Maildir"),
+    "run": ("devtools.supervisor", "run the whole pipeline on one machine"),
+    "audit": ("audit.reconcile", "reconcile accepted messages against journal outcomes"),
+    "send-test": ("devtools.send_test", "send example inbound and outbound test messages"),
+    "capture": ("devtools.capture", "run a local SMTP server that stores mail in a Maildir"),
 }
 
 

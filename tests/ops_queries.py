@@ -151,7 +151,8 @@ def exported_metrics() -> dict[str, Exported]:
     import ingest.metrics
     import journal_worker.metrics
     import mailjournal.metrics
-    from mailjournal import audit, kafka_stats
+    from audit import reconcile as audit
+    from mailjournal import kafka_stats
 
     objects: list[Any] = []
     for module in (ingest.metrics, journal_worker.metrics, delivery.metrics, mailjournal.metrics):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mailjournal.audit import Reconciler, required_globals
+from audit.reconcile import Reconciler, required_globals
 from tests.fixtures.config import make_config
 
 NOW = 10_000_000

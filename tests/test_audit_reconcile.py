@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailjournal.audit import Reconciler, parse_time
+from audit.reconcile import Reconciler, parse_time
 
 NOW = 10_000_000
 GRACE = 60_000

@@ -26,8 +26,8 @@ import psutil
 import pytest
 import tomli_w
 
+from devtools.supervisor import Child, Supervisor
 from mailjournal.config import load_config_dict
-from mailjournal.supervisor import Child, Supervisor
 from tests.fixtures.config import STAMP_KEY, deep_merge, write_key
 from tests.fixtures.smtp import free_port
 

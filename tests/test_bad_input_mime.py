@@ -39,10 +39,10 @@ from typing import Any
 
 import pytest
 
-from delivery.outcomes import ResultClass
-from delivery.smtp import SmtpClient
 from mailjournal.config import Config
 from mailjournal.kafka import make_admin
+from mailjournal.smtp.client import SmtpClient
+from mailjournal.smtp.outcomes import ResultClass
 from mailjournal.topics import ensure_topics, topic_specs
 from tests.fixtures.config import make_config
 from tests.fixtures.ingest import RawSMTP

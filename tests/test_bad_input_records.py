@@ -24,12 +24,12 @@ import fastavro
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from delivery.outcomes import OutcomeFields, make_outcome
-from delivery.relay import relay_copies, relay_tier_topics
 from delivery.retry import tier_topics
 from mailjournal.config import Config
 from mailjournal.kafka import make_admin, make_consumer, make_producer
+from mailjournal.smtp.outcomes import OutcomeFields, make_outcome
 from mailjournal.topics import topic_specs
+from relay.routing import relay_copies, relay_tier_topics
 from schemas import (
     DELIVERY_OUTCOME,
     JOURNAL_COPY,

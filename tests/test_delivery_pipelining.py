@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery.outcomes import ResultClass
-from delivery.smtp import SmtpClient, dot_stuffed
+from mailjournal.smtp.client import SmtpClient, dot_stuffed
+from mailjournal.smtp.outcomes import ResultClass
 from tests.fixtures.smtp import CaptureServer, SmtpSink, free_port, wait_until
 from tests.test_delivery_smtp import MAIL_FROM, RCPT, delivery_cfg
 

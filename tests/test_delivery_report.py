@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from delivery.ndr import Failure, build_ndr, dsn_status, make_ndr_copy
-from delivery.outcomes import Action, ResultClass, SmtpResult, decide, retry_copy
 from delivery.report import (
     body_transfer_encoding,
     build_message,
@@ -23,6 +22,7 @@ from delivery.report import (
 from delivery.retry import plan_retry, tier_for_attempt, tier_topics
 from delivery.worker import PartitionState
 from mailjournal.config import Config
+from mailjournal.smtp.outcomes import Action, ResultClass, SmtpResult, decide, retry_copy
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import attached_bytes, make_copy
 from tests.fixtures.stamp import is_ours

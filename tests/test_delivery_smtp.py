@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import trustme
 
-from delivery.outcomes import ResultClass
 from delivery.report import build_report
-from delivery.smtp import SmtpClient
 from mailjournal.config import DeliveryConfig
+from mailjournal.smtp.client import SmtpClient
+from mailjournal.smtp.outcomes import ResultClass
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import make_copy
 from tests.fixtures.smtp import CaptureServer, free_port

@@ -13,8 +13,8 @@ import pytest
 from delivery import report as report_module
 from delivery.ndr import Failure, build_ndr
 from delivery.report import build_message, build_report, clean_text, fold_header, safe_ascii
-from delivery.sender_dsn import RecipientFailure, build_sender_dsn
 from journal_worker.decide import Decider, decide, fallback_decision, recipient_types
+from relay.sender_dsn import RecipientFailure, build_sender_dsn
 from schemas.events import Direction, JournalSource, RecipientType
 from tests.fixtures.config import make_config
 

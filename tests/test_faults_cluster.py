@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.kafka_local import KafkaLocal
 from mailjournal.config import Config
 from mailjournal.kafka import make_admin
-from mailjournal.kafka_local import KafkaLocal
 from mailjournal.topics import ensure_topics
 from tests.fixtures.faults import (
     Load,

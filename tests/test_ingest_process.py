@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from devtools.kafka_local import KafkaLocal
 from mailjournal.config import Config
-from mailjournal.kafka_local import KafkaLocal
 from mailjournal.topics import ensure_topics
 from tests.fixtures.ingest import (
     IngestProcess,

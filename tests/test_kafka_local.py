@@ -13,9 +13,9 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource
 
+from devtools.kafka_local import KafkaLocal, KafkaLocalError, free_ports
 from mailjournal import cli
 from mailjournal.kafka import make_admin, make_producer, raise_on_error
-from mailjournal.kafka_local import KafkaLocal, KafkaLocalError, free_ports
 from mailjournal.topics import ensure_topics
 from tests.fixtures.kafka import consume_all, kafka_test_config, unique_suffix
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from delivery.relay import received_header
 from ingest.trace import as_received
+from relay.routing import received_header
 from schemas import MESSAGE_RECEIVED, decode
 from tests.fixtures.config import make_config
 from tests.fixtures.ingest import RunningIngest

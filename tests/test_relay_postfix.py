@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.kafka_local import KafkaLocal
 from mailjournal.config import Config
 from mailjournal.kafka import make_admin
-from mailjournal.kafka_local import KafkaLocal
 from mailjournal.topics import ensure_topics, topic_specs
 from tests.fixtures.drain import wait_pipeline_drained, wait_relay_drained
 from tests.fixtures.kafka import consume_all, kafka_test_config, unique_suffix

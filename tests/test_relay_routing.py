@@ -10,8 +10,8 @@ import dns.resolver
 import pytest
 
 from delivery.ndr import Failure
-from delivery.relay import MxError, group_recipients, mail_args, mx_hosts, rcpt_args, route_key
-from delivery.sender_dsn import RecipientFailure, delivery_status, wants, xtext_decode
+from relay.routing import MxError, group_recipients, mail_args, mx_hosts, rcpt_args, route_key
+from relay.sender_dsn import RecipientFailure, delivery_status, wants, xtext_decode
 from tests.fixtures.config import make_config
 
 HOP = {"host": "10.0.0.5", "port": 25}

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from delivery.relay import relay_tier_topics
 from delivery.worker import DeliveryWorker
 from mailjournal.config import Config, load_config_dict
 from mailjournal.topics import ensure_topics
+from relay.routing import relay_tier_topics
 from tests.fixtures.config import deep_merge, write_config_file
 from tests.fixtures.delivery import TEST_CONSUMER, WorkerThread, read_dead_letters
 from tests.fixtures.drain import wait_relay_drained

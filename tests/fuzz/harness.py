@@ -22,7 +22,7 @@ The path, with ingest's and the stages' own functions:
    sender; no builder may fall back either.
 
 Invariants: the decision holds the global copy of every direction the envelope has (re-derived
-by the audit's independent rule, :func:`mailjournal.audit.required_globals`); every copy encodes
+by the audit's independent rule, :func:`audit.reconcile.required_globals`); every copy encodes
 as a ``JournalCopy``; the report's ``message/rfc822`` part, the copy, and the NDR's returned
 report carry the original byte for byte.
 """
@@ -35,15 +35,15 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from audit.reconcile import required_globals
 from delivery.ndr import Failure, build_ndr
 from delivery.report import build_message, build_report
-from delivery.sender_dsn import RecipientFailure, build_sender_dsn
 from ingest.datapath import DataParser, DataStatus
 from ingest.headers import selected_headers
 from journal_worker.decide import Decider, journal_copy_record, lookup_key
 from mailjournal.addresses import AddressError, key, validate_mailbox
-from mailjournal.audit import required_globals
 from mailjournal.config import Config, load_config_dict
+from relay.sender_dsn import RecipientFailure, build_sender_dsn
 from schemas import JOURNAL_COPY, MESSAGE_RECEIVED, decode, encode
 from tests.fixtures.config import STAMP_KEY_FILE
 

@@ -277,7 +277,7 @@ def _new_cluster_id() -> str:
 
 def _quiet_logger() -> logging.Logger:
     # librdkafka logs "connection refused" while brokers start; keep those out of stderr
-    lg = logging.getLogger("mailjournal.kafka_local.librdkafka")
+    lg = logging.getLogger("devtools.kafka_local.librdkafka")
     lg.propagate = False
     lg.addHandler(logging.NullHandler())
     return lg

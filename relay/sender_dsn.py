@@ -25,7 +25,6 @@ from typing import Any
 
 from delivery import metrics
 from delivery.ndr import Failure, dsn_status, fold_field, multipart_report, recipient_fields
-from delivery.relay import route_key
 from delivery.report import (
     body_transfer_encoding,
     choose_boundary,
@@ -43,6 +42,7 @@ from delivery.report import (
     to_millis,
 )
 from mailjournal.config import Config
+from relay.routing import route_key
 from schemas.events import make_copy_id
 
 log = logging.getLogger(__name__)

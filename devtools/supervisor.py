@@ -25,7 +25,7 @@ from mailjournal.stamp import create_key
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
-    from mailjournal.kafka_local import KafkaLocal
+    from devtools.kafka_local import KafkaLocal
 
 log = logging.getLogger("mailjournal.run")
 
@@ -143,7 +143,7 @@ class Supervisor:
 
     def start_kafka(self) -> None:
         if self.args.embedded_kafka:
-            from mailjournal.embedded_kafka import start_mock_cluster
+            from devtools.embedded_kafka import start_mock_cluster
 
             self.mock_holder, bootstrap = start_mock_cluster(self.cfg)
             print(
@@ -153,7 +153,7 @@ class Supervisor:
                 flush=True,
             )
         elif self.args.local_kafka:
-            from mailjournal.kafka_local import KafkaLocal
+            from devtools.kafka_local import KafkaLocal
 
             port = _bootstrap_port(self.cfg.kafka.bootstrap_servers)
             # the broker goes with us even when we are SIGKILLed: no orphaned JVM holding the port

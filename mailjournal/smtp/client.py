@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from delivery import metrics
-from delivery.outcomes import SmtpResult
 from delivery.report import has_bare_eol
 from mailjournal.config import DeliveryConfig, SmartHostConfig
+from mailjournal.smtp.outcomes import SmtpResult
 
 log = logging.getLogger(__name__)
 

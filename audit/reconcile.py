@@ -48,7 +48,7 @@ from mailjournal.addresses import canonical, key
 from mailjournal.config import Config, Direction, load_config_or_report
 from mailjournal.faults import fault_point
 
-log = logging.getLogger("mailjournal.audit")
+log = logging.getLogger("audit.reconcile")
 
 FINAL = {"DELIVERED", "NDR_SENT", "DEAD_LETTERED"}
 GAP_KINDS = (

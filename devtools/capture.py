@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-log = logging.getLogger("mailjournal.capture")
+log = logging.getLogger("devtools.capture")
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+=-]")
 
 

@@ -6,7 +6,7 @@ consumer group on the messages topic) turns each such ``MessageReceived`` into o
 ``JournalCopy`` of kind ``RELAY`` per destination -- the recipients of one next hop travel in one
 transaction -- and sends it with the original envelope: MAIL FROM with BODY/SMTPUTF8/RET/ENVID,
 each RCPT with NOTIFY/ORCPT. Retry tiers, expiry and outcomes are delivery's; failures go back to
-the original sender as RFC 3464 DSNs (:mod:`delivery.sender_dsn`), never to the journal NDR
+the original sender as RFC 3464 DSNs (:mod:`relay.sender_dsn`), never to the journal NDR
 addresses.
 
 Routing, per recipient: ``relay.domains`` (exact domain) first, then ``relay.inbound`` for
@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from delivery.outcomes import SmtpResult
-from delivery.smtp import SmtpClient
 from ingest.trace import received_field
 from mailjournal.addresses import domain_of
 from mailjournal.config import Config, DeliveryConfig, NextHopConfig, SmartHostConfig
+from mailjournal.smtp.client import SmtpClient
+from mailjournal.smtp.outcomes import SmtpResult
 from schemas.events import make_copy_id
 
 log = logging.getLogger(__name__)
