@@ -19,7 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from mailjournal.config import EXIT_CONFIG, Config, file_problems, load_config_or_report
+from mailjournal.config import Config, file_problems, load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK
 from mailjournal.stamp import create_key
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ class Supervisor:
                         return EXIT_CONFIG
                     if self.args.no_restart:
                         log.error("%s exited with %s; stopping (--no-restart)", child.name, rc)
-                        return 1
+                        return EXIT_FATAL
                     delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
                     log.error("%s exited with %s; restarting in %.0f s", child.name, rc, delay)
                     child.next_start = now + delay
@@ -229,7 +230,7 @@ class Supervisor:
                     child.next_start = 0.0
                     child.start()
             time.sleep(0.2)
-        return 0
+        return EXIT_OK
 
     def shutdown(self) -> None:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -271,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
         sup.start_kafka()
         sup.ensure_topics()
         if sup.stopping:
-            return 130
+            return EXIT_INTERRUPTED
         sup.build_children()
         return sup.loop()
     finally:

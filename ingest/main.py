@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from mailjournal.config import Config, load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_OK
 from mailjournal.logs import setup_logging
 
 log = logging.getLogger("ingest")
@@ -70,19 +71,19 @@ def _hash_password(args: argparse.Namespace) -> int:
 
     if ":" in args.user:
         print("a user name cannot contain ':'", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = getpass.getpass(f"password for {args.user}: ")
         if getpass.getpass("again: ") != password:
             print("passwords differ", file=sys.stderr)
-            return 2
+            return EXIT_CONFIG
     if not password:
         print("empty password", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     print(f"{args.user}:{hash_password(password)}")
-    return 0
+    return EXIT_OK
 
 
 def main(args: argparse.Namespace) -> int:
@@ -90,18 +91,18 @@ def main(args: argparse.Namespace) -> int:
         return _hash_password(args)
     if not args.config:
         print("mailjournal ingest: --config FILE is required", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     config = load_config_or_report(args.config, stages=("ingest",))
     if config is None:
-        return 2
+        return EXIT_CONFIG
     setup_logging(config.logging, stage="ingest")
     _quiet_aiosmtpd(config)
     if not config.ingest.listeners:
         log.error("no [[ingest.listeners]] in %s", args.config)
-        return 2
+        return EXIT_CONFIG
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.workers == 1:
         return _run(run_worker(config, serve_metrics_here=True))
     return run_workers(config, args.workers)

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mailjournal.config import load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_STUCK
 from mailjournal.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -49,11 +50,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 # every transactional call has a timeout; one that has not returned well after it is stuck
-# inside librdkafka: exit, the supervisor (or Kubernetes) starts a fresh instance, and the
-# transaction coordinator aborts the open transaction after transaction.timeout.ms
-EXIT_STUCK = 70
-
-
+# inside librdkafka: exit (EXIT_STUCK), the supervisor (or Kubernetes) starts a fresh instance,
+# and the transaction coordinator aborts the open transaction after transaction.timeout.ms
 def start_watchdog(worker: JournalWorker) -> None:
     from journal_worker.worker import TXN_CALL_TIMEOUT_SECONDS
 
@@ -74,7 +72,7 @@ def start_watchdog(worker: JournalWorker) -> None:
 def main(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config, stages=("journal",))
     if config is None:
-        return 2
+        return EXIT_CONFIG
     setup_logging(config.logging, stage="journal")
 
     from journal_worker.worker import FatalError, JournalWorker
@@ -95,9 +93,9 @@ def main(args: argparse.Namespace) -> int:
         worker.run()
     except FatalError as exc:
         log.error("fatal: %s; exiting so that a fresh instance takes over", exc)
-        return 1
+        return EXIT_FATAL
     finally:
         if server is not None:
             server.stop()
     log.info("stopped")
-    return 0
+    return EXIT_OK

@@ -903,9 +903,6 @@ def file_problems(
 STAMP_STAGES = frozenset(("journal", "deliver", "audit"))
 
 
-EXIT_CONFIG = 2  # every command's exit status for an unusable configuration
-
-
 def load_config_or_report(path: str | Path | None, stages: Iterable[str] = ()) -> Config | None:
     """For the commands: the configuration, or None after printing why it is unusable (one
     line per problem, each naming its key) to stderr. ``stages``: the stages the command runs,
