@@ -35,6 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from delivery.report import to_millis
 from mailjournal.config import Config, load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_KAFKA, EXIT_NOTHING, EXIT_OK
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_admin, make_consumer, make_producer
 from mailjournal.smtp.outcomes import OutcomeFields, make_outcome
@@ -52,11 +53,6 @@ from schemas import (
 
 MARKER_HEADER = "mailjournal-replay-of"
 KIND_HEADER = "mailjournal-dead-letter"  # "replay-marker" on markers
-
-EXIT_OK = 0
-EXIT_KAFKA = 1
-EXIT_CONFIG = 2
-EXIT_NOTHING = 3  # --id named no open dead letter
 
 
 @dataclass

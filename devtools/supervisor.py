@@ -19,7 +19,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from mailjournal.config import EXIT_CONFIG, Config, file_problems, load_config_or_report
+from mailjournal.config import Config, file_problems, load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from mailjournal.restart import Backoff, RestartLoop, Restarts
 from mailjournal.stamp import create_key
 
 if TYPE_CHECKING:
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailjournal.run")
 
 STAGES = ("deliver", "journal", "ingest")  # start order: consumers first, the front door last
-RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+# a stage that ran a minute is healthy again: its next crash waits the first delay
+RESTART_BACKOFF = Backoff((1.0, 2.0, 5.0, 10.0, 30.0), healthy_after=60.0)
 STOP_GRACE_SECONDS = 30.0
 
 
@@ -40,14 +43,17 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    started_at: float = field(default=0.0)
+    restarts: Restarts = field(default_factory=lambda: Restarts(RESTART_BACKOFF))
+
+    def __str__(self) -> str:
+        return self.name
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, env=self.env)
-        self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -203,33 +209,13 @@ class Supervisor:
             self.children.append(Child(stage, _stage_argv(stage, self.config_path), self.env))
 
     def loop(self) -> int:
-        for child in self.children:
-            child.start()
+        restarts = RestartLoop(
+            self.children, log, stop_on_config=True, restart=not self.args.no_restart
+        )
+        restarts.start_all()
         print(banner(self.cfg, Path(self.args.capture) if self.args.capture else None), flush=True)
-        while not self.stopping:
-            now = time.monotonic()
-            for child in self.children:
-                if child.alive():
-                    if now - child.started_at > 60:
-                        child.restarts = 0  # a stage that ran a minute is healthy again
-                    continue
-                if child.proc is not None and child.next_start == 0.0:
-                    rc = child.proc.returncode
-                    if rc == EXIT_CONFIG:  # refused its configuration: it will again
-                        log.error("%s refused the configuration (exit 2); stopping", child.name)
-                        return EXIT_CONFIG
-                    if self.args.no_restart:
-                        log.error("%s exited with %s; stopping (--no-restart)", child.name, rc)
-                        return 1
-                    delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
-                    log.error("%s exited with %s; restarting in %.0f s", child.name, rc, delay)
-                    child.next_start = now + delay
-                    child.restarts += 1
-                if child.next_start and now >= child.next_start:
-                    child.next_start = 0.0
-                    child.start()
-            time.sleep(0.2)
-        return 0
+        rc = restarts.run(lambda: self.stopping)
+        return EXIT_OK if rc is None else rc
 
     def shutdown(self) -> None:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -271,7 +257,7 @@ def main(args: argparse.Namespace) -> int:
         sup.start_kafka()
         sup.ensure_topics()
         if sup.stopping:
-            return 130
+            return EXIT_INTERRUPTED
         sup.build_children()
         return sup.loop()
     finally:

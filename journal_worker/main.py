@@ -2,7 +2,7 @@
 
 Exit status: 0 after SIGTERM/SIGINT (the current batch is committed first), 1 on a fatal Kafka
 error (fenced, or a transaction that could not be completed) so the supervisor restarts it,
-2 on an invalid configuration.
+2 on an invalid configuration, 70 when a transaction call hangs (:mod:`journal_worker.watchdog`).
 """
 
 from __future__ import annotations
@@ -11,16 +11,11 @@ import argparse
 import logging
 import os
 import signal
-import threading
-import time
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from mailjournal.config import load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
 from mailjournal.logs import setup_logging
-
-if TYPE_CHECKING:
-    from journal_worker.worker import JournalWorker
 
 log = logging.getLogger("mailjournal.journal")
 
@@ -48,35 +43,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# every transactional call has a timeout; one that has not returned well after it is stuck
-# inside librdkafka: exit, the supervisor (or Kubernetes) starts a fresh instance, and the
-# transaction coordinator aborts the open transaction after transaction.timeout.ms
-EXIT_STUCK = 70
-
-
-def start_watchdog(worker: JournalWorker) -> None:
-    from journal_worker.worker import TXN_CALL_TIMEOUT_SECONDS
-
-    limit = TXN_CALL_TIMEOUT_SECONDS + 30
-
-    def watch() -> None:
-        while True:
-            time.sleep(5)
-            stuck = worker.stuck_seconds()
-            if stuck > limit:
-                log.critical("a Kafka transaction call is stuck for %.0f s: exiting", stuck)
-                logging.shutdown()
-                os._exit(EXIT_STUCK)
-
-    threading.Thread(target=watch, name="journal-watchdog", daemon=True).start()
-
-
 def main(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config, stages=("journal",))
     if config is None:
-        return 2
+        return EXIT_CONFIG
     setup_logging(config.logging, stage="journal")
 
+    from journal_worker.watchdog import start_watchdog
     from journal_worker.worker import FatalError, JournalWorker
     from mailjournal.metrics import serve_metrics
 
@@ -95,9 +68,9 @@ def main(args: argparse.Namespace) -> int:
         worker.run()
     except FatalError as exc:
         log.error("fatal: %s; exiting so that a fresh instance takes over", exc)
-        return 1
+        return EXIT_FATAL
     finally:
         if server is not None:
             server.stop()
     log.info("stopped")
-    return 0
+    return EXIT_OK

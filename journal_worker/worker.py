@@ -39,7 +39,6 @@ import os
 import socket
 import threading
 import time
-import urllib.error
 from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,14 @@ from journal_worker.directory import Directory, DirectoryUnavailable, make_direc
 from mailjournal.config import Config
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_consumer, make_producer, producer_config
-from schemas import DEAD_LETTER, JOURNAL_COPY, MESSAGE_RECEIVED, SchemaError, new_event_id
+from schemas import (
+    DEAD_LETTER,
+    JOURNAL_COPY,
+    MESSAGE_RECEIVED,
+    SchemaError,
+    default_codec,
+    new_event_id,
+)
 from schemas.events import now_millis
 
 log = logging.getLogger(__name__)
@@ -125,10 +131,6 @@ def _call_with_deadline(
     return result[0]
 
 
-class _Unavailable(Exception):
-    """A message cannot be decided right now (directory or schema registry down)."""
-
-
 @dataclass
 class _Item:
     msg: Message
@@ -158,14 +160,6 @@ def default_instance_id() -> str:
     return os.environ.get("MAILJOURNAL_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _registry_down(exc: SchemaError) -> bool:
-    """A SchemaError caused by the schema registry being unreachable (not the record's fault)."""
-    cause = exc.__cause__
-    if isinstance(cause, urllib.error.HTTPError):
-        return cause.code >= 500
-    return isinstance(cause, OSError)
-
-
 class JournalWorker:
     def __init__(
         self,
@@ -173,21 +167,11 @@ class JournalWorker:
         *,
         instance_id: str | None = None,
         directory: Directory | None = None,
-        codec: Any = None,
     ):
         self.config = config
         self.instance_id = instance_id or default_instance_id()
         self.directory = directory if directory is not None else make_directory(config.directory)
-        if codec is None:
-            if config.kafka.schema_registry_url:
-                from schemas.registry import RegistryCodec
-
-                codec = RegistryCodec(config.kafka.schema_registry_url)
-            else:
-                import schemas.codec
-
-                codec = schemas.codec.default_codec()
-        self.codec = codec
+        self.codec = default_codec()
         self.decider = Decider(config, config.journal.stamp_key())
         topics = config.kafka.topics
         self.messages_topic = topics.messages.name
@@ -332,8 +316,6 @@ class JournalWorker:
         try:
             item.event = self.codec.decode(value, MESSAGE_RECEIVED)
         except SchemaError as exc:
-            if _registry_down(exc):
-                raise _Unavailable(str(exc)) from None
             item.poison = f"undecodable {MESSAGE_RECEIVED}: {exc}"
             return item
         try:
@@ -365,15 +347,8 @@ class JournalWorker:
         return len(items), answers
 
     def _process(self, batch: list[Message]) -> None:
-        items: list[_Item] = []
+        items = [self._parse(msg) for msg in batch]
         probe: Callable[[], object] | None = None
-        for msg in batch:
-            try:
-                items.append(self._parse(msg))
-            except _Unavailable as exc:
-                log.warning("cannot decode now (schema registry): %s", exc)
-                probe = functools.partial(self._parse, msg)
-                break
         n, answers = self._answers(items)
         if n < len(items):
             assert self.directory is not None
@@ -717,7 +692,7 @@ class JournalWorker:
                     self._update_lag(paused=True)  # the backlog growing in an outage is news
                 try:
                     probe()
-                except (DirectoryUnavailable, _Unavailable) as exc:
+                except DirectoryUnavailable as exc:
                     log.warning("still unavailable (next try in %.1fs): %s", delay, exc)
                     delay = min(delay * 2, cfg.retry_max_seconds)
                     continue

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from mailjournal.exits import EXIT_INTERRUPTED
+
 # name -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mailjournal.config_cli", "check a configuration file"),
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -382,8 +382,6 @@ LibrdkafkaProps = dict[str, str | int | float | bool]
 class KafkaConfig(Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id_prefix: str = "mailjournal"
-    schema_registry_url: str | None = None
-    """Confluent wire format when set."""
     # pass-through librdkafka properties: common, then per role (role wins)
     properties: LibrdkafkaProps = {}
     producer: LibrdkafkaProps = {}
@@ -737,6 +735,13 @@ class ConfigError(Exception):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
 
 
+# keys that were settings once: refused like any unknown key, but saying what became of them
+REMOVED_KEYS = {
+    "kafka.schema_registry_url": "removed: the Confluent Schema Registry wire format is no longer "
+    "supported; every stage, the dlq and the audit use Avro single-object encoding (delete the key)",
+}
+
+
 def _format_validation_error(
     exc: ValidationError, env: Mapping[str, str] | None = None
 ) -> list[str]:
@@ -745,7 +750,9 @@ def _format_validation_error(
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (not a mailjournal setting; check the spelling)"
+            msg = REMOVED_KEYS.get(
+                loc, "unknown key (not a mailjournal setting; check the spelling)"
+            )
         elif err["type"] == "missing":
             msg = "required key is missing"
         out.append(_with_source(f"{loc}: {msg}" if loc else msg, loc, env or {}))
@@ -894,9 +901,6 @@ def file_problems(
 # stages that make (deliver) or honour (journal, audit) the loop-guard stamp: with journaling
 # on they refuse to start without a usable key
 STAMP_STAGES = frozenset(("journal", "deliver", "audit"))
-
-
-EXIT_CONFIG = 2  # every command's exit status for an unusable configuration
 
 
 def load_config_or_report(path: str | Path | None, stages: Iterable[str] = ()) -> Config | None:

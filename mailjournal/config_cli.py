@@ -7,6 +7,7 @@ import json
 import sys
 
 from mailjournal.config import load_config_or_report, masked_dump
+from mailjournal.exits import EXIT_CONFIG, EXIT_OK
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +20,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.file)
     if config is None:
-        return 2
+        return EXIT_CONFIG
     if not args.quiet:
         print(json.dumps(masked_dump(config), indent=2, sort_keys=False))
     print(f"{args.file}: configuration is valid", file=sys.stderr)
-    return 0
+    return EXIT_OK

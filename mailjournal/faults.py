@@ -30,10 +30,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from mailjournal.exits import EXIT_CONFIG, EXIT_FAULT
+
 __all__ = [
     "ACTIONS",
     "ENV",
-    "EXIT_FAULT",
     "LOG_ENV",
     "POINTS",
     "FaultInjected",
@@ -46,7 +47,6 @@ __all__ = [
 
 ENV = "MAILJOURNAL_FAULT"
 LOG_ENV = "MAILJOURNAL_FAULT_LOG"
-EXIT_FAULT = 86  # distinct from the stages' own statuses (0, 1, 2, 3, 130)
 ACTIONS = ("kill", "pause", "exit", "raise")
 
 # every point a stage calls, and where (docs/reliability.md, "Fault points", has the guarantee
@@ -175,7 +175,7 @@ def _arm() -> Faults | None:
         faults = from_environment(os.environ)
     except FaultSpecError as exc:
         sys.stderr.write(f"mailjournal: {exc}\n")
-        raise SystemExit(2) from None  # a configuration error, like the others
+        raise SystemExit(EXIT_CONFIG) from None  # a configuration error, like the others
     if faults is not None:
         armed = ", ".join(str(s) for s in faults.specs.values())
         sys.stderr.write(

@@ -17,12 +17,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from mailjournal.config import Config, load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_DRIFT, EXIT_KAFKA, EXIT_OK
 from mailjournal.kafka import make_admin, topic_max_message_bytes
-
-EXIT_OK = 0
-EXIT_KAFKA = 1
-EXIT_CONFIG = 2
-EXIT_DRIFT = 3
 
 
 @dataclass(frozen=True)

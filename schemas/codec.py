@@ -12,9 +12,8 @@ by an older producer, or by a newer one whose version file this build already ca
 Rolling out a new version N+1 (compatible both ways: new fields have defaults, enums have
 defaults): first deploy the file everywhere with writers pinned to N (``write_versions`` or
 ``MAILJOURNAL_SCHEMA_WRITE_VERSIONS=Name=N``), then unpin. A reader that lacks a writer's version
-cannot look its fingerprint up and raises SchemaError (the Schema Registry format in
-:mod:`schemas.registry` fetches unknown writer schemas instead). Never delete a version file while
-records written with it may still be read (retention of the topics, the retry topic included).
+cannot look its fingerprint up and raises SchemaError. Never delete a version file while records
+written with it may still be read (retention of the topics, the retry topic included).
 
 Anything that cannot be decoded faithfully -- wrong magic, unknown fingerprint, truncated or
 corrupt body, trailing bytes -- raises :class:`SchemaError` (a ``ValueError``) with a message that
@@ -379,6 +378,9 @@ _DEFAULT = Codec(write_versions=_write_versions_from_env())
 
 
 def default_codec() -> Codec:
+    """The codec of every stage, the dlq and the audit: one per process, over the packaged
+    schemas, writers pinned by the environment. One choice for all of them, because a record is
+    read by stages other than the one that wrote it (the module-level functions below use it)."""
     return _DEFAULT
 
 

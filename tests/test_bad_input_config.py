@@ -395,4 +395,4 @@ def test_run_stops_when_a_stage_refuses_its_configuration(tmp_path: Path) -> Non
         assert sup.loop() == 2
     finally:
         sup.shutdown()
-    assert sup.children[0].restarts == 0
+    assert sup.children[0].restarts.count == 0

@@ -88,6 +88,17 @@ def test_unknown_keys_are_refused(overrides: dict, key: str) -> None:
     assert f"{key}: unknown key (not a mailjournal setting; check the spelling)" in errs
 
 
+def test_the_removed_registry_key_is_refused_saying_so() -> None:
+    # the registry wire format was removed: a config that still sets it must not start, and the
+    # error says why rather than suggesting a typo
+    errs = errors_of({"kafka": {"schema_registry_url": "http://registry:8081"}})
+    assert errs == [
+        "kafka.schema_registry_url: removed: the Confluent Schema Registry wire format is no "
+        "longer supported; every stage, the dlq and the audit use Avro single-object encoding "
+        "(delete the key)"
+    ]
+
+
 def test_missing_accepted_domains() -> None:
     with pytest.raises(ConfigError) as info:
         load_config_dict({"organization": {}})

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from mailjournal.exits import EXIT_FAULT
 from mailjournal.faults import (
     ENV,
-    EXIT_FAULT,
     LOG_ENV,
     POINTS,
     FaultInjected,

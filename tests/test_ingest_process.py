@@ -230,3 +230,37 @@ def _ready(port: int) -> bool:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
     except OSError:
         return False
+
+
+def test_a_worker_that_dies_is_restarted(kafka_config: Config, tmp_path: Path) -> None:
+    metrics_port = free_port()
+    config = subprocess_config(kafka_config, tmp_path, metrics_port=metrics_port)
+    port = config.ingest.listeners[0].port
+    proc = IngestProcess(write_config_file(config, tmp_path / "ingest.toml"), [port], workers=2)
+    try:
+        wait_until(
+            lambda: len(_listening(proc.proc.pid, port)) == 2 and _ready(metrics_port),
+            60,
+            "two workers listening and metrics ready",
+            diagnose=proc.log,
+        )
+        before = _listening(proc.proc.pid, port)
+        victim = min(before)
+        psutil.Process(victim).kill()
+        # the parent notices, waits its first backoff delay and starts a new worker in its place
+        wait_until(
+            lambda: len(after := _listening(proc.proc.pid, port)) == 2 and victim not in after,
+            60,
+            "the dead worker replaced",
+            diagnose=proc.log,
+        )
+        assert f"(pid {victim}) exited with -9; restarting in 1 s" in proc.log()
+        wait_until(lambda: _ready(metrics_port), 30, "metrics ready again", diagnose=proc.log)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo()
+            s.mail("a@example.org")
+            s.rcpt("u@corp.example")
+            assert s.data(b"Subject: after\r\n\r\nx\r\n")[0] == 250
+        assert proc.terminate() == 0, proc.log()
+    finally:
+        proc.kill()

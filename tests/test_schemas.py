@@ -1,5 +1,5 @@
 """Event schemas and codec: round trips, compatibility across every kept version, failure modes,
-event ids, and the optional Schema Registry wire format (against an in-process fake registry)."""
+and event ids."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import threading
 import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import pytest
 import schemas
 from schemas import codec, events
 from schemas.codec import MAGIC, Codec, SchemaError, fingerprint64
-from schemas.registry import RegistryCodec
 from tests.fixtures.smtp import wait_until
 
 AVRO_ROOT = Path(str(resources.files("schemas") / "avro"))
@@ -725,115 +723,6 @@ def test_copy_ids_are_deterministic() -> None:
     assert a != events.make_copy_id(event_id, "journal-out@corp.example")
     assert a.startswith(event_id)
     assert events.make_ndr_copy_id(a) != a
-
-
-# -------------------------------------------------------------------------------------------------
-# Optional Confluent Schema Registry wire format, against a minimal in-process registry
-
-
-class FakeRegistry:
-    def __init__(self) -> None:
-        self.schemas: list[str] = []
-        self.subjects: dict[str, list[int]] = {}
-        self.posts = 0
-        registry = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def reply(self, code: int, body: dict[str, Any]) -> None:
-                payload = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_POST(self) -> None:
-                match = re.fullmatch(r"/subjects/([^/]+)/versions", self.path)
-                length = int(self.headers["Content-Length"])
-                body = json.loads(self.rfile.read(length))
-                if match is None:
-                    return self.reply(404, {"error_code": 404, "message": "not found"})
-                registry.posts += 1
-                schema = json.dumps(json.loads(body["schema"]), sort_keys=True)
-                if schema not in registry.schemas:
-                    registry.schemas.append(schema)
-                schema_id = registry.schemas.index(schema) + 1
-                registry.subjects.setdefault(match.group(1), []).append(schema_id)
-                return self.reply(200, {"id": schema_id})
-
-            def do_GET(self) -> None:
-                match = re.fullmatch(r"/schemas/ids/([0-9]+)", self.path)
-                index = int(match.group(1)) - 1 if match else -1
-                if not 0 <= index < len(registry.schemas):
-                    return self.reply(404, {"error_code": 40403, "message": "Schema not found"})
-                return self.reply(200, {"schema": registry.schemas[index]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def registry() -> Iterator[FakeRegistry]:
-    fake = FakeRegistry()
-    yield fake
-    fake.close()
-
-
-def test_registry_roundtrip_and_caching(registry: FakeRegistry) -> None:
-    rc = RegistryCodec(registry.url)
-    for name, sample in SAMPLES.items():
-        record = sample()
-        data = rc.encode(name, record)
-        assert data[0] == 0
-        assert rc.decode_with_name(data) == (name, record)
-        rc.encode(name, record)
-    assert registry.posts == len(SAMPLES)  # one registration per schema, then cached
-    assert set(registry.subjects) == {f"{events.NAMESPACE}.{n}" for n in SAMPLES}
-
-    # A fresh process (empty caches) fetches writer schemas by id.
-    data = rc.encode(events.JOURNAL_COPY, journal_copy())
-    fresh = RegistryCodec(registry.url)
-    assert fresh.decode(data, expected=events.JOURNAL_COPY)["kind"] == "JOURNAL"
-    with pytest.raises(SchemaError, match="expected a DeadLetter record"):
-        fresh.decode(data, expected=events.DEAD_LETTER)
-
-    # Single-object records are accepted too (migration between the formats).
-    single = codec.encode(events.DEAD_LETTER, dead_letter())
-    assert rc.decode_with_name(single)[0] == events.DEAD_LETTER
-
-
-def test_registry_forward_compatibility_via_fetched_writer(
-    registry: FakeRegistry, tmp_path: Path
-) -> None:
-    # The registry format lets a reader that lacks v2 still read v2 records.
-    new = RegistryCodec(registry.url, Codec(make_synthetic_v2(tmp_path)))
-    data = new.encode(events.DELIVERY_OUTCOME, delivery_outcome(status="EXPIRED", smtp_session="x"))
-    old = RegistryCodec(registry.url)
-    assert old.decode(data) == {**delivery_outcome(), "status": "UNKNOWN"}
-
-
-def test_registry_errors(registry: FakeRegistry) -> None:
-    rc = RegistryCodec(registry.url)
-    with pytest.raises(SchemaError, match="HTTP 404"):
-        rc.decode(b"\x00\x00\x00\x03\xe7payload")
-    data = rc.encode(events.DEAD_LETTER, dead_letter())
-    for cut in range(len(data)):
-        with pytest.raises(SchemaError):
-            rc.decode(data[:cut])
-    with pytest.raises(SchemaError, match="not a Confluent-framed"):
-        rc.decode(b"\x07" * 20)
-    unreachable = RegistryCodec("http://127.0.0.1:9", timeout=2)
-    with pytest.raises(SchemaError, match="schema registry POST"):
-        unreachable.encode(events.DEAD_LETTER, dead_letter())
 
 
 def test_samples_are_not_mutated_by_encoding() -> None:
