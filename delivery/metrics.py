@@ -108,11 +108,3 @@ SMTP_AUTH_WITHOUT_TLS = Counter(
     "mailjournal_delivery_smtp_auth_without_tls_total",
     "Sessions ended before AUTH because no TLS was negotiated (credentials never sent in clear)",
 )
-RENDER_FALLBACKS = Counter(
-    "mailjournal_delivery_render_fallbacks_total",
-    "Messages built in a fallback form because rendering raised (a field the builders could not "
-    "render; the copy still goes out)",
-    ["what"],  # field, report (sent as the unchanged original), ndr (minimal), sender_dsn
-)
-for _what in ("field", "report", "ndr", "sender_dsn"):
-    RENDER_FALLBACKS.labels(_what)

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from delivery import metrics
-from delivery.report import has_bare_eol
 from mailjournal.config import DeliveryConfig, SmartHostConfig
+from mailjournal.mime import has_bare_eol
 from mailjournal.smtp.outcomes import SmtpResult
 
 log = logging.getLogger(__name__)
