@@ -152,6 +152,7 @@ def exported_metrics() -> dict[str, Exported]:
     import journal_worker.metrics
     import mailjournal.metrics
     import mailjournal.mime
+    import mailjournal.smtp.metrics
     from audit import reconcile as audit
     from mailjournal import kafka_stats
 
@@ -161,6 +162,7 @@ def exported_metrics() -> dict[str, Exported]:
         journal_worker.metrics,
         delivery.metrics,
         mailjournal.metrics,
+        mailjournal.smtp.metrics,
         mailjournal.mime,
     ):
         objects.extend(v for v in vars(module).values() if isinstance(v, MetricWrapperBase))

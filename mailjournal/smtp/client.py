@@ -30,9 +30,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from delivery import metrics
 from mailjournal.config import DeliveryConfig, SmartHostConfig
 from mailjournal.mime import has_bare_eol
+from mailjournal.smtp import metrics
 from mailjournal.smtp.outcomes import SmtpResult
 
 log = logging.getLogger(__name__)
