@@ -9,11 +9,6 @@ ATTEMPTS = Counter(
     "SMTP delivery attempts by kind of copy and result class",
     ["kind", "result"],  # result: delivered, transient, permanent
 )
-SMTP_SECONDS = Histogram(
-    "mailjournal_delivery_smtp_seconds",
-    "SMTP round trip of one transaction (MAIL to the reply after DATA)",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
 END_TO_END_SECONDS = Histogram(
     "mailjournal_delivery_end_to_end_seconds",
     "From ingest's acceptance of the message (received_at) to the smart host's 250",
@@ -62,16 +57,6 @@ DEAD_LETTERS = Counter(
     "Records put on the dead-letter topic",
     ["reason"],  # ndr_failed, ndr_expired, no_ndr_address, undecodable
 )
-SMTP_CONNECTIONS = Gauge(
-    "mailjournal_delivery_smtp_connections",
-    "Open SMTP connections to the smart host",
-    multiprocess_mode="livesum",
-)
-SMTP_CONNECTS = Counter(
-    "mailjournal_delivery_smtp_connects_total",
-    "SMTP connections opened, by result",
-    ["result"],  # ok, error
-)
 INFLIGHT = Gauge(
     "mailjournal_delivery_inflight",
     "Records consumed whose outcome is not yet durable",
@@ -104,15 +89,3 @@ RELAY_DSNS = Counter(
     "DSNs queued to original senders by action",
     ["action"],  # failed, delayed
 )
-SMTP_AUTH_WITHOUT_TLS = Counter(
-    "mailjournal_delivery_smtp_auth_without_tls_total",
-    "Sessions ended before AUTH because no TLS was negotiated (credentials never sent in clear)",
-)
-RENDER_FALLBACKS = Counter(
-    "mailjournal_delivery_render_fallbacks_total",
-    "Messages built in a fallback form because rendering raised (a field the builders could not "
-    "render; the copy still goes out)",
-    ["what"],  # field, report (sent as the unchanged original), ndr (minimal), sender_dsn
-)
-for _what in ("field", "report", "ndr", "sender_dsn"):
-    RENDER_FALLBACKS.labels(_what)

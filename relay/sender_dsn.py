@@ -10,8 +10,8 @@ nothing: a bounce is never bounced.
 
 The DSN travels as a RELAY copy with the null reverse-path, routed like any other mail to the
 sender's domain; if it cannot be delivered it is dead-lettered, never reported again. The
-building blocks (status codes, diagnostic codes, MIME assembly) are :mod:`delivery.ndr`'s and
-:mod:`delivery.report`'s.
+building blocks (status codes, diagnostic codes, MIME assembly) are :mod:`mailjournal.dsn`'s and
+:mod:`mailjournal.mime`'s.
 """
 
 from __future__ import annotations
@@ -23,9 +23,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from delivery import metrics
-from delivery.ndr import Failure, dsn_status, fold_field, multipart_report, recipient_fields
-from delivery.report import (
+from mailjournal.config import Config
+from mailjournal.dsn import (
+    Failure,
+    dsn_status,
+    fold_field,
+    multipart_report,
+    recipient_fields,
+    without_header_fields,
+)
+from mailjournal.mime import (
+    RENDER_FALLBACKS,
     body_transfer_encoding,
     choose_boundary,
     clean_text,
@@ -39,11 +47,9 @@ from delivery.report import (
     safe_ascii,
     simple_header,
     text_part,
-    to_millis,
 )
-from mailjournal.config import Config
 from relay.routing import route_key
-from schemas.events import make_copy_id
+from schemas.events import make_copy_id, to_millis
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +123,7 @@ def delivery_status(
         per_message.append(f"Original-Envelope-Id: {clean_text(xtext_decode(params['envid']))}")
     per_message += [
         f"Reporting-MTA: dns; {clean_text(reporting_mta(config))}",
-        f"Arrival-Date: {rfc5322_date(to_millis(copy.get('received_at')))}",
+        f"Arrival-Date: {rfc5322_date(to_millis(copy['received_at']))}",
     ]
     blocks = ["\r\n".join(fold_field(line) for line in per_message)]
     blocks += ["\r\n".join(_per_recipient(rf, action, until_ms)) for rf in failures]
@@ -170,7 +176,7 @@ def build_sender_dsn(
         )
     except Exception:
         log.exception("DSN %s failed to build; sending a minimal one", safe_ascii(dsn_id))
-        metrics.RENDER_FALLBACKS.labels("sender_dsn").inc()
+        RENDER_FALLBACKS.labels("sender_dsn").inc()
         minimal = [
             RecipientFailure(
                 rf.recipient, dataclasses.replace(rf.failure, reply=safe_ascii(rf.failure.reply))
@@ -178,7 +184,7 @@ def build_sender_dsn(
             for rf in failures
         ]
         return _build_sender_dsn(
-            {**copy, "subject": None, "message_id": None},
+            without_header_fields(copy),
             minimal,
             action,
             config,

@@ -151,11 +151,20 @@ def exported_metrics() -> dict[str, Exported]:
     import ingest.metrics
     import journal_worker.metrics
     import mailjournal.metrics
+    import mailjournal.mime
+    import mailjournal.smtp.metrics
     from audit import reconcile as audit
     from mailjournal import kafka_stats
 
     objects: list[Any] = []
-    for module in (ingest.metrics, journal_worker.metrics, delivery.metrics, mailjournal.metrics):
+    for module in (
+        ingest.metrics,
+        journal_worker.metrics,
+        delivery.metrics,
+        mailjournal.metrics,
+        mailjournal.smtp.metrics,
+        mailjournal.mime,
+    ):
         objects.extend(v for v in vars(module).values() if isinstance(v, MetricWrapperBase))
     objects.extend(audit._audit_gauges(Gauge).values())
     objects.extend(kafka_stats.gauges().values())

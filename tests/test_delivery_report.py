@@ -11,17 +11,13 @@ from typing import Any
 
 import pytest
 
-from delivery.ndr import Failure, build_ndr, dsn_status, make_ndr_copy
-from delivery.report import (
-    body_transfer_encoding,
-    build_message,
-    build_report,
-    choose_boundary,
-    envelope_sender,
-)
+from delivery.ndr import build_ndr, make_ndr_copy
+from delivery.report import build_message, build_report, envelope_sender
 from delivery.retry import plan_retry, tier_for_attempt, tier_topics
 from delivery.worker import PartitionState
 from mailjournal.config import Config
+from mailjournal.dsn import Failure, dsn_status
+from mailjournal.mime import body_transfer_encoding, choose_boundary
 from mailjournal.smtp.outcomes import Action, ResultClass, SmtpResult, decide, retry_copy
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import attached_bytes, make_copy

@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 
 from delivery import report as report_module
-from delivery.ndr import Failure, build_ndr
-from delivery.report import build_message, build_report, clean_text, fold_header, safe_ascii
+from delivery.ndr import build_ndr
+from delivery.report import build_message, build_report
 from journal_worker.decide import Decider, decide, fallback_decision, recipient_types
+from mailjournal import mime
+from mailjournal.dsn import Failure
+from mailjournal.mime import clean_text, fold_header, safe_ascii
 from relay.sender_dsn import RecipientFailure, build_sender_dsn
 from schemas.events import Direction, JournalSource, RecipientType
 from tests.fixtures.config import make_config
@@ -221,7 +224,7 @@ def test_fold_header_falls_back_to_escaped_ascii_when_the_library_raises(
     def broken(*_: Any, **__: Any) -> bytes:
         raise RecursionError("a library bug")
 
-    monkeypatch.setattr(report_module, "_fold_header", broken)
+    monkeypatch.setattr(mime, "_fold_header", broken)
     folded = fold_header("Subject", "caf\u00e9 \ud800")
     assert folded.startswith(b"Subject: =?utf-8?")
     decoded = str(policy.default.header_factory("subject", folded[9:].decode().strip()))
@@ -241,7 +244,7 @@ def test_a_report_that_cannot_build_goes_out_as_the_unchanged_original(
 
 def test_an_ndr_that_cannot_build_is_sent_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
-    real = report_module.decode_header_text
+    real = mime.decode_header_text
 
     def breaks_on_the_subject(raw: Any) -> str:
         calls.append(raw)

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from delivery.ndr import Failure, build_ndr
+from delivery.ndr import build_ndr
 from delivery.report import build_message
 from ingest.headers import selected_headers
 from journal_worker.decide import (
@@ -38,6 +38,7 @@ from journal_worker.decide import (
 )
 from mailjournal.addresses import is_valid_mailbox, key, validate_mailbox
 from mailjournal.config import Config, load_config_dict
+from mailjournal.dsn import Failure
 from mailjournal.stamp import body_of, make_stamp
 from schemas.events import Direction, JournalSource, RecipientType, ReportFormat, make_copy_id
 from tests.fixtures.config import PREVIOUS_STAMP_KEY_FILE, STAMP_KEY, STAMP_KEY_FILE

@@ -22,10 +22,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from delivery.ndr import Failure, build_ndr, diagnostic_code
-from delivery.report import MAX_LINE, build_message, build_report, has_long_line, header_block
+from delivery.ndr import build_ndr
+from delivery.report import build_message, build_report
 from ingest.headers import selected_headers
 from mailjournal.config import Config
+from mailjournal.dsn import Failure, diagnostic_code
+from mailjournal.mime import MAX_LINE, has_long_line, header_block
 from tests.fixtures.config import PREVIOUS_STAMP_KEY_FILE, make_config
 from tests.strategies import (
     EXTERNAL_DOMAINS,

@@ -9,7 +9,7 @@ from typing import Any
 import dns.resolver
 import pytest
 
-from delivery.ndr import Failure
+from mailjournal.dsn import Failure
 from relay.routing import MxError, group_recipients, mail_args, mx_hosts, rcpt_args, route_key
 from relay.sender_dsn import RecipientFailure, delivery_status, wants, xtext_decode
 from tests.fixtures.config import make_config

@@ -14,6 +14,12 @@ session fails before the credentials are sent), then transactions. A session is 
 messages: ``RSET`` before each reuse clears any leftover state and proves the connection still
 alive, so a connection the server dropped while idle is replaced before a
 transaction starts rather than failing one.
+
+A journal copy (:meth:`SmtpClient.send`, one recipient) and a relayed original
+(:meth:`SmtpClient.send_envelope`, the recipients of one next hop) take the same transaction:
+MAIL FROM, a RCPT TO per recipient, DATA, pipelined (RFC 2920) when the server offers it. They
+differ only in where their ESMTP parameters come from (:class:`_CopyParameters`,
+:class:`_RelayedParameters`).
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from delivery import metrics
-from delivery.report import has_bare_eol
 from mailjournal.config import DeliveryConfig, SmartHostConfig
+from mailjournal.mime import has_bare_eol
+from mailjournal.smtp import metrics
 from mailjournal.smtp.outcomes import SmtpResult
 
 log = logging.getLogger(__name__)
@@ -304,21 +311,50 @@ class SmtpClient:
     # -- transactions ------------------------------------------------------------------------
 
     def send(self, mail_from: str, rcpt: str, data: bytes) -> SmtpResult:
-        """One mail transaction. Never raises for SMTP or network trouble: the result says what
-        happened (``code`` None for errors without a reply)."""
+        """One mail transaction of a journal copy: its ESMTP parameters follow from its bytes
+        (:class:`_CopyParameters`). Never raises for SMTP or network trouble: the result says
+        what happened (``code`` None for errors without a reply)."""
+        return self._send(mail_from, [(rcpt, ())], data, _CopyParameters())[0]
+
+    def send_envelope(
+        self,
+        mail_from: str,
+        mail_params: Sequence[str],
+        rcpts: Sequence[tuple[str, Sequence[str]]],
+        data: bytes,
+    ) -> list[SmtpResult]:
+        """One transaction for several recipients of one next hop, with the original ESMTP
+        parameters (``mail_params``: e.g. ``BODY=8BITMIME``, ``SMTPUTF8``, ``RET=HDRS``,
+        ``ENVID=x``; per recipient e.g. ``NOTIFY=FAILURE``, ``ORCPT=rfc822;a@b``). Parameters the
+        server does not offer are left out (DSN ones without ``DSN``; RFC 3461 section 4), SIZE is
+        the real size. One result per recipient, in order; never raises for SMTP or network
+        trouble."""
+        return self._send(mail_from, rcpts, data, _RelayedParameters(tuple(mail_params)))
+
+    def _send(
+        self,
+        mail_from: str,
+        rcpts: Sequence[tuple[str, Sequence[str]]],
+        data: bytes,
+        parameters: _Parameters,
+    ) -> list[SmtpResult]:
+        """The transaction on a borrowed session, one result per recipient, each with the
+        transaction's seconds. A reused session that fails its pipelined RSET is replaced and the
+        transaction starts again on the new one (its seconds counted from there)."""
         while True:
             try:
                 session = self._borrow()
             except SessionError as exc:
-                return SmtpResult(exc.code, exc.text, exc.stage, self.address)
+                return [SmtpResult(exc.code, exc.text, exc.stage, self.address)] * len(rcpts)
             started = time.monotonic()
             keep = True
             try:
-                result = self._transaction(session, mail_from, rcpt, data)
-                if result.code is not None and result.stage in ("mail", "rcpt", "data"):
-                    if result.code == 421:  # the server is closing the session
-                        keep = False
-                elif result.code is None and not result.permanent_local:
+                results = self._transaction(session, mail_from, rcpts, data, parameters)
+                last = results[-1] if results else None
+                # the server closes (421), or the connection broke: do not reuse the session
+                if last is not None and (
+                    last.code == 421 or (last.code is None and not last.permanent_local)
+                ):
                     keep = False
             except _StaleSession:
                 # a reused session failed its pipelined RSET: nothing of this message was
@@ -327,70 +363,90 @@ class SmtpClient:
                 continue
             except (OSError, smtplib.SMTPException, ValueError) as exc:
                 keep = False
-                result = self._exception_result(exc)
+                results = [self._exception_result(exc)] * len(rcpts)
             break
         seconds = self._finish(session, keep, started)
-        return SmtpResult(
-            result.code, result.text, result.stage, self.address, seconds, result.permanent_local
-        )
+        return [
+            SmtpResult(r.code, r.text, r.stage, self.address, seconds, r.permanent_local)
+            for r in results
+        ]
 
-    def _transaction(self, session: Session, mail_from: str, rcpt: str, data: bytes) -> SmtpResult:
-        smtp = session.smtp
-        addr = self.address
-        if any(c in s for s in (mail_from, rcpt) for c in "\r\n<>"):
-            return SmtpResult(
-                553,
-                "5.1.3 invalid characters in an envelope address",
-                "local",
-                addr,
-                permanent_local=True,
-            )
-        data = wire_bytes(data)
-        params: list[str] = []
-        if "size" in session.features:
-            limit = session.features["size"].strip()
-            if limit.isdigit() and int(limit) and len(data) > int(limit):
-                return SmtpResult(
-                    552,
-                    f"5.3.4 message of {len(data)} bytes exceeds the smart host's limit of {limit}",
-                    "local",
-                    addr,
-                    permanent_local=True,
-                )
-            params.append(f"SIZE={len(data)}")
-        refusal = _extension_refusal(session.features, mail_from, rcpt, data)
-        if refusal is not None:
-            code, text = refusal
-            return SmtpResult(code, text, "local", addr, permanent_local=True)
-        if not data.isascii():
-            params.append("BODY=8BITMIME")
-        utf8 = not (mail_from.isascii() and rcpt.isascii())
-        if utf8 or has_utf8_header_fields(data):
-            params.append("SMTPUTF8")
-        smtp.command_encoding = "utf-8" if utf8 else "ascii"
-        args = f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params)
+    def _transaction(
+        self,
+        session: Session,
+        mail_from: str,
+        rcpts: Sequence[tuple[str, Sequence[str]]],
+        data: bytes,
+        parameters: _Parameters,
+    ) -> list[SmtpResult]:
+        """MAIL FROM with its parameters, a RCPT TO with its own per recipient, DATA: pipelined
+        when the server offers PIPELINING, else command by command. What the server could not
+        take as it is (an envelope address that would inject a command, a message over its SIZE,
+        an extension it does not offer) is refused locally and permanently before MAIL."""
+        smtp, addr, feats = session.smtp, self.address, session.features
+        addresses = [mail_from, *(r for r, _ in rcpts)]
         try:
-            if "pipelining" in session.features:
-                return self._pipelined(session, args, rcpt, data)
-            code, msg = smtp.docmd("MAIL", args)
-            if code != 250:
-                return SmtpResult(code, _decode_reply(msg), "mail", addr)
-            code, msg = smtp.docmd("RCPT", f"TO:<{rcpt}>")
-            if code not in (250, 251):
-                return SmtpResult(code, _decode_reply(msg), "rcpt", addr)
-            code, msg = smtp.docmd("DATA")
-            if code != 354:  # the reply to DATA itself
-                return SmtpResult(code, _decode_reply(msg), "data", addr)
-            smtp.send(dot_stuffed(data))
-            code, msg = smtp.getreply()
-            return SmtpResult(code, _decode_reply(msg), "data", addr)
+            if any(c in a for a in addresses for c in "\r\n<>"):
+                raise _Refusal(553, "5.1.3 invalid characters in an envelope address")
+            data = wire_bytes(data)
+            params: list[str] = []
+            if "size" in feats:
+                limit = feats["size"].strip()
+                if limit.isdigit() and int(limit) and len(data) > int(limit):
+                    raise _Refusal(
+                        552,
+                        f"5.3.4 message of {len(data)} bytes exceeds {parameters.size_limit} "
+                        f"of {limit}",
+                    )
+                params.append(f"SIZE={len(data)}")
+            extensions, utf8 = parameters.mail(feats, addresses, data)
+        except _Refusal as refusal:
+            local = SmtpResult(refusal.code, refusal.text, "local", addr, permanent_local=True)
+            return [local] * len(rcpts)
+        params += extensions
+        dsn = "dsn" in feats
+        mail_args = f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params)
+        rcpt_args = [
+            f"TO:<{rcpt}>"
+            + "".join(
+                f" {p}" for p in rparams if dsn or p.split("=", 1)[0].upper() not in _DSN_RCPT
+            )
+            for rcpt, rparams in rcpts
+        ]
+        smtp.command_encoding = "utf-8" if utf8 else "ascii"
+        try:
+            if "pipelining" in feats:
+                return self._pipelined(session, mail_args, rcpt_args, data)
+            return self._lockstep(smtp, mail_args, rcpt_args, data)
         finally:
             smtp.command_encoding = "ascii"
 
-    def _pipelined(self, session: Session, mail_args: str, rcpt: str, data: bytes) -> SmtpResult:
-        return self._pipelined_group(session, mail_args, [f"TO:<{rcpt}>"], data)[0]
+    def _lockstep(
+        self, smtp: smtplib.SMTP, mail_args: str, rcpt_args: Sequence[str], data: bytes
+    ) -> list[SmtpResult]:
+        """Without PIPELINING: each command waits for its reply. One result per recipient: the
+        MAIL refusal, its RCPT refusal, or the reply to DATA or the body. When no recipient is
+        accepted DATA is not sent; the transaction left open is cleared by the RSET before the
+        session's next use."""
+        addr = self.address
+        code, msg = smtp.docmd("MAIL", mail_args)
+        if code != 250:
+            return [SmtpResult(code, _decode_reply(msg), "mail", addr)] * len(rcpt_args)
+        failed: list[SmtpResult | None] = []
+        for args in rcpt_args:
+            code, msg = smtp.docmd("RCPT", args)
+            ok = code in (250, 251)
+            failed.append(None if ok else SmtpResult(code, _decode_reply(msg), "rcpt", addr))
+        if all(f is not None for f in failed):
+            return [f for f in failed if f is not None]
+        code, msg = smtp.docmd("DATA")
+        if code == 354:  # else the reply to DATA itself is the result
+            smtp.send(dot_stuffed(data))
+            code, msg = smtp.getreply()
+        final = SmtpResult(code, _decode_reply(msg), "data", addr)
+        return [f or final for f in failed]
 
-    def _pipelined_group(
+    def _pipelined(
         self, session: Session, mail_args: str, rcpt_args: Sequence[str], data: bytes
     ) -> list[SmtpResult]:
         """RFC 2920: [RSET,] MAIL, every RCPT and DATA in one write, their replies read in
@@ -436,135 +492,103 @@ class SmtpClient:
         final = SmtpResult(code, _decode_reply(msg), "data", addr)
         return [f or final for f in failed]
 
-    # -- transactions with the original envelope (the relay) ----------------------------------
 
-    def send_envelope(
-        self,
-        mail_from: str,
-        mail_params: Sequence[str],
-        rcpts: Sequence[tuple[str, Sequence[str]]],
-        data: bytes,
-    ) -> list[SmtpResult]:
-        """One transaction for several recipients of one next hop, with the original ESMTP
-        parameters (``mail_params``: e.g. ``BODY=8BITMIME``, ``SMTPUTF8``, ``RET=HDRS``,
-        ``ENVID=x``; per recipient e.g. ``NOTIFY=FAILURE``, ``ORCPT=rfc822;a@b``). Parameters the
-        server does not offer are left out (DSN ones without ``DSN``; RFC 3461 section 4), SIZE is
-        the real size. One result per recipient, in order; never raises for SMTP or network
-        trouble."""
-        try:
-            session = self._borrow()
-        except SessionError as exc:
-            r = SmtpResult(exc.code, exc.text, exc.stage, self.address)
-            return [r] * len(rcpts)
-        started = time.monotonic()
-        keep = True
-        while True:
-            try:
-                results = self._envelope_transaction(session, mail_from, mail_params, rcpts, data)
-                last = results[-1] if results else None
-                # the server closes (421), or the connection broke: do not reuse the session
-                if last is not None and (
-                    last.code == 421 or (last.code is None and not last.permanent_local)
-                ):
-                    keep = False
-            except _StaleSession:  # nothing was accepted on it: a fresh session, same mail
-                self._discard(session)
-                try:
-                    session = self._borrow()
-                except SessionError as exc:
-                    r = SmtpResult(exc.code, exc.text, exc.stage, self.address)
-                    return [r] * len(rcpts)
-                continue
-            except (OSError, smtplib.SMTPException, ValueError) as exc:
-                keep = False
-                results = [self._exception_result(exc)] * len(rcpts)
-            break
-        seconds = self._finish(session, keep, started)
-        return [
-            SmtpResult(r.code, r.text, r.stage, self.address, seconds, r.permanent_local)
-            for r in results
-        ]
+# RCPT parameters of RFC 3461, left out when the server does not offer DSN
+_DSN_RCPT = frozenset({"NOTIFY", "ORCPT"})
 
-    def _envelope_transaction(
-        self,
-        session: Session,
-        mail_from: str,
-        mail_params: Sequence[str],
-        rcpts: Sequence[tuple[str, Sequence[str]]],
-        data: bytes,
-    ) -> list[SmtpResult]:
-        smtp, addr, feats = session.smtp, self.address, session.features
-        n = len(rcpts)
 
-        def local(code: int, text: str) -> list[SmtpResult]:
-            return [SmtpResult(code, text, "local", addr, permanent_local=True)] * n
+class _Refusal(Exception):
+    """The transaction cannot go to this server as it is: a local, permanent result."""
 
-        addresses = [mail_from, *(r for r, _ in rcpts)]
-        if any(c in a for a in addresses for c in "\r\n<>"):
-            return local(553, "5.1.3 invalid characters in an envelope address")
-        data = wire_bytes(data)
-        dsn = "dsn" in feats
-        params: list[str] = []
-        if "size" in feats:
-            limit = feats["size"].strip()
-            if limit.isdigit() and int(limit) and len(data) > int(limit):
-                return local(
-                    552, f"5.3.4 message of {len(data)} bytes exceeds the limit of {limit}"
+    def __init__(self, code: int, text: str):
+        super().__init__(f"{code} {text}")
+        self.code, self.text = code, text
+
+
+class _Parameters(Protocol):
+    """Where a transaction's MAIL parameters (besides SIZE) come from."""
+
+    @property
+    def size_limit(self) -> str:
+        """How a SIZE refusal names the server's limit."""
+        ...
+
+    def mail(
+        self, features: dict[str, str], addresses: Sequence[str], data: bytes
+    ) -> tuple[list[str], bool]:
+        """The MAIL parameters for a server with ``features`` and whether the commands need
+        UTF-8 (SMTPUTF8); raises :class:`_Refusal` when the server cannot take the message."""
+        ...
+
+
+@dataclass(frozen=True)
+class _CopyParameters:
+    """A journal copy's parameters follow from its bytes: ``BODY=8BITMIME`` for 8-bit content,
+    ``SMTPUTF8`` for non-ASCII addresses or UTF-8 header fields. The copy is never converted
+    (an archive must get the bytes ingest accepted) nor handed to a server that did not agree
+    to carry it: that would leave its mangling to the next hop. Either is a permanent failure of
+    the copy, so its NDR names the missing extension (RFC 6152 §3, RFC 6531 §3.4)."""
+
+    size_limit: str = "the smart host's limit"
+
+    def mail(
+        self, features: dict[str, str], addresses: Sequence[str], data: bytes
+    ) -> tuple[list[str], bool]:
+        ascii_addresses = all(a.isascii() for a in addresses)
+        utf8_header = has_utf8_header_fields(data)
+        if not data.isascii() and "8bitmime" not in features:
+            raise _Refusal(554, "5.6.3 8-bit content and the smart host does not offer 8BITMIME")
+        if "smtputf8" not in features:
+            if not ascii_addresses:
+                raise _Refusal(
+                    553, "5.6.7 non-ASCII address and the smart host does not offer SMTPUTF8"
                 )
-            params.append(f"SIZE={len(data)}")
+            if utf8_header:
+                raise _Refusal(
+                    550,
+                    "5.6.9 UTF-8 header fields (RFC 6532) and the smart host does not offer"
+                    " SMTPUTF8; journal format 'report' carries such a message without SMTPUTF8",
+                )
+        params = [] if data.isascii() else ["BODY=8BITMIME"]
+        if not ascii_addresses or utf8_header:
+            params.append("SMTPUTF8")
+        return params, not ascii_addresses
+
+
+@dataclass(frozen=True)
+class _RelayedParameters:
+    """A relayed original keeps its client's parameters (``mail_params``) where the next hop
+    offers their extension: ``BODY`` with 8BITMIME (or ``BODY=7BIT``), ``RET``/``ENVID`` with
+    DSN, ``SMTPUTF8`` (asked for, or needed by a non-ASCII address) or a permanent refusal;
+    the client's SIZE is replaced by the real one."""
+
+    mail_params: tuple[str, ...]
+    size_limit: str = "the limit"
+
+    def mail(
+        self, features: dict[str, str], addresses: Sequence[str], data: bytes
+    ) -> tuple[list[str], bool]:
+        params: list[str] = []
         utf8 = not all(a.isascii() for a in addresses)
-        for p in mail_params:
+        for p in self.mail_params:
             keyword = p.split("=", 1)[0].upper()
             if keyword == "SIZE":
                 continue
             if keyword == "BODY":
-                if "8bitmime" in feats or p.upper() == "BODY=7BIT":
+                if "8bitmime" in features or p.upper() == "BODY=7BIT":
                     params.append(p)
             elif keyword == "SMTPUTF8":
                 utf8 = True
             elif keyword in ("RET", "ENVID"):
-                if dsn:
+                if "dsn" in features:
                     params.append(p)
             else:
                 params.append(p)
         if utf8:
-            if "smtputf8" not in feats:
-                return local(553, "5.6.7 SMTPUTF8 required and the next hop does not offer it")
+            if "smtputf8" not in features:
+                raise _Refusal(553, "5.6.7 SMTPUTF8 required and the next hop does not offer it")
             params.append("SMTPUTF8")
-        smtp.command_encoding = "utf-8" if utf8 else "ascii"
-        mail_args = f"FROM:<{mail_from}>" + "".join(f" {p}" for p in params)
-        rcpt_args = [
-            f"TO:<{rcpt}>"
-            + "".join(
-                f" {p}" for p in rparams if dsn or p.split("=", 1)[0].upper() not in _DSN_RCPT
-            )
-            for rcpt, rparams in rcpts
-        ]
-        try:
-            if "pipelining" in feats:
-                return self._pipelined_group(session, mail_args, rcpt_args, data)
-            code, msg = smtp.docmd("MAIL", mail_args)
-            if code != 250:
-                return [SmtpResult(code, _decode_reply(msg), "mail", addr)] * n
-            results: list[SmtpResult | None] = []
-            for args in rcpt_args:
-                code, msg = smtp.docmd("RCPT", args)
-                ok = code in (250, 251)
-                results.append(None if ok else SmtpResult(code, _decode_reply(msg), "rcpt", addr))
-            if all(r is not None for r in results):
-                smtp.rset()  # nobody accepted: end the transaction, keep the session
-                return [r for r in results if r is not None]
-            code, msg = smtp.docmd("DATA")
-            if code == 354:
-                smtp.send(dot_stuffed(data))
-                code, msg = smtp.getreply()
-            final = SmtpResult(code, _decode_reply(msg), "data", addr)
-            return [r if r is not None else final for r in results]
-        finally:
-            smtp.command_encoding = "ascii"
-
-
-_DSN_RCPT = frozenset({"NOTIFY", "ORCPT"})
+        return params, utf8
 
 
 def has_utf8_header_fields(data: bytes) -> bool:
@@ -580,28 +604,6 @@ def has_utf8_header_fields(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _extension_refusal(
-    features: dict[str, str], mail_from: str, rcpt: str, data: bytes
-) -> tuple[int, str] | None:
-    """Why the smart host cannot take this copy as it is, or None. The copy is never converted
-    (an archive must get the bytes ingest accepted) nor handed to a server that did not agree to
-    carry it: that would leave its mangling to the next hop. Either is a permanent failure of
-    the copy, so its NDR names the missing extension (RFC 6152 §3, RFC 6531 §3.4)."""
-    if not data.isascii() and "8bitmime" not in features:
-        return 554, "5.6.3 8-bit content and the smart host does not offer 8BITMIME"
-    if "smtputf8" in features:
-        return None
-    if not (mail_from.isascii() and rcpt.isascii()):
-        return 553, "5.6.7 non-ASCII address and the smart host does not offer SMTPUTF8"
-    if has_utf8_header_fields(data):
-        return (
-            550,
-            "5.6.9 UTF-8 header fields (RFC 6532) and the smart host does not offer SMTPUTF8;"
-            " journal format 'report' carries such a message without SMTPUTF8",
-        )
-    return None
 
 
 def _error_text(exc: BaseException) -> str:

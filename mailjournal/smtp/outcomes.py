@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from delivery.report import to_millis
 from delivery.retry import deadline_ms, plan_retry
 from mailjournal.config import DeliveryConfig
+from schemas.events import to_millis
 
 # stages of an SMTP attempt; only the transaction's replies are about the message
 SESSION_STAGES = frozenset({"connect", "greeting", "ehlo", "starttls", "auth", "rset"})

@@ -36,13 +36,14 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from audit.reconcile import required_globals
-from delivery.ndr import Failure, build_ndr
+from delivery.ndr import build_ndr
 from delivery.report import build_message, build_report
 from ingest.datapath import DataParser, DataStatus
 from ingest.headers import selected_headers
 from journal_worker.decide import Decider, journal_copy_record, lookup_key
 from mailjournal.addresses import AddressError, key, validate_mailbox
 from mailjournal.config import Config, load_config_dict
+from mailjournal.dsn import Failure
 from relay.sender_dsn import RecipientFailure, build_sender_dsn
 from schemas import JOURNAL_COPY, MESSAGE_RECEIVED, decode, encode
 from tests.fixtures.config import STAMP_KEY_FILE
