@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 from mailjournal.cli import COMMANDS
-from mailjournal.config import load_config
+from mailjournal.config import Config, load_config
+from mailjournal.topics import relay_retry_topic_name, topic_specs
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 
@@ -19,6 +20,27 @@ def documents() -> list[dict[str, Any]]:
     for path in sorted(K8S.glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
+
+
+def deployment(name: str) -> dict[str, Any]:
+    return next(
+        d for d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == name
+    )
+
+
+def overlay_environ() -> dict[str, str]:
+    """The environment the TLS + SASL overlay gives every stage container, as the kubelet hands
+    it to the process (``$(KAFKA_PASSWORD)`` expanded)."""
+    overlay = K8S / "overlays" / "kafka-tls-sasl"
+    (patch_ref,) = yaml.safe_load((overlay / "kustomization.yaml").read_text())["patches"]
+    patch = yaml.safe_load((overlay / patch_ref["path"]).read_text())
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return {k: v.replace("$(KAFKA_PASSWORD)", "s3cret") for k, v in env.items() if v is not None}
+
+
+def bootstrap_ports(cfg: Config) -> set[int]:
+    return {int(entry.rpartition(":")[2]) for entry in cfg.kafka.bootstrap_servers.split(",")}
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -33,6 +55,7 @@ def test_deployments_run_real_commands_with_probes_on_the_metrics_port() -> None
         "ingest": cfg.metrics.ingest_port,
         "journal": cfg.metrics.journal_port,
         "deliver": cfg.metrics.delivery_port,
+        "relay": cfg.metrics.relay_port,
         "audit": 9104,
     }
     deployments = [d for d in documents() if d["kind"] == "Deployment"]
@@ -40,8 +63,10 @@ def test_deployments_run_real_commands_with_probes_on_the_metrics_port() -> None
         "mailjournal-ingest",
         "mailjournal-journal",
         "mailjournal-delivery",
+        "mailjournal-relay",
         "mailjournal-audit",
     }
+    assert cfg.relays  # the relay has originals to forward (it exits 2 without an inline listener)
     for dep in deployments:
         pod = dep["spec"]["template"]
         (container,) = pod["spec"]["containers"]
@@ -78,18 +103,32 @@ def test_smtp_service_targets_the_listener_port() -> None:
 
 def test_lag_autoscalers_watch_the_stage_groups_and_topics() -> None:
     cfg = load_config(K8S / "mailjournal.toml")
+    topics = cfg.kafka.topics
     scaled = {d["metadata"]["name"]: d for d in documents() if d["kind"] == "ScaledObject"}
+    relay_tiers = [
+        relay_retry_topic_name(cfg, i) for i in range(len(cfg.relay.retry_delays_seconds))
+    ]
     expect = {
-        "mailjournal-journal": (cfg.kafka.journal_group, cfg.kafka.topics.messages),
-        "mailjournal-delivery": (cfg.kafka.delivery_group, cfg.kafka.topics.journal),
+        "mailjournal-journal": (cfg.kafka.journal_group, [topics.messages.name]),
+        "mailjournal-delivery": (cfg.kafka.delivery_group, [topics.journal.name]),
+        "mailjournal-relay": (cfg.kafka.relay_group, [topics.messages.name, *relay_tiers]),
     }
+    partitions = {spec.name: spec.partitions for spec in topic_specs(cfg)}
     assert set(scaled) == set(expect)
-    for name, (group, topic) in expect.items():
-        trigger = scaled[name]["spec"]["triggers"][0]["metadata"]
-        assert trigger["consumerGroup"] == group and trigger["topic"] == topic.name
-        assert trigger["bootstrapServers"] == cfg.kafka.bootstrap_servers
+    for name, (group, watched) in expect.items():
+        triggers = [t["metadata"] for t in scaled[name]["spec"]["triggers"]]
+        assert all(t["type"] == "kafka" for t in scaled[name]["spec"]["triggers"])
+        assert [t["topic"] for t in triggers] == watched
+        for trigger in triggers:
+            assert trigger["consumerGroup"] == group
+            assert trigger["bootstrapServers"] == cfg.kafka.bootstrap_servers
+            # a held retry tier (its head not yet due) must not scale the stage out
+            tier = trigger["topic"] in relay_tiers
+            assert trigger.get("excludePersistentLag") == ("true" if tier else None)
         # more consumers than partitions would sit idle
-        assert scaled[name]["spec"]["maxReplicaCount"] <= topic.partitions
+        assert scaled[name]["spec"]["maxReplicaCount"] <= max(partitions[t] for t in watched)
+        assert scaled[name]["spec"]["scaleTargetRef"]["name"] == name
+        deployment(name)  # the Deployment it scales exists
 
 
 def test_manifests_are_valid_kubernetes_objects() -> None:
@@ -109,16 +148,16 @@ def test_tls_sasl_overlay_patches_every_stage_container_and_parses() -> None:
     patch = yaml.safe_load((overlay / patch_ref["path"]).read_text())
     (container,) = patch["spec"]["template"]["spec"]["containers"]
     # strategic merge matches containers by name: the patch must name the base's container
+    patched = set()
     for dep in (d for d in documents() if d["kind"] == "Deployment"):
+        patched.add(dep["metadata"]["name"])
         assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == [
             container["name"]
         ]
         assert patch_ref["target"]["labelSelector"] == "app.kubernetes.io/name=mailjournal"
         assert dep["metadata"]["labels"]["app.kubernetes.io/name"] == "mailjournal"
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    # what the kubelet hands the process after expanding $(KAFKA_PASSWORD)
-    environ = {k: v.replace("$(KAFKA_PASSWORD)", "s3cret") for k, v in env.items() if v is not None}
-    cfg = load_config(K8S / "mailjournal.toml", environ=environ)
+    assert "mailjournal-relay" in patched
+    cfg = load_config(K8S / "mailjournal.toml", environ=overlay_environ())
     assert cfg.kafka.bootstrap_servers.count(":9093") == 3
     assert cfg.kafka.properties["security.protocol"] == "SASL_SSL"
     assert cfg.kafka.properties["sasl.password"] == "s3cret"
@@ -131,11 +170,7 @@ def test_network_policy_admits_only_the_balancer_and_prometheus_to_ingest() -> N
     from Prometheus; nothing else (no other rule, no rule without a source or a port)."""
     cfg = load_config(K8S / "mailjournal.toml")
     (lst,) = cfg.ingest.listeners
-    ingest = next(
-        d
-        for d in documents()
-        if d["kind"] == "Deployment" and d["metadata"]["name"] == "mailjournal-ingest"
-    )
+    ingest = deployment("mailjournal-ingest")
     pod_labels = ingest["spec"]["template"]["metadata"]["labels"]
     container = ingest["spec"]["template"]["spec"]["containers"][0]
     port_names = {p["name"] for p in container["ports"]}
@@ -162,3 +197,38 @@ def test_network_policy_admits_only_the_balancer_and_prometheus_to_ingest() -> N
     assert "namespaceSelector" in prometheus  # same rule: Prometheus pods of that namespace
     metrics = next(p for p in container["ports"] if p["name"] == "metrics")
     assert metrics["containerPort"] == cfg.metrics.ingest_port
+
+
+def test_relay_network_policy_admits_prometheus_and_lets_out_kafka_dns_smtp() -> None:
+    """Ingress: the metrics port from Prometheus only. Egress: Kafka (plaintext and the TLS
+    overlay's port), DNS, and SMTP on every next hop's port; nothing else."""
+    cfg = load_config(K8S / "mailjournal.toml")
+    relay = deployment("mailjournal-relay")
+    pod_labels = relay["spec"]["template"]["metadata"]["labels"]
+    (container,) = relay["spec"]["template"]["spec"]["containers"]
+    (policy,) = [
+        d
+        for d in documents()
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    (prometheus,) = rule["from"]
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert "namespaceSelector" in prometheus
+    metrics = next(p for p in container["ports"] if p["name"] == "metrics")
+    assert metrics["containerPort"] == cfg.metrics.relay_port
+
+    allowed = set()
+    for egress in policy["spec"]["egress"]:
+        assert egress.get("ports"), egress  # no rule open on every port
+        allowed |= {(p["protocol"], p["port"]) for p in egress["ports"]}
+    overlay = load_config(K8S / "mailjournal.toml", environ=overlay_environ())
+    kafka = bootstrap_ports(cfg) | bootstrap_ports(overlay)
+    hops = [cfg.relay.inbound, cfg.relay.outbound, *cfg.relay.domains.values()]
+    # an MX next hop is any recipient domain's MX, on the SMTP port
+    smtp = {25 if hop.mx else hop.port for hop in hops if hop is not None}
+    dns = {("UDP", 53), ("TCP", 53)}  # the brokers' and next hops' names, MX records
+    assert allowed == {("TCP", port) for port in kafka | smtp} | dns
