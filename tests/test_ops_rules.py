@@ -33,11 +33,12 @@ from tests.ops_queries import (
     legend_labels,
     metric_refs,
     rule_queries,
+    selectors,
     without_thresholds,
 )
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-STAGES = ("ingest", "journal", "delivery")
+STAGES = ("ingest", "journal", "delivery", "relay")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -233,6 +234,21 @@ def test_stage_dashboards_cover_what_the_issue_asks_for() -> None:
         "mailjournal_kafka_consumer_lag",
     ):
         assert metric in delivery, metric
+    relay = text["mailjournal-relay.json"]
+    for metric in (
+        "mailjournal_relay_messages_total",  # throughput by outcome
+        "mailjournal_relay_latency_seconds_bucket",  # to the next hop
+        "mailjournal_delivery_retry_waiting",  # the retry tiers
+        "mailjournal_relay_dsns_total",  # DSNs to senders
+        "mailjournal_delivery_dead_letters_total",
+        "mailjournal_delivery_inflight",
+        "mailjournal_kafka_consumer_lag",
+    ):
+        assert metric in relay, metric
+    # every query of the relay's dashboard reads the relay's series only
+    for q in dashboard_queries():
+        if q.source.startswith("mailjournal-relay.json / ") and "variable" not in q.source:
+            assert all('job="mailjournal-relay"' in m for m in selectors(q.expr)), q
 
 
 def test_grafana_provisioning() -> None:
@@ -261,6 +277,7 @@ def test_static_scrape_config_matches_the_default_metrics_ports() -> None:
         "mailjournal-ingest": [f"127.0.0.1:{defaults.ingest_port}"],
         "mailjournal-journal": [f"127.0.0.1:{defaults.journal_port}"],
         "mailjournal-delivery": [f"127.0.0.1:{defaults.delivery_port}"],
+        "mailjournal-relay": [f"127.0.0.1:{defaults.relay_port}"],
         "mailjournal-audit": ["127.0.0.1:9104"],
     }
     assert config["rule_files"] == ["rules/*.yml"]
