@@ -3,9 +3,12 @@ the configuration they mount, autoscalers watch the right consumer groups and to
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from mailjournal.cli import COMMANDS
@@ -13,6 +16,7 @@ from mailjournal.config import Config, load_config
 from mailjournal.topics import relay_retry_topic_name, topic_specs
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+OVERLAY = K8S.parent / "kubernetes-overlays" / "kafka-tls-sasl"
 
 
 def documents() -> list[dict[str, Any]]:
@@ -31,9 +35,8 @@ def deployment(name: str) -> dict[str, Any]:
 def overlay_environ() -> dict[str, str]:
     """The environment the TLS + SASL overlay gives every stage container, as the kubelet hands
     it to the process (``$(KAFKA_PASSWORD)`` expanded)."""
-    overlay = K8S / "overlays" / "kafka-tls-sasl"
-    (patch_ref,) = yaml.safe_load((overlay / "kustomization.yaml").read_text())["patches"]
-    patch = yaml.safe_load((overlay / patch_ref["path"]).read_text())
+    (patch_ref,) = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())["patches"]
+    patch = yaml.safe_load((OVERLAY / patch_ref["path"]).read_text())
     (container,) = patch["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     return {k: v.replace("$(KAFKA_PASSWORD)", "s3cret") for k, v in env.items() if v is not None}
@@ -141,11 +144,10 @@ def test_manifests_are_valid_kubernetes_objects() -> None:
 
 
 def test_tls_sasl_overlay_patches_every_stage_container_and_parses() -> None:
-    overlay = K8S / "overlays" / "kafka-tls-sasl"
-    kust = yaml.safe_load((overlay / "kustomization.yaml").read_text())
-    assert kust["resources"] == ["../.."]
+    kust = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    assert [(OVERLAY / r).resolve() for r in kust["resources"]] == [K8S]
     (patch_ref,) = kust["patches"]
-    patch = yaml.safe_load((overlay / patch_ref["path"]).read_text())
+    patch = yaml.safe_load((OVERLAY / patch_ref["path"]).read_text())
     (container,) = patch["spec"]["template"]["spec"]["containers"]
     # strategic merge matches containers by name: the patch must name the base's container
     patched = set()
@@ -163,6 +165,39 @@ def test_tls_sasl_overlay_patches_every_stage_container_and_parses() -> None:
     assert cfg.kafka.properties["sasl.password"] == "s3cret"
     mounted = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(Path(str(cfg.kafka.properties["ssl.ca.location"])).parent) in mounted
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize path``: the objects ``kubectl apply -k path`` would apply."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    res = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 0, res.stderr
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+def test_base_and_overlay_build_and_the_overlay_patches_every_deployment() -> None:
+    """What kustomize itself makes of them (it refuses, for one, an overlay inside its base)."""
+    base = kustomize(K8S)
+    names = {
+        (d["kind"], d["metadata"]["name"]) for d in documents() if d["kind"] != "Kustomization"
+    }
+    assert {(d["kind"], d["metadata"]["name"]) for d in base if d["kind"] != "ConfigMap"} == names
+    assert all(d["metadata"].get("namespace", "mailjournal") == "mailjournal" for d in base)
+    deployments = [d for d in kustomize(OVERLAY) if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {
+        name for kind, name in names if kind == "Deployment"
+    }
+    environ = overlay_environ()
+    for dep in deployments:
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        env = {e["name"] for e in container["env"]}
+        assert set(environ) <= env, dep["metadata"]["name"]
+        mounts = {m["name"] for m in container["volumeMounts"]}
+        assert {"kafka-ca", "config"} <= mounts, dep["metadata"]["name"]
 
 
 def test_network_policy_admits_only_the_balancer_and_prometheus_to_ingest() -> None:
