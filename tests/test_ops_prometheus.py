@@ -407,16 +407,8 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             (ext, "relay-gone@corp.example", "relay DSN"),  # the DSN goes to ext
             ("", "relay-gone@corp.example", "relay dead letter"),  # null sender: no DSN
         ):
-            expect(
-                250,
-                send(
-                    inline,
-                    sender,
-                    [rcpt],
-                    message(sender or "mailer-daemon@ext.example", rcpt, what),
-                ),
-                what,
-            )
+            data = message(sender or "mailer-daemon@ext.example", rcpt, what)
+            expect(250, send(inline, sender, [rcpt], data), what)
         producer = make_producer(config, role="test")
         producer.produce(config.kafka.topics.messages.name, b"not an event", b"junk")
         producer.produce(config.kafka.topics.journal.name, b"not a copy", b"junk")
