@@ -35,6 +35,18 @@ class Query:
     alert: bool = False  # an alert condition: empty in a healthy system
 
 
+def scrape_config(inline: bool = False) -> dict[str, Any]:
+    """The shipped prometheus.yml; ``inline``: as in inline mode, its commented-out relay job
+    uncommented (the lines from ``# - job_name: mailjournal-relay`` to the next job)."""
+    lines = (PROMETHEUS_DIR / "prometheus.yml").read_text().splitlines()
+    if inline:
+        start = lines.index("  # - job_name: mailjournal-relay")
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  # "))
+        lines[start:end] = ["  " + line.removeprefix("  # ") for line in lines[start:end]]
+    config: dict[str, Any] = yaml.safe_load("\n".join(lines))
+    return config
+
+
 def alert_rules() -> list[dict[str, Any]]:
     data = yaml.safe_load(RULES.read_text())
     return [rule for group in data["groups"] for rule in group["rules"]]

@@ -44,13 +44,13 @@ from tests.fixtures.delivery import delivery_config, write_toml
 from tests.fixtures.kafka import kafka_test_config, unique_suffix
 from tests.fixtures.smtp import CaptureServer, free_port, wait_until
 from tests.ops_queries import (
-    PROMETHEUS_DIR,
     ROOT,
     RULES,
     Query,
     dashboard_queries,
     metric_refs,
     rule_queries,
+    scrape_config,
     selectors,
     substitute,
     without_thresholds,
@@ -108,9 +108,10 @@ class Prometheus:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _write_config(self, jobs: dict[str, list[str]]) -> Path:
-        """The shipped prometheus.yml with this run's ports, a 1 s scrape and evaluation
-        interval, and the shipped rules by absolute path."""
-        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+        """The shipped prometheus.yml as in inline mode (this run has an inline listener, so a
+        relay), with this run's ports, a 1 s scrape and evaluation interval, and the shipped
+        rules by absolute path."""
+        config = scrape_config(inline=True)
         config["global"] = {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE}
         config["rule_files"] = [str(RULES)]
         for job in config["scrape_configs"]:
