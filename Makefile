@@ -8,7 +8,7 @@ CONFIG ?= config/mailjournal.example.toml
 RUN_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: help install sysdeps kafka-jars run test lint format fuzz bench bench-quick bench-paced clean
+.PHONY: help install sysdeps kafka-jars kustomize run test lint format fuzz bench bench-quick bench-paced clean
 
 help:
 	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
@@ -45,11 +45,24 @@ sysdeps:
 kafka-jars: install
 	$(BIN)/mailjournal kafka-local fetch
 
+# kustomize, which tests/test_deploy_kubernetes.py builds the manifests with, built from the Go
+# module proxy into .tools/ (Debian has no package of it). v5.8.2 is the newest release whose
+# go.mod a Go 1.26 takes (v5.8.3 needs 1.27); Debian 12's golang-go (1.19) is too old to build
+# it, so the Go of this machine kind (/usr/local/go) is used, and its absence is an error.
+KUSTOMIZE_VERSION := v5.8.2
+KUSTOMIZE := $(CURDIR)/.tools/bin/kustomize
+GO ?= $(firstword $(shell command -v go) $(wildcard /usr/local/go/bin/go))
+kustomize:
+	@[ "$$($(KUSTOMIZE) version 2>/dev/null)" = "$(KUSTOMIZE_VERSION)" ] || { \
+	  [ -n "$(GO)" ] || { echo "building kustomize needs Go >= 1.26 (go on PATH or /usr/local/go)" >&2; exit 1; }; \
+	  echo "building kustomize $(KUSTOMIZE_VERSION) into .tools/bin"; \
+	  GOBIN=$(CURDIR)/.tools/bin nice -n 19 $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+
 run: install sysdeps kafka-jars
 	MAILJOURNAL_JOURNAL__STAMP_SECRET_FILE=$(abspath $(RUN_DIR))/stamp.key \
 	$(BIN)/mailjournal run --config $(CONFIG) --local-kafka $(RUN_DIR)/kafka-local --capture $(RUN_DIR)/maildir
 
-test: install sysdeps kafka-jars
+test: install sysdeps kafka-jars kustomize
 	$(BIN)/ruff check .
 	$(BIN)/mypy mailjournal schemas ingest journal_worker delivery relay audit devtools bench
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \

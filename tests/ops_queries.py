@@ -4,6 +4,7 @@ these helpers are not a PromQL parser)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 
+STAGE_PACKAGES = ("ingest", "journal_worker", "delivery", "relay")
 # labels Prometheus adds to every scraped series (the PodMonitor adds pod)
 TARGET_LABELS = frozenset({"job", "instance", "pod", "namespace"})
 # series Prometheus makes itself
@@ -31,6 +33,18 @@ class Query:
     expr: str
     legend: str = ""
     alert: bool = False  # an alert condition: empty in a healthy system
+
+
+def scrape_config(inline: bool = False) -> dict[str, Any]:
+    """The shipped prometheus.yml; ``inline``: as in inline mode, its commented-out relay job
+    uncommented (the lines from ``# - job_name: mailjournal-relay`` to the next job)."""
+    lines = (PROMETHEUS_DIR / "prometheus.yml").read_text().splitlines()
+    if inline:
+        start = lines.index("  # - job_name: mailjournal-relay")
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  # "))
+        lines[start:end] = ["  " + line.removeprefix("  # ") for line in lines[start:end]]
+    config: dict[str, Any] = yaml.safe_load("\n".join(lines))
+    return config
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -147,24 +161,20 @@ def exported_metrics() -> dict[str, Exported]:
     from prometheus_client import Gauge
     from prometheus_client.metrics import MetricWrapperBase
 
-    import delivery.metrics
-    import ingest.metrics
-    import journal_worker.metrics
     import mailjournal.metrics
     import mailjournal.mime
     import mailjournal.smtp.metrics
     from audit import reconcile as audit
     from mailjournal import kafka_stats
 
+    # the metrics modules of the stage packages (a stage may export only shared ones)
+    modules = [mailjournal.metrics, mailjournal.smtp.metrics, mailjournal.mime] + [
+        importlib.import_module(f"{stage}.metrics")
+        for stage in STAGE_PACKAGES
+        if (ROOT / stage / "metrics.py").exists()
+    ]
     objects: list[Any] = []
-    for module in (
-        ingest.metrics,
-        journal_worker.metrics,
-        delivery.metrics,
-        mailjournal.metrics,
-        mailjournal.smtp.metrics,
-        mailjournal.mime,
-    ):
+    for module in modules:
         objects.extend(v for v in vars(module).values() if isinstance(v, MetricWrapperBase))
     objects.extend(audit._audit_gauges(Gauge).values())
     objects.extend(kafka_stats.gauges().values())

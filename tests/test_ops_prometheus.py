@@ -1,14 +1,17 @@
 """A real Prometheus (Debian package) scrapes a running pipeline under a small load, evaluates the
 alert rules of deploy/prometheus/, and answers every query of the rules and the dashboards.
 
-The pipeline is ``mailjournal run`` (all three stages) on the session's Kafka broker, delivering
-to a capture SMTP server, plus ``mailjournal audit --metrics-port`` and a second ingest instance
-whose Kafka is unreachable (so the "Kafka trouble" series and alert have real data). The load
-covers the paths the dashboards show: inbound, outbound and internal mail, a per-recipient
-journal address and an invalid one from a file directory that is changed during the run, a
-refused oversized message, an out-of-sequence command, a journal copy the archive refuses
-permanently (an NDR, which the NDR mailbox refuses too: a dead letter), one it refuses
-temporarily (a retry), and one undecodable record on each of the messages and journal topics.
+The pipeline is ``mailjournal run`` (the three stages, and the relay for an inline listener) on
+the session's Kafka broker, delivering to a capture SMTP server (the smart host and every next
+hop), plus ``mailjournal audit --metrics-port`` and a second ingest instance whose Kafka is
+unreachable (so the "Kafka trouble" series and alert have real data). The load covers the paths
+the dashboards show: inbound, outbound and internal mail, a per-recipient journal address and an
+invalid one from a file directory that is changed during the run, a refused oversized message,
+an out-of-sequence command, a journal copy the archive refuses permanently (an NDR, which the NDR
+mailbox refuses too: a dead letter), one it refuses temporarily (a retry), one undecodable record
+on each of the messages and journal topics; and on the inline listener an original relayed at
+once, one its next hop refuses for now (a relay retry), one it refuses for good (a DSN to the
+sender), and one from the null sender it refuses for good (nobody to tell: a dead letter).
 """
 
 from __future__ import annotations
@@ -41,13 +44,13 @@ from tests.fixtures.delivery import delivery_config, write_toml
 from tests.fixtures.kafka import kafka_test_config, unique_suffix
 from tests.fixtures.smtp import CaptureServer, free_port, wait_until
 from tests.ops_queries import (
-    PROMETHEUS_DIR,
     ROOT,
     RULES,
     Query,
     dashboard_queries,
     metric_refs,
     rule_queries,
+    scrape_config,
     selectors,
     substitute,
     without_thresholds,
@@ -105,9 +108,10 @@ class Prometheus:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _write_config(self, jobs: dict[str, list[str]]) -> Path:
-        """The shipped prometheus.yml with this run's ports, a 1 s scrape and evaluation
-        interval, and the shipped rules by absolute path."""
-        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+        """The shipped prometheus.yml as in inline mode (this run has an inline listener, so a
+        relay), with this run's ports, a 1 s scrape and evaluation interval, and the shipped
+        rules by absolute path."""
+        config = scrape_config(inline=True)
         config["global"] = {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE}
         config["rule_files"] = [str(RULES)]
         for job in config["scrape_configs"]:
@@ -210,10 +214,15 @@ class Live:
 def _stage_config(
     tmp: Path, bootstrap: str, capture: CaptureServer
 ) -> tuple[Config, dict[str, int]]:
-    ports = {name: free_port() for name in ("smtp", "ingest", "journal", "delivery")}
+    ports = {
+        name: free_port()
+        for name in ("smtp", "relay_smtp", "ingest", "journal", "delivery", "relay")
+    }
     directory = tmp / "directory.toml"
     directory.write_text(DIRECTORY)
-    base = kafka_test_config(bootstrap, unique_suffix("ops-prometheus"))
+    suffix = unique_suffix("ops-prometheus")
+    base = kafka_test_config(bootstrap, suffix)
+    hop = {"host": "127.0.0.1", "port": capture.port}
     overrides: dict[str, Any] = {
         "organization": {"trusted_networks": ["127.0.0.0/8"]},  # outbound from the test client
         "journal": {"inbound": {"recipient_attribute": "journalAddress"}},
@@ -224,16 +233,40 @@ def _stage_config(
             "negative_ttl_seconds": 1,
         },
         "ingest": {
-            "listeners": [{"name": "mx", "host": "127.0.0.1", "port": ports["smtp"]}],
+            "listeners": [
+                {"name": "mx", "host": "127.0.0.1", "port": ports["smtp"]},
+                # inline: `mailjournal run` starts the relay for it
+                {
+                    "name": "filter",
+                    "host": "127.0.0.1",
+                    "port": ports["relay_smtp"],
+                    "role": "relay",
+                    "relay": True,
+                },
+            ],
             "max_message_size": 64 * 1024,
             "kafka_ack_timeout_seconds": 10,
         },
-        "kafka": {"properties": {"statistics.interval.ms": 1000}},
+        "relay": {
+            "inbound": hop,
+            "outbound": hop,
+            "retry_delays_seconds": [0.5, 1.0],
+            "expiry_seconds": 60,
+            "dsn_from": "MAILER-DAEMON@corp.example",
+        },
+        "kafka": {
+            "properties": {"statistics.interval.ms": 1000},
+            "relay_group": f"mailjournal-relay.{suffix}",
+            "topics": {
+                "relay_retry": {"name": f"mailjournal.relay.retry.{suffix}", "partitions": 3}
+            },
+        },
         "metrics": {
             "host": "127.0.0.1",
             "ingest_port": ports["ingest"],
             "journal_port": ports["journal"],
             "delivery_port": ports["delivery"],
+            "relay_port": ports["relay"],
         },
     }
     return delivery_config(base, capture.port, overrides), ports
@@ -289,6 +322,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "mailjournal-ingest": [f"{host}:{ports['ingest']}", f"{host}:{dead['metrics']}"],
                 "mailjournal-journal": [f"{host}:{ports['journal']}"],
                 "mailjournal-delivery": [f"{host}:{ports['delivery']}"],
+                "mailjournal-relay": [f"{host}:{ports['relay']}"],
                 "mailjournal-audit": [f"{host}:{audit_port}"],
             },
         ).start()
@@ -298,7 +332,8 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         def ready() -> bool:
             for p in procs:
                 assert p.poll() is None, f"a process exited with {p.returncode}; logs in {tmp}"
-            for port in (ports["ingest"], ports["journal"], ports["delivery"], dead["metrics"]):
+            stages = ("ingest", "journal", "delivery", "relay")
+            for port in (*(ports[s] for s in stages), dead["metrics"]):
                 try:
                     with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=1):
                         pass
@@ -327,6 +362,10 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         capture.script(inbound, "550 5.1.1 archive mailbox unavailable")
         capture.script("journal-ndr-in@corp.example", "550 5.1.1 no such user")
         capture.script(outbound, "451 4.3.0 archive busy, try later")
+        # the relay's next hops (the same capture server): one original deferred once, two
+        # refused for good
+        capture.script("relay-later@corp.example", "451 4.3.0 next hop busy, try later")
+        capture.always("relay-gone@corp.example", "550 5.1.1 no such user")
 
         def expect(code: int, reply: tuple[int, bytes], what: str) -> None:
             if reply[0] != code:
@@ -362,6 +401,15 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             code, _ = s.docmd("RCPT", "TO:<bob@corp.example>")  # before MAIL
             if code != 503:
                 live.errors.append(f"RCPT before MAIL: got {code}")
+        inline = ports["relay_smtp"]
+        for sender, rcpt, what in (
+            (ext, "relayed@corp.example", "relayed at once"),
+            (ext, "relay-later@corp.example", "relay retried"),
+            (ext, "relay-gone@corp.example", "relay DSN"),  # the DSN goes to ext
+            ("", "relay-gone@corp.example", "relay dead letter"),  # null sender: no DSN
+        ):
+            data = message(sender or "mailer-daemon@ext.example", rcpt, what)
+            expect(250, send(inline, sender, [rcpt], data), what)
         producer = make_producer(config, role="test")
         producer.produce(config.kafka.topics.messages.name, b"not an event", b"junk")
         producer.produce(config.kafka.topics.journal.name, b"not a copy", b"junk")

@@ -11,11 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mailjournal.config import MetricsConfig
+from mailjournal.config import MetricsConfig, load_config
 from tests.ops_queries import (
     GRAFANA_DIR,
     PROMETHEUS_DIR,
@@ -33,11 +34,13 @@ from tests.ops_queries import (
     legend_labels,
     metric_refs,
     rule_queries,
+    scrape_config,
+    selectors,
     without_thresholds,
 )
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-STAGES = ("ingest", "journal", "delivery")
+STAGES = ("ingest", "journal", "delivery", "relay")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,9 +58,16 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {len(alert_rules())} rules found" in res.stdout
 
 
-def test_promtool_check_config() -> None:
+def test_promtool_check_config(tmp_path: Path) -> None:
     res = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
+    # with the relay's job uncommented (inline mode), the rules by absolute path
+    inline = scrape_config(inline=True)
+    inline["rule_files"] = [str(PROMETHEUS_DIR / path) for path in inline["rule_files"]]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(inline))
+    res = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr
 
 
 def test_promtool_unit_tests() -> None:
@@ -233,6 +243,21 @@ def test_stage_dashboards_cover_what_the_issue_asks_for() -> None:
         "mailjournal_kafka_consumer_lag",
     ):
         assert metric in delivery, metric
+    relay = text["mailjournal-relay.json"]
+    for metric in (
+        "mailjournal_relay_messages_total",  # throughput by outcome
+        "mailjournal_relay_latency_seconds_bucket",  # to the next hop
+        "mailjournal_delivery_retry_waiting",  # the retry tiers
+        "mailjournal_relay_dsns_total",  # DSNs to senders
+        "mailjournal_delivery_dead_letters_total",
+        "mailjournal_delivery_inflight",
+        "mailjournal_kafka_consumer_lag",
+    ):
+        assert metric in relay, metric
+    # every query of the relay's dashboard reads the relay's series only
+    for q in dashboard_queries():
+        if q.source.startswith("mailjournal-relay.json / ") and "variable" not in q.source:
+            assert all('job="mailjournal-relay"' in m for m in selectors(q.expr)), q
 
 
 def test_grafana_provisioning() -> None:
@@ -252,22 +277,33 @@ def test_grafana_provisioning() -> None:
 
 
 def test_static_scrape_config_matches_the_default_metrics_ports() -> None:
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    jobs = {
-        job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
-    }
+    """`make run` (journaling-only: no listener of config/mailjournal.example.toml is inline)
+    starts no relay, so the relay's job is there only to uncomment for inline mode."""
+    assert not load_config(ROOT / "config" / "mailjournal.example.toml").relays
+
+    def jobs(config: dict[str, Any]) -> dict[str, list[str]]:
+        return {
+            job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
+        }
+
+    config = scrape_config()
     defaults = MetricsConfig()
-    assert jobs == {
+    stages = {
         "mailjournal-ingest": [f"127.0.0.1:{defaults.ingest_port}"],
         "mailjournal-journal": [f"127.0.0.1:{defaults.journal_port}"],
         "mailjournal-delivery": [f"127.0.0.1:{defaults.delivery_port}"],
         "mailjournal-audit": ["127.0.0.1:9104"],
     }
+    assert jobs(config) == stages
     assert config["rule_files"] == ["rules/*.yml"]
+    relay = {"mailjournal-relay": [f"127.0.0.1:{defaults.relay_port}"]}
+    assert jobs(scrape_config(inline=True)) == stages | relay
 
 
 def test_podmonitor_selects_the_kubernetes_deployments() -> None:
-    """The PodMonitor picks the pods of deploy/kubernetes/ and names their jobs as the rules do."""
+    """The PodMonitor picks the pods of deploy/kubernetes/ (and of the inline overlay) and names
+    their jobs as the rules do: the relay's job exists only where the relay is deployed, so a
+    journaling-only cluster has no relay target to be down."""
     (monitor,) = list(yaml.safe_load_all((PROMETHEUS_DIR / "podmonitor.yaml").read_text()))
     selector = monitor["spec"]["selector"]["matchLabels"]
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
@@ -276,8 +312,13 @@ def test_podmonitor_selects_the_kubernetes_deployments() -> None:
         "__meta_kubernetes_pod_label_app_kubernetes_io_component"
     ]
     manifests: list[dict[str, Any]] = []
-    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
-        manifests.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    # the base's stages and the relay the inline overlay adds
+    for directory in (
+        ROOT / "deploy" / "kubernetes",
+        ROOT / "deploy" / "kubernetes-overlays" / "inline",
+    ):
+        for path in sorted(directory.glob("*.yaml")):
+            manifests.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     jobs = set()
     for dep in (d for d in manifests if d["kind"] == "Deployment"):
         pod = dep["spec"]["template"]

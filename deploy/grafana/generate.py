@@ -228,7 +228,7 @@ def dashboard(uid: str, title: str, description: str, rows: list[Row], job: str 
 
 # -- the dashboards -------------------------------------------------------------------------------
 
-STAGES = 'job=~"mailjournal-(ingest|journal|delivery)"'
+STAGES = 'job=~"mailjournal-(ingest|journal|delivery|relay)"'
 
 
 def overview() -> Any:
@@ -306,10 +306,16 @@ def overview() -> Any:
                             'status="delivered"}[$__rate_interval]))',
                             "journal copies delivered",
                         ),
+                        Q(
+                            'sum(rate(mailjournal_relay_messages_total{result="delivered"}'
+                            "[$__rate_interval]))",
+                            "originals relayed",
+                        ),
                     ],
                     unit="ops",
                     description="Messages accepted at ingest, journal copies the journal worker "
-                    "emitted, and journal copies the smart host accepted, per second.",
+                    "emitted, journal copies the smart host accepted, and originals of inline "
+                    "listeners their next hops accepted (relay), per second.",
                 ),
                 Panel(
                     "Refused at ingest",
@@ -330,12 +336,12 @@ def overview() -> Any:
                     [
                         Q(
                             "sum by (stage) (mailjournal_kafka_consumer_lag"
-                            '{job=~"mailjournal-(journal|delivery)"})',
+                            '{job=~"mailjournal-(journal|delivery|relay)"})',
                             "{{stage}}",
                         )
                     ],
-                    description="Records waiting for the journal and delivery stages (retry "
-                    "tiers included: they hold copies until due).",
+                    description="Records waiting for the journal, delivery and relay stages "
+                    "(retry tiers included: they hold copies until due).",
                 ),
                 Panel(
                     "Latency",
@@ -372,7 +378,14 @@ def overview() -> Any:
                 Panel(
                     "Retries, NDRs, dead letters",
                     [
-                        Q("sum(mailjournal_delivery_retry_waiting)", "copies waiting for retry"),
+                        Q(
+                            'sum(mailjournal_delivery_retry_waiting{job="mailjournal-delivery"})',
+                            "copies waiting for retry",
+                        ),
+                        Q(
+                            'sum(mailjournal_delivery_retry_waiting{job="mailjournal-relay"})',
+                            "originals waiting for retry (relay)",
+                        ),
                         Q(
                             "sum(rate(mailjournal_delivery_ndrs_total[$__rate_interval]))",
                             "NDRs/s",
@@ -383,19 +396,25 @@ def overview() -> Any:
                             "dead letters/s (journal)",
                         ),
                         Q(
-                            "sum(rate(mailjournal_delivery_dead_letters_total[$__rate_interval]))",
+                            'sum(rate(mailjournal_delivery_dead_letters_total{job="mailjournal-'
+                            'delivery"}[$__rate_interval]))',
                             "dead letters/s (delivery)",
                         ),
+                        Q(
+                            'sum(rate(mailjournal_delivery_dead_letters_total{job="mailjournal-'
+                            'relay"}[$__rate_interval]))',
+                            "dead letters/s (relay)",
+                        ),
                     ],
-                    description="Journal copies waiting on retry tiers, NDRs created for "
-                    "journal copies, and records put on the dead-letter topic.",
+                    description="Journal copies and relayed originals waiting on retry tiers, "
+                    "NDRs created for journal copies, and records put on the dead-letter topic.",
                 ),
                 Panel(
                     "Delivery attempts by result",
                     [
                         Q(
-                            "sum by (result) "
-                            "(rate(mailjournal_delivery_attempts_total[$__rate_interval]))",
+                            "sum by (result) (rate(mailjournal_delivery_attempts_total"
+                            '{job="mailjournal-delivery"}[$__rate_interval]))',
                             "{{result}}",
                         )
                     ],
@@ -943,11 +962,164 @@ def delivery() -> Any:
     )
 
 
+def relay() -> Any:
+    s = sel("relay")
+    rows = [
+        Row(
+            "Relay",
+            [
+                Panel(
+                    "Originals by result",
+                    [Q(rate("mailjournal_relay_messages_total", s, "result"), "{{result}}")],
+                    unit="ops",
+                    stack=True,
+                    description="Relay transactions, one per next-hop route of an original: "
+                    "delivered, partial (some recipients retried or given up), retrying, "
+                    "ndr_sent (a DSN went to the sender), dead_lettered (nobody to tell); dsn_* "
+                    "are the DSNs' own transactions.",
+                ),
+                Panel(
+                    "Attempts at next hops by result",
+                    [
+                        Q(
+                            rate(
+                                "mailjournal_delivery_attempts_total",
+                                sel("relay", 'kind="relay"'),
+                                "result",
+                            ),
+                            "{{result}}",
+                        )
+                    ],
+                    unit="ops",
+                    stack=True,
+                    description="Per recipient: delivered (2xx), transient (4xx, timeouts, "
+                    "connection or DNS failures), permanent (5xx).",
+                ),
+                Panel(
+                    "Accepted to the next hop's 250",
+                    quantiles("mailjournal_relay_latency_seconds", s),
+                    unit="s",
+                    description="From ingest's 250 to the next hop's 250 for an original, "
+                    "retries included (DSNs excluded).",
+                ),
+                Panel(
+                    "SMTP transaction latency",
+                    quantiles("mailjournal_delivery_smtp_seconds", s),
+                    unit="s",
+                    description="MAIL FROM to the reply after DATA, per next-hop transaction "
+                    "(DSNs included).",
+                ),
+            ],
+        ),
+        Row(
+            "Retries, DSNs, dead letters",
+            [
+                Panel(
+                    "Originals waiting for retry by tier",
+                    [
+                        Q(
+                            f"sum by (tier) (mailjournal_delivery_retry_waiting{{{s}}})",
+                            "tier {{tier}}",
+                        )
+                    ],
+                    description="Originals on the relay's retry tier topics, not yet due or not "
+                    "yet retried.",
+                ),
+                Panel(
+                    "Retries scheduled by tier",
+                    [
+                        Q(
+                            rate("mailjournal_delivery_retries_scheduled_total", s, "tier"),
+                            "tier {{tier}}",
+                        )
+                    ],
+                    unit="ops",
+                    description="Originals re-queued after a transient failure (only the "
+                    "recipients still owed).",
+                ),
+                Panel(
+                    "DSNs to senders by action",
+                    [Q(rate("mailjournal_relay_dsns_total", s, "action"), "{{action}}")],
+                    unit="ops",
+                    description="RFC 3464 DSNs queued to original senders: failed (given up), "
+                    "delayed (relay.delay_dsn).",
+                ),
+                Panel(
+                    "Dead letters by reason",
+                    [
+                        Q(
+                            rate("mailjournal_delivery_dead_letters_total", s, "reason"),
+                            "{{reason}}",
+                        )
+                    ],
+                    unit="ops",
+                    description="Originals nobody could be told about (relay_null_sender, "
+                    "relay_notify_never, relay_dsn_failed) and records the relay could not "
+                    "process.",
+                ),
+            ],
+        ),
+        Row(
+            "SMTP sessions and Kafka",
+            [
+                Panel(
+                    "SMTP connections to next hops",
+                    [
+                        Q(f"sum(mailjournal_delivery_smtp_connections{{{s}}})", "open"),
+                        Q(
+                            rate("mailjournal_delivery_smtp_connects_total", s, "result"),
+                            "connects/s {{result}}",
+                        ),
+                    ],
+                    description="Open (reused) sessions, and new connections by result.",
+                ),
+                Panel(
+                    "In flight by source",
+                    [
+                        Q(
+                            f"sum by (source) (mailjournal_delivery_inflight{{{s}}})",
+                            "{{source}}",
+                        )
+                    ],
+                    description="Originals consumed (journal = from the messages topic, retry = "
+                    "from a tier) whose outcome is not yet durable.",
+                ),
+                Panel(
+                    "Consumer lag by topic",
+                    [
+                        Q(
+                            f"sum by (topic) (mailjournal_kafka_consumer_lag{{{s}}})",
+                            "{{topic}}",
+                        )
+                    ],
+                    description="Records not yet read by the relay's group: the messages topic "
+                    "and each retry tier (tiers hold originals until they are due).",
+                ),
+                Panel(
+                    "Offset commits",
+                    [Q(rate("mailjournal_delivery_commits_total", s, "result"), "{{result}}")],
+                    unit="ops",
+                    description="Offset commits by result.",
+                ),
+            ],
+        ),
+    ]
+    return dashboard(
+        "mailjournal-relay",
+        "mailjournal / Relay",
+        "The relay stage (inline mode): originals to their next hops, retries, DSNs to senders, "
+        "dead letters, sessions.",
+        rows,
+        "relay",
+    )
+
+
 DASHBOARDS = {
     "mailjournal-overview.json": overview,
     "mailjournal-ingest.json": ingest,
     "mailjournal-journal.json": journal,
     "mailjournal-delivery.json": delivery,
+    "mailjournal-relay.json": relay,
 }
 
 
