@@ -277,7 +277,6 @@ class IngestSMTP(SMTP):
         self._released = True
         self._bound_ip: str | None = None
         self._auth_failures = 0
-        self._ip_trusted: bool | None = None
         self.counters = limits.SessionCounters(
             cfg.junk_command_limit,
             cfg.soft_error_limit,
@@ -561,11 +560,11 @@ class IngestSMTP(SMTP):
 
     def is_trusted(self) -> bool:
         assert self.session is not None
-        if self.session.authenticated or self.listener.role == "relay":
-            return True
-        if self._ip_trusted is None:  # the client address is fixed once PROXY is read
-            self._ip_trusted = self.ctx.policy.ip_trusted(self.client.ip)
-        return self._ip_trusted
+        return self.ctx.policy.trusted(
+            self.client.ip,
+            authenticated=bool(self.session.authenticated),
+            listener_role=self.listener.role,
+        )
 
     # -- commands --------------------------------------------------------------------------------
 

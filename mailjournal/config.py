@@ -43,6 +43,7 @@ from mailjournal.addresses import (
     validate_mailbox,
 )
 from mailjournal.stamp import DEFAULT_MAX_AGE_SECONDS, StampKeyError, read_key
+from mailjournal.trust import ip_trusted
 
 ENV_PREFIX = "MAILJOURNAL_"
 
@@ -125,13 +126,7 @@ class OrganizationConfig(Strict):
         return bool(address) and self.is_internal_domain(domain_of(address))
 
     def is_trusted_ip(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in ipaddress.ip_network(net) for net in self.trusted_networks)
+        return ip_trusted(ip, self.trusted_networks)
 
 
 class DirectionJournalConfig(Strict):
