@@ -689,18 +689,21 @@ class Config(Strict):
 
     def _distinct_topics(self) -> None:
         """Every role its own topic, the retry tiers (``<name>.<i>``) included."""
+        # not at the top: mailjournal.topics imports this module
+        from mailjournal.topics import relay_retry_topic_names, retry_topic_names
+
         topics = self.kafka.topics
         roles = [
             (f"kafka.topics.{k}.name", t.name) for k, t in topics.all().items() if k != "retry"
         ]
         roles += [
-            (f"kafka.topics.retry.name (tier {i})", f"{topics.retry.name}.{i}")
-            for i in range(len(self.delivery.retry_delays_seconds))
+            (f"kafka.topics.retry.name (tier {i})", name)
+            for i, name in enumerate(retry_topic_names(self))
         ]
         if self.relays:
             roles += [
-                (f"kafka.topics.relay_retry.name (tier {i})", f"{topics.relay_retry.name}.{i}")
-                for i in range(len(self.relay.retry_delays_seconds))
+                (f"kafka.topics.relay_retry.name (tier {i})", name)
+                for i, name in enumerate(relay_retry_topic_names(self))
             ]
         seen: dict[str, str] = {}
         for key, name in roles:
