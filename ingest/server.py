@@ -76,6 +76,8 @@ from ingest.publisher import Publisher, PublishError
 from ingest.trace import traced
 from mailjournal.config import Config, ListenerConfig
 from mailjournal.faults import fault_point
+from schemas.events import Recipient, TlsInfo
+from schemas.records import client_info, message_received, recipient
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ class _QuietSession(Session):
 class Transaction:
     sender: str
     params: Any  # policy.MailParams
-    recipients: list[dict[str, Any]] = field(default_factory=list)
+    recipients: list[Recipient] = field(default_factory=list)
 
 
 class ListenerRuntime:
@@ -682,12 +684,7 @@ class IngestSMTP(SMTP):
                 await self._refuse("RCPT", reply)
                 return
         tx.recipients.append(
-            {
-                "address": address,
-                "notify": params.notify,
-                "orcpt": params.orcpt,
-                "other": params.other,
-            }
+            recipient(address, notify=params.notify, orcpt=params.orcpt, other=params.other)
         )
         await self.push(OK_RECIPIENT)
 
@@ -854,7 +851,7 @@ class IngestSMTP(SMTP):
         if ctx.shutting_down:
             self.close_for_shutdown()
 
-    def _tls_info(self) -> dict[str, str] | None:
+    def _tls_info(self) -> TlsInfo | None:
         assert self.session is not None
         if not self.session.ssl:
             return None
@@ -886,35 +883,34 @@ class IngestSMTP(SMTP):
             sha256 = await asyncio.to_thread(lambda: hashlib.sha256(raw).hexdigest())
         else:
             sha256 = hashlib.sha256(raw).hexdigest()
-        record = {
-            "event_id": event_id,
-            "received_at": received_at,
-            "ingest_host": self.ctx.ingest_host,
-            "listener": self.listener.name,
-            "listener_role": self.listener.role,
-            "client": {
-                "ip": self.client.ip,
-                "port": self.client.port,
-                "helo": _utf8(self.session.host_name or ""),
-                "proxied_by": self.client.proxied_by,
-            },
-            "tls": self._tls_info(),
-            "auth_user": self.auth_user,
-            "mail_from": tx.sender,
-            "mail_params": tx.params.record(),
-            "recipients": tx.recipients,
-            "headers": selected_headers(raw),
-            "size": len(raw),
-            "sha256": sha256,
-            "raw": raw,
-        }
+        event = message_received(
+            event_id=event_id,
+            received_at=received_at,
+            ingest_host=self.ctx.ingest_host,
+            listener=self.listener.name,
+            listener_role=self.listener.role,
+            client=client_info(
+                self.client.ip,
+                self.client.port,
+                _utf8(self.session.host_name or ""),
+                self.client.proxied_by,
+            ),
+            tls=self._tls_info(),
+            auth_user=self.auth_user,
+            mail_from=tx.sender,
+            mail_params=tx.params.record(),
+            recipients=tx.recipients,
+            headers=selected_headers(raw),
+            sha256=sha256,
+            raw=raw,
+        )
         # our Received: (and a Message-ID: when missing) before the bytes as received
         if len(raw) >= THREAD_HASH_BYTES:
-            record = await asyncio.to_thread(traced, record, self.ctx.ingest.hostname)
+            record = await asyncio.to_thread(traced, event, self.ctx.ingest.hostname)
         else:
-            record = traced(record, self.ctx.ingest.hostname)
+            record = traced(event, self.ctx.ingest.hostname)
         value = schemas.encode(schemas.MESSAGE_RECEIVED, record)
-        del record
+        del event, record
         publisher = self.ctx.publisher
         assert publisher is not None
         started = time.monotonic()
