@@ -63,12 +63,6 @@ GAP_KINDS = (
 )
 
 
-def _ms(value: Any) -> int:
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    return int(value or 0)
-
-
 @dataclass
 class CopyState:
     event_id: str
@@ -428,6 +422,7 @@ def _stamp_destination(event: dict[str, Any], cfg: Config) -> str | None:
     """The canonical destination of our verified loop-guard stamp on ``event`` (the one
     recipient it exempts: a journal report or NDR arriving where we sent it), else None."""
     from mailjournal.stamp import verify_stamp
+    from schemas.events import to_millis
 
     stamp = (event.get("headers") or {}).get("journal_stamp")
     if not stamp:
@@ -436,14 +431,11 @@ def _stamp_destination(event: dict[str, Any], cfg: Config) -> str | None:
         keys = cfg.journal.stamp_keys()
     except ValueError:
         return None  # no usable key: no stamp is honoured
-    received = event.get("received_at") or 0
-    if isinstance(received, datetime):
-        received = received.timestamp() * 1000
     verified = verify_stamp(
         stamp,
         bytes(event.get("raw") or b""),
         keys,
-        received_ms=int(received),
+        received_ms=to_millis(event.get("received_at")),
         max_age_seconds=cfg.journal.stamp_max_age_seconds,
     )
     return (
@@ -492,7 +484,9 @@ def run_audit(
     owed: OwedFn | None = None,
     now_ms: int | None = None,
 ) -> AuditReport:
+    from mailjournal.topics import retry_topic_names
     from schemas import decode
+    from schemas.events import to_millis
 
     owed = owed or default_owed(cfg)
     rec = Reconciler()
@@ -501,7 +495,7 @@ def run_audit(
     for _headers, value, where in read_window(cfg, topics.messages.name, since_ms):
         try:
             msg = decode(value, "MessageReceived")
-            received = _ms(msg["received_at"])
+            received = to_millis(msg["received_at"])
             if received > until or (since_ms is not None and received < since_ms):
                 continue
             required = required_globals(msg, cfg)
@@ -512,9 +506,7 @@ def run_audit(
             rec.add_unreadable(where, f"not a readable MessageReceived: {_why(exc)}")
             continue
         fault_point("audit.mid_scan")  # outside the try: an injected fault is not a bad record
-    copy_topics = [topics.journal.name] + [
-        f"{topics.retry.name}.{i}" for i in range(len(cfg.delivery.retry_delays_seconds))
-    ]
+    copy_topics = [topics.journal.name, *retry_topic_names(cfg)]
     for topic in copy_topics:
         is_journal = topic == topics.journal.name
         for headers, value, where in read_window(cfg, topic, since_ms):
@@ -547,7 +539,7 @@ def run_audit(
                 out["event_id"],
                 str(out["kind"]),
                 str(out["status"]),
-                _ms(out["at"]),
+                to_millis(out["at"]),
                 out.get("ndr_copy_id"),
             )
         except Exception as exc:

@@ -33,23 +33,27 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from delivery.report import to_millis
 from mailjournal.config import Config, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_KAFKA, EXIT_NOTHING, EXIT_OK
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_admin, make_consumer, make_producer
 from mailjournal.smtp.outcomes import OutcomeFields, make_outcome
+from mailjournal.topics import relay_retry_topic_name
 from schemas import (
     DEAD_LETTER,
     DELIVERY_OUTCOME,
     JOURNAL_COPY,
     MESSAGE_RECEIVED,
+    DeadLetter,
+    JournalCopyKind,
+    OutcomeStatus,
     SchemaError,
     decode,
     encode,
-    new_event_id,
     now_millis,
+    to_millis,
 )
+from schemas.records import dead_letter
 
 MARKER_HEADER = "mailjournal-replay-of"
 KIND_HEADER = "mailjournal-dead-letter"  # "replay-marker" on markers
@@ -232,8 +236,8 @@ def replay(
         # the header tells the audit this is a replay, not a second emission of the copy
         # a relayed original goes back to the relay (its first retry tier), not to journaling
         target = topics.journal.name
-        if copy.get("kind") == "RELAY":
-            target = f"{topics.relay_retry.name}.0"
+        if copy.get("kind") == JournalCopyKind.RELAY:
+            target = relay_retry_topic_name(config, 0)
         producer.produce(
             target,
             key=key,
@@ -243,7 +247,7 @@ def replay(
         outcome = make_outcome(
             copy,
             OutcomeFields(
-                "RETRYING",
+                OutcomeStatus.RETRYING,
                 int(decode(entry.record["value"], JOURNAL_COPY).get("attempt") or 0),
                 f"replayed from dead letter {entry.id}",
                 now,
@@ -267,21 +271,20 @@ def replay(
 
 def _marker(
     entry: Entry, now: int, topic: str, key: bytes, copy_id: str | None, event_id: str | None
-) -> dict[str, Any]:
+) -> DeadLetter:
     """The replay marker of ``entry`` (a DeadLetter record with an empty value)."""
-    return {
-        "id": new_event_id(),
-        "at": now,
-        "reason": f"replayed dead letter {entry.id}",
-        "source_topic": topic,
-        "partition": entry.partition,
-        "offset": entry.offset,
-        "key": key,
-        "value": b"",
-        "headers": {},
-        "copy_id": copy_id,
-        "event_id": event_id,
-    }
+    return dead_letter(
+        at=now,
+        reason=f"replayed dead letter {entry.id}",
+        source_topic=topic,
+        partition=entry.partition,
+        offset=entry.offset,
+        key=key,
+        value=b"",
+        headers={},
+        copy_id=copy_id,
+        event_id=event_id,
+    )
 
 
 # -- CLI --------------------------------------------------------------------------------------

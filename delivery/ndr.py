@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from delivery.report import journal_headers, seal, to_millis
+from delivery.report import journal_headers, seal
 from mailjournal.config import Config
 from mailjournal.dsn import (
     Failure,
@@ -42,7 +42,8 @@ from mailjournal.mime import (
     simple_header,
     text_part,
 )
-from schemas.events import make_ndr_copy_id
+from schemas.events import JournalCopyKind, ReportFormat, make_ndr_copy_id, to_millis
+from schemas.records import journal_copy
 
 log = logging.getLogger(__name__)
 
@@ -199,25 +200,23 @@ def make_ndr_copy(
     Its id is derived from the failed copy's (one NDR per copy; a re-sent duplicate has the same
     Message-ID); its received_at is now, so its own expiry window starts when it is created."""
     ndr_address = str(copy["ndr_address"])
-    sender = config.journal.sender
-    return {
-        "copy_id": make_ndr_copy_id(str(copy["copy_id"])),
-        "event_id": copy["event_id"],
-        "kind": "NDR",
-        "received_at": now_ms,
-        "directions": list(copy.get("directions") or []),
-        "sources": list(copy.get("sources") or []),
-        "journal_address": ndr_address,
-        "ndr_address": ndr_address,
-        "format": "COPY",
-        "original_sender": "",
-        "recipients": [],
-        "message_id": message_id_for(make_ndr_copy_id(str(copy["copy_id"])), sender),
-        "subject": copy.get("subject"),
-        "attempt": 0,
-        "not_before": 0,
-        "first_attempt_at": None,
-        "last_reply": None,
-        "original": ndr_message,
-        "about_copy_id": copy["copy_id"],
-    }
+    ndr_id = make_ndr_copy_id(str(copy["copy_id"]))
+    return dict(
+        journal_copy(
+            copy_id=ndr_id,
+            event_id=copy["event_id"],
+            kind=JournalCopyKind.NDR,
+            received_at=now_ms,
+            directions=copy.get("directions") or [],
+            sources=copy.get("sources") or [],
+            journal_address=ndr_address,
+            ndr_address=ndr_address,
+            format=ReportFormat.COPY,
+            original_sender="",
+            recipients=[],
+            message_id=message_id_for(ndr_id, config.journal.sender),
+            subject=copy.get("subject"),
+            about_copy_id=copy["copy_id"],
+            original=ndr_message,
+        )
+    )

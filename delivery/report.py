@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from mailjournal.config import Config
@@ -43,6 +42,7 @@ from mailjournal.mime import (
 from mailjournal.stamp import HEADER as STAMP_HEADER
 from mailjournal.stamp import PLACEHOLDER as STAMP_PLACEHOLDER
 from mailjournal.stamp import StampKeyError, stamp_message
+from schemas.events import to_millis
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,6 @@ RECIPIENT_PREFIX = {"TO": "To", "CC": "Cc", "BCC": "Bcc", "RECIPIENT": "Recipien
 def directions_text(directions: Iterable[str]) -> str:
     """The Avro enums are upper case; headers and reports show them in lower case."""
     return ", ".join(str(d).lower() for d in directions)
-
-
-def to_millis(value: Any) -> int:
-    """Timestamp fields decode as datetime; records built in code may hold int milliseconds."""
-    if value is None:
-        return 0
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return int(value.timestamp() * 1000)
-    return int(value)
 
 
 def recipient_line(recipient: Mapping[str, Any]) -> str:

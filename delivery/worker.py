@@ -44,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from delivery import metrics
 from delivery.ndr import Failure, build_ndr, make_ndr_copy
-from delivery.report import build_message, envelope_sender, to_millis
+from delivery.report import build_message, envelope_sender
 from delivery.retry import tier_topic, tier_topics
 from mailjournal.config import Config
 from mailjournal.faults import fault_point
@@ -79,6 +79,7 @@ from schemas import (
     new_event_id,
     now_millis,
 )
+from schemas.events import to_millis
 
 log = logging.getLogger(__name__)
 

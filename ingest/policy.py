@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from mailjournal.addresses import canonical, has_routing_local_part, is_valid_mailbox, normalize
 from mailjournal.config import Config
+from mailjournal.trust import client_trusted, ip_trusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,20 +358,17 @@ class Policy:
         self.allow_routing = config.ingest.allow_untrusted_routing
         self.sender_login_binding = config.ingest.sender_login_binding
         self.postmaster = f"postmaster@{self.org.accepted_domains[0]}"
-        self._ip_trust: dict[str, bool] = {}
+        self._networks = tuple(self.org.trusted_networks)
 
     def ip_trusted(self, ip: str) -> bool:
-        """Is ``ip`` in a trusted network (cached: parsing addresses costs per connection)."""
-        trusted = self._ip_trust.get(ip)
-        if trusted is None:
-            if len(self._ip_trust) >= 10_000:
-                self._ip_trust.clear()
-            trusted = self._ip_trust[ip] = self.org.is_trusted_ip(ip)
-        return trusted
+        """Is ``ip`` in a trusted network (exempts it from the client rate limit)."""
+        return ip_trusted(ip, self._networks)
 
     def trusted(self, ip: str, *, authenticated: bool, listener_role: str) -> bool:
         """Trusted clients may relay and reach the journal/NDR addresses."""
-        return listener_role == "relay" or authenticated or self.ip_trusted(ip)
+        return client_trusted(
+            ip, authenticated=authenticated, listener_role=listener_role, networks=self._networks
+        )
 
     def mail(self, arg: str | None, *, esmtp: bool = True) -> tuple[str, MailParams]:
         """Parse ``MAIL FROM:``; returns (sender, params), sender "" for ``<>``.

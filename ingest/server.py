@@ -76,6 +76,8 @@ from ingest.publisher import Publisher, PublishError
 from ingest.trace import traced
 from mailjournal.config import Config, ListenerConfig
 from mailjournal.faults import fault_point
+from schemas.events import Recipient, TlsInfo
+from schemas.records import client_info, message_received, recipient
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ class _QuietSession(Session):
 class Transaction:
     sender: str
     params: Any  # policy.MailParams
-    recipients: list[dict[str, Any]] = field(default_factory=list)
+    recipients: list[Recipient] = field(default_factory=list)
 
 
 class ListenerRuntime:
@@ -277,7 +279,6 @@ class IngestSMTP(SMTP):
         self._released = True
         self._bound_ip: str | None = None
         self._auth_failures = 0
-        self._ip_trusted: bool | None = None
         self.counters = limits.SessionCounters(
             cfg.junk_command_limit,
             cfg.soft_error_limit,
@@ -561,11 +562,11 @@ class IngestSMTP(SMTP):
 
     def is_trusted(self) -> bool:
         assert self.session is not None
-        if self.session.authenticated or self.listener.role == "relay":
-            return True
-        if self._ip_trusted is None:  # the client address is fixed once PROXY is read
-            self._ip_trusted = self.ctx.policy.ip_trusted(self.client.ip)
-        return self._ip_trusted
+        return self.ctx.policy.trusted(
+            self.client.ip,
+            authenticated=bool(self.session.authenticated),
+            listener_role=self.listener.role,
+        )
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -683,12 +684,7 @@ class IngestSMTP(SMTP):
                 await self._refuse("RCPT", reply)
                 return
         tx.recipients.append(
-            {
-                "address": address,
-                "notify": params.notify,
-                "orcpt": params.orcpt,
-                "other": params.other,
-            }
+            recipient(address, notify=params.notify, orcpt=params.orcpt, other=params.other)
         )
         await self.push(OK_RECIPIENT)
 
@@ -855,7 +851,7 @@ class IngestSMTP(SMTP):
         if ctx.shutting_down:
             self.close_for_shutdown()
 
-    def _tls_info(self) -> dict[str, str] | None:
+    def _tls_info(self) -> TlsInfo | None:
         assert self.session is not None
         if not self.session.ssl:
             return None
@@ -887,35 +883,34 @@ class IngestSMTP(SMTP):
             sha256 = await asyncio.to_thread(lambda: hashlib.sha256(raw).hexdigest())
         else:
             sha256 = hashlib.sha256(raw).hexdigest()
-        record = {
-            "event_id": event_id,
-            "received_at": received_at,
-            "ingest_host": self.ctx.ingest_host,
-            "listener": self.listener.name,
-            "listener_role": self.listener.role,
-            "client": {
-                "ip": self.client.ip,
-                "port": self.client.port,
-                "helo": _utf8(self.session.host_name or ""),
-                "proxied_by": self.client.proxied_by,
-            },
-            "tls": self._tls_info(),
-            "auth_user": self.auth_user,
-            "mail_from": tx.sender,
-            "mail_params": tx.params.record(),
-            "recipients": tx.recipients,
-            "headers": selected_headers(raw),
-            "size": len(raw),
-            "sha256": sha256,
-            "raw": raw,
-        }
+        event = message_received(
+            event_id=event_id,
+            received_at=received_at,
+            ingest_host=self.ctx.ingest_host,
+            listener=self.listener.name,
+            listener_role=self.listener.role,
+            client=client_info(
+                self.client.ip,
+                self.client.port,
+                _utf8(self.session.host_name or ""),
+                self.client.proxied_by,
+            ),
+            tls=self._tls_info(),
+            auth_user=self.auth_user,
+            mail_from=tx.sender,
+            mail_params=tx.params.record(),
+            recipients=tx.recipients,
+            headers=selected_headers(raw),
+            sha256=sha256,
+            raw=raw,
+        )
         # our Received: (and a Message-ID: when missing) before the bytes as received
         if len(raw) >= THREAD_HASH_BYTES:
-            record = await asyncio.to_thread(traced, record, self.ctx.ingest.hostname)
+            record = await asyncio.to_thread(traced, event, self.ctx.ingest.hostname)
         else:
-            record = traced(record, self.ctx.ingest.hostname)
+            record = traced(event, self.ctx.ingest.hostname)
         value = schemas.encode(schemas.MESSAGE_RECEIVED, record)
-        del record
+        del event, record
         publisher = self.ctx.publisher
         assert publisher is not None
         started = time.monotonic()

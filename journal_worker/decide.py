@@ -12,7 +12,8 @@ Given the same event, configuration, stamp key and directory answers, the decisi
 copies with the same ids, so a re-run after a crash or an audit reproduces them exactly.
 
 Direction of each envelope recipient, from who submitted it (BRIEF section 4): the client is
-*trusted* when it is on a trusted network, authenticated, or on a ``relay`` listener. Journal, NDR
+*trusted* when it is on a trusted network, authenticated, or on a ``relay`` listener
+(:mod:`mailjournal.trust`, the rule ingest applied to the same session). Journal, NDR
 and archive addresses are removed first (never journaled).
 
 * trusted, external recipient -> ``OUTBOUND`` whatever the MAIL FROM (null included): mail that
@@ -36,13 +37,9 @@ sender's, so a supervisor sees internal mail of the person they watch either way
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from email.utils import getaddresses
-from functools import lru_cache
-from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from mailjournal.addresses import AddressError, canonical, key, validate_mailbox
@@ -50,14 +47,18 @@ from mailjournal.config import Config
 from mailjournal.config import Direction as CfgDirection
 from mailjournal.config import ReportFormat as CfgFormat
 from mailjournal.stamp import Stamp, verify_stamp
+from mailjournal.trust import event_client_trusted
 from schemas.events import (
     Direction,
+    JournalCopy,
     JournalCopyKind,
     JournalSource,
     RecipientType,
     ReportFormat,
     make_copy_id,
+    to_millis,
 )
+from schemas.records import covered_recipient, journal_copy
 
 # Reasons a message owes no copy (label values of the skip metric).
 SKIP_STAMPED = "stamped"  # our journal copy, to the destination its valid stamp names
@@ -81,7 +82,6 @@ _CFG = {
     Direction.INTERNAL: CfgDirection.INTERNAL,
 }
 
-IPNetwork = IPv4Network | IPv6Network
 LookupKey = tuple[str, str]  # (attribute case-folded, address case-folded)
 Answers = Mapping[LookupKey, Sequence[str]]
 
@@ -152,34 +152,6 @@ class _Facts:
     directions: tuple[tuple[str, Direction | None], ...]
 
 
-@lru_cache(maxsize=64)
-def _networks(nets: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(n) for n in nets)
-
-
-@lru_cache(maxsize=65536)
-def _trusted_ip(nets: tuple[str, ...], ip: str) -> bool:
-    """``OrganizationConfig.is_trusted_ip`` with the networks parsed once and answers cached
-    (the worker asks for the same few relay addresses millions of times)."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in _networks(nets))
-
-
-def is_trusted_client(event: Mapping[str, Any], config: Config) -> bool:
-    """Trusted network, authenticated, or received on a relay listener."""
-    client = event.get("client") or {}
-    return (
-        bool(event.get("auth_user"))
-        or event.get("listener_role") == "relay"
-        or _trusted_ip(tuple(config.organization.trusted_networks), str(client.get("ip") or ""))
-    )
-
-
 def direction_of(trusted: bool, sender_internal: bool, recipient_internal: bool) -> Direction:
     """The direction rule of the module docstring for one recipient."""
     if not recipient_internal:
@@ -193,14 +165,11 @@ def _stamp(event: Mapping[str, Any], keys: Sequence[bytes], max_age_seconds: int
     value = (event.get("headers") or {}).get("journal_stamp")
     if not value or not keys:
         return None
-    received = event.get("received_at") or 0  # a datetime decoded, int ms built in code
-    if isinstance(received, datetime):
-        received = received.timestamp() * 1000
     return verify_stamp(
         value,
         bytes(event.get("raw") or b""),
         keys,
-        received_ms=int(received),
+        received_ms=to_millis(event.get("received_at")),
         max_age_seconds=max_age_seconds,
     )
 
@@ -213,7 +182,7 @@ def _facts(
 ) -> _Facts:
     org = config.organization
     sender = str(event.get("mail_from") or "")
-    trusted = is_trusted_client(event, config)
+    trusted = event_client_trusted(event, config.organization.trusted_networks)
     sender_internal = org.is_internal_address(sender)
     auth = str(event.get("auth_user") or "")
     submitter = auth if org.is_internal_address(auth) else sender
@@ -538,7 +507,7 @@ def _envelope_directions(
     every = _DIRECTION_ORDER
     try:
         sender = str(event.get("mail_from") or "")
-        internal_origin: bool | None = is_trusted_client(event, config) and bool(
+        internal_origin: bool | None = event_client_trusted(event, org.trusted_networks) and bool(
             sender and org.is_internal_address(sender)
         )
     except Exception:
@@ -621,33 +590,24 @@ def decide(
 
 def journal_copy_record(
     event: Mapping[str, Any], copy: PlannedCopy, *, header_text: bool = True
-) -> dict[str, Any]:
+) -> JournalCopy:
     """The ``JournalCopy`` event for a planned copy (first attempt, deliver now); without
     ``header_text``, no subject or Message-ID (the record to fall back on when they cannot be
     encoded)."""
     headers = (event.get("headers") or {}) if header_text else {}
-    return {
-        "copy_id": copy.copy_id,
-        "event_id": str(event["event_id"]),
-        "kind": JournalCopyKind.JOURNAL,
-        "received_at": event["received_at"],
-        "directions": [str(d) for d in copy.directions],
-        "sources": [str(s) for s in copy.sources],
-        "journal_address": copy.journal_address,
-        "ndr_address": copy.ndr_address,
-        "format": str(copy.format),
-        "original_sender": str(event.get("mail_from") or ""),
-        "recipients": [
-            {"address": r.address, "type": str(r.type), "expanded": None, "forwarded": None}
-            for r in copy.recipients
-        ],
-        "message_id": headers.get("message_id"),
-        "subject": headers.get("subject"),
-        "attempt": 0,
-        "not_before": 0,
-        "first_attempt_at": None,
-        "last_reply": None,
-        "original": event["raw"],
-        "about_copy_id": None,
-        "relay": None,  # JournalCopy v2: only relay copies of originals carry their envelope
-    }
+    return journal_copy(
+        copy_id=copy.copy_id,
+        event_id=str(event["event_id"]),
+        kind=JournalCopyKind.JOURNAL,
+        received_at=event["received_at"],
+        directions=copy.directions,
+        sources=copy.sources,
+        journal_address=copy.journal_address,
+        ndr_address=copy.ndr_address,
+        format=copy.format,
+        original_sender=str(event.get("mail_from") or ""),
+        recipients=[covered_recipient(r.address, r.type) for r in copy.recipients],
+        message_id=headers.get("message_id"),
+        subject=headers.get("subject"),
+        original=event["raw"],
+    )

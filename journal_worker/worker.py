@@ -65,9 +65,8 @@ from schemas import (
     MESSAGE_RECEIVED,
     SchemaError,
     default_codec,
-    new_event_id,
 )
-from schemas.events import now_millis
+from schemas.records import dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -409,19 +408,21 @@ class JournalWorker:
             "dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), item.poison
         )
         event_id = str(item.event["event_id"]) if item.event else None
-        dead = {
-            "id": new_event_id(),
-            "at": now_millis(),
-            "reason": item.poison,
-            "source_topic": msg.topic(),
-            "partition": msg.partition(),
-            "offset": msg.offset(),
-            "key": msg.key(),
-            "value": msg.value() or b"",
-            "headers": {h[0]: h[1] or b"" for h in (msg.headers() or [])},
-            "copy_id": None,
-            "event_id": event_id,
-        }
+        headers: dict[str, bytes] = {}
+        for h in msg.headers() or []:  # kept as delivery keeps them: null as empty
+            headers[h[0]] = h[1].encode() if isinstance(h[1], str) else (h[1] or b"")
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None  # consumed
+        dead = dead_letter(
+            reason=item.poison,
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            key=msg.key(),
+            value=msg.value() or b"",
+            headers=headers,
+            event_id=event_id,
+        )
         key = msg.key() or event_id or f"{msg.topic()}/{msg.partition()}@{msg.offset()}"
         return [(self.dead_letter_topic, key, self.codec.encode(DEAD_LETTER, dead))]
 

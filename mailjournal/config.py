@@ -43,6 +43,7 @@ from mailjournal.addresses import (
     validate_mailbox,
 )
 from mailjournal.stamp import DEFAULT_MAX_AGE_SECONDS, StampKeyError, read_key
+from mailjournal.trust import ip_trusted
 
 ENV_PREFIX = "MAILJOURNAL_"
 
@@ -125,13 +126,7 @@ class OrganizationConfig(Strict):
         return bool(address) and self.is_internal_domain(domain_of(address))
 
     def is_trusted_ip(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in ipaddress.ip_network(net) for net in self.trusted_networks)
+        return ip_trusted(ip, self.trusted_networks)
 
 
 class DirectionJournalConfig(Strict):
@@ -692,18 +687,21 @@ class Config(Strict):
 
     def _distinct_topics(self) -> None:
         """Every role its own topic, the retry tiers (``<name>.<i>``) included."""
+        # not at the top: mailjournal.topics imports this module
+        from mailjournal.topics import relay_retry_topic_names, retry_topic_names
+
         topics = self.kafka.topics
         roles = [
             (f"kafka.topics.{k}.name", t.name) for k, t in topics.all().items() if k != "retry"
         ]
         roles += [
-            (f"kafka.topics.retry.name (tier {i})", f"{topics.retry.name}.{i}")
-            for i in range(len(self.delivery.retry_delays_seconds))
+            (f"kafka.topics.retry.name (tier {i})", name)
+            for i, name in enumerate(retry_topic_names(self))
         ]
         if self.relays:
             roles += [
-                (f"kafka.topics.relay_retry.name (tier {i})", f"{topics.relay_retry.name}.{i}")
-                for i in range(len(self.relay.retry_delays_seconds))
+                (f"kafka.topics.relay_retry.name (tier {i})", name)
+                for i, name in enumerate(relay_retry_topic_names(self))
             ]
         seen: dict[str, str] = {}
         for key, name in roles:

@@ -59,6 +59,10 @@ class EnsureReport:
         )
 
 
+# Retry tiers: one topic per delay, ``<configured name>.<tier>``, so a topic holds records of one
+# delay only. Every stage, the dlq, the audit and the config's checks name them through here.
+
+
 def retry_topic_name(config: Config, tier: int) -> str:
     """Topic of retry tier ``tier`` (delay ``delivery.retry_delays_seconds[tier]``)."""
     return f"{config.kafka.topics.retry.name}.{tier}"
@@ -69,18 +73,29 @@ def relay_retry_topic_name(config: Config, tier: int) -> str:
     return f"{config.kafka.topics.relay_retry.name}.{tier}"
 
 
+def retry_topic_names(config: Config) -> list[str]:
+    """Delivery's retry tiers, shortest delay first."""
+    return [retry_topic_name(config, i) for i in range(len(config.delivery.retry_delays_seconds))]
+
+
+def relay_retry_topic_names(config: Config) -> list[str]:
+    """The relay's retry tiers, shortest delay first (created only when a listener relays)."""
+    return [
+        relay_retry_topic_name(config, i) for i in range(len(config.relay.retry_delays_seconds))
+    ]
+
+
 def topic_specs(config: Config) -> list[TopicSpec]:
     max_bytes = str(topic_max_message_bytes(config))
     specs = []
     topics = dict(config.kafka.topics.all())
     # delivery's retry tiers: one topic per delay, each shaped like the configured retry topic
     retry = topics.pop("retry")
-    for i in range(len(config.delivery.retry_delays_seconds)):
-        topics[f"retry.{i}"] = retry.model_copy(update={"name": retry_topic_name(config, i)})
+    for i, name in enumerate(retry_topic_names(config)):
+        topics[f"retry.{i}"] = retry.model_copy(update={"name": name})
     if config.relays:  # the relay's own retry tiers, only when some listener is inline
         relay = config.kafka.topics.relay_retry
-        for i in range(len(config.relay.retry_delays_seconds)):
-            name = relay_retry_topic_name(config, i)
+        for i, name in enumerate(relay_retry_topic_names(config)):
             topics[f"relay_retry.{i}"] = relay.model_copy(update={"name": name})
     for key, t in topics.items():
         specs.append(

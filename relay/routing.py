@@ -27,7 +27,14 @@ from mailjournal.addresses import domain_of
 from mailjournal.config import Config, DeliveryConfig, NextHopConfig, SmartHostConfig
 from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.outcomes import SmtpResult
-from schemas.events import make_copy_id
+from schemas.events import JournalCopyKind, ReportFormat, make_copy_id
+from schemas.records import (
+    covered_recipient,
+    journal_copy,
+    mail_params,
+    recipient,
+    relay_envelope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,46 +121,31 @@ def relay_copies(event: Mapping[str, Any], config: Config) -> list[dict[str, Any
     if config.relay.add_received and not event.get("prepended_length"):
         raw = received_header(event, config) + raw
     headers = event.get("headers") or {}
-    out = []
-    for key, rcpts in group_recipients(event.get("recipients") or [], config).items():
-        out.append(
-            {
-                "copy_id": relay_copy_id(str(event["event_id"]), key),
-                "event_id": event["event_id"],
-                "kind": "RELAY",
-                "received_at": event["received_at"],
-                "directions": [],
-                "sources": [],
-                "journal_address": rcpts[0]["address"],
-                "ndr_address": event.get("mail_from") or "",
-                "format": "COPY",
-                "original_sender": event.get("mail_from") or "",
-                "recipients": [
-                    {
-                        "address": r["address"],
-                        "type": "RECIPIENT",
-                        "expanded": None,
-                        "forwarded": None,
-                    }
-                    for r in rcpts
-                ],
-                "message_id": headers.get("message_id"),
-                "subject": headers.get("subject"),
-                "attempt": 0,
-                "not_before": 0,
-                "first_attempt_at": None,
-                "last_reply": None,
-                "about_copy_id": None,
-                "relay": {
-                    "mail_params": dict(event.get("mail_params") or {}),
-                    "recipients": rcpts,
-                    "next_hop": key,
-                    "delay_notified": False,
-                },
-                "original": raw,
-            }
+    sender = event.get("mail_from") or ""
+    return [
+        dict(
+            journal_copy(
+                copy_id=relay_copy_id(str(event["event_id"]), key),
+                event_id=event["event_id"],
+                kind=JournalCopyKind.RELAY,
+                received_at=event["received_at"],
+                journal_address=rcpts[0]["address"],
+                ndr_address=sender,
+                format=ReportFormat.COPY,
+                original_sender=sender,
+                recipients=[covered_recipient(r["address"]) for r in rcpts],
+                message_id=headers.get("message_id"),
+                subject=headers.get("subject"),
+                relay=relay_envelope(
+                    mail_params(**(event.get("mail_params") or {})),
+                    [recipient(**r) for r in rcpts],
+                    key,
+                ),
+                original=raw,
+            )
         )
-    return out
+        for key, rcpts in group_recipients(event.get("recipients") or [], config).items()
+    ]
 
 
 def with_recipients(copy: Mapping[str, Any], rcpts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

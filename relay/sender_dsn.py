@@ -49,7 +49,8 @@ from mailjournal.mime import (
     text_part,
 )
 from relay.routing import route_key
-from schemas.events import make_copy_id, to_millis
+from schemas.events import JournalCopyKind, ReportFormat, make_copy_id, to_millis
+from schemas.records import covered_recipient, journal_copy, mail_params, recipient, relay_envelope
 
 log = logging.getLogger(__name__)
 
@@ -269,40 +270,28 @@ def make_dsn_copy(
         copy, failures, action, config, now_ms=now_ms, dsn_id=dsn_id, until_ms=until_ms
     )
     sender = str(copy["original_sender"])
-    rcpt: dict[str, Any] = {"address": sender, "notify": None, "orcpt": None, "other": {}}
-    return {
-        "copy_id": dsn_id,
-        "event_id": copy["event_id"],
-        "kind": "RELAY",
-        "received_at": now_ms,
-        "directions": [],
-        "sources": [],
-        "journal_address": sender,
-        "ndr_address": "",
-        "format": "COPY",
-        "original_sender": "",
-        "recipients": [
-            {"address": sender, "type": "RECIPIENT", "expanded": None, "forwarded": None}
-        ],
-        "message_id": message_id_for(dsn_id, config.relay.dsn_from),
-        "subject": copy.get("subject"),
-        "attempt": 0,
-        "not_before": 0,
-        "first_attempt_at": None,
-        "last_reply": None,
-        "about_copy_id": copy["copy_id"],
-        "relay": {
-            "mail_params": {
-                "size": None,
-                "body": None if message.isascii() else "8BITMIME",
-                "smtputf8": not sender.isascii(),
-                "ret": None,
-                "envid": None,
-                "other": {},
-            },
-            "recipients": [rcpt],
-            "next_hop": route_key(sender, config),
-            "delay_notified": False,
-        },
-        "original": message,
-    }
+    return dict(
+        journal_copy(
+            copy_id=dsn_id,
+            event_id=copy["event_id"],
+            kind=JournalCopyKind.RELAY,
+            received_at=now_ms,
+            journal_address=sender,
+            ndr_address="",
+            format=ReportFormat.COPY,
+            original_sender="",
+            recipients=[covered_recipient(sender)],
+            message_id=message_id_for(dsn_id, config.relay.dsn_from),
+            subject=copy.get("subject"),
+            about_copy_id=copy["copy_id"],
+            relay=relay_envelope(
+                mail_params(
+                    body=None if message.isascii() else "8BITMIME",
+                    smtputf8=not sender.isascii(),
+                ),
+                [recipient(sender)],
+                route_key(sender, config),
+            ),
+            original=message,
+        )
+    )

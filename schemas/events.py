@@ -89,7 +89,10 @@ ENUMS: dict[str, type[StrEnum]] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Record shapes (field names exactly as in the schemas).
+# Record shapes (field names exactly as in the schemas); :mod:`schemas.records` builds them.
+
+# A timestamp field: decoded, an aware UTC datetime; built in code, usually int milliseconds.
+Timestamp = datetime | int
 
 
 class ClientInfo(TypedDict):
@@ -134,7 +137,7 @@ class SelectedHeaders(TypedDict):
 
 class MessageReceived(TypedDict):
     event_id: str
-    received_at: datetime
+    received_at: Timestamp
     ingest_host: str
     listener: str
     listener_role: str
@@ -171,7 +174,7 @@ class JournalCopy(TypedDict):
     copy_id: str
     event_id: str
     kind: str  # JournalCopyKind
-    received_at: datetime
+    received_at: Timestamp
     directions: list[str]  # Direction
     sources: list[str]  # JournalSource
     journal_address: str
@@ -182,8 +185,8 @@ class JournalCopy(TypedDict):
     message_id: str | None
     subject: str | None
     attempt: int
-    not_before: datetime
-    first_attempt_at: datetime | None
+    not_before: Timestamp
+    first_attempt_at: Timestamp | None
     last_reply: str | None
     about_copy_id: str | None
     relay: RelayEnvelope | None
@@ -200,15 +203,15 @@ class DeliveryOutcome(TypedDict):
     directions: list[str]  # Direction
     attempts: int
     remote_reply: str | None
-    at: datetime
-    next_attempt_at: datetime | None
+    at: Timestamp
+    next_attempt_at: Timestamp | None
     ndr_copy_id: str | None
     delivered_to_host: str | None
 
 
 class DeadLetter(TypedDict):
     id: str
-    at: datetime
+    at: Timestamp
     reason: str
     source_topic: str
     partition: int
@@ -231,13 +234,20 @@ def now_millis() -> int:
     return time.time_ns() // 1_000_000
 
 
-def to_millis(value: datetime | int) -> int:
-    """Milliseconds since the epoch; a naive datetime is taken as UTC (as fastavro does)."""
-    if isinstance(value, int):
-        return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - EPOCH) // _ONE_MS
+def to_millis(value: Timestamp | None) -> int:
+    """Milliseconds since the epoch of a timestamp field, whichever form it holds (see
+    :data:`Timestamp`); a naive datetime is taken as UTC (as fastavro does), None (a field never
+    set) as 0.
+
+    Exact integer arithmetic: ``int(dt.timestamp() * 1000)`` goes through a float and comes
+    out one millisecond short for some values (none in the 2020s, but e.g. in 2004 or 2039)."""
+    if value is None:
+        return 0
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return (value - EPOCH) // _ONE_MS
+    return int(value)
 
 
 def from_millis(ms: int) -> datetime:

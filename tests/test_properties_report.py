@@ -28,6 +28,8 @@ from ingest.headers import selected_headers
 from mailjournal.config import Config
 from mailjournal.dsn import Failure, diagnostic_code
 from mailjournal.mime import MAX_LINE, has_long_line, header_block
+from schemas.events import JournalCopyKind, JournalSource, ReportFormat
+from schemas.records import journal_copy
 from tests.fixtures.config import PREVIOUS_STAMP_KEY_FILE, make_config
 from tests.strategies import (
     EXTERNAL_DOMAINS,
@@ -84,29 +86,28 @@ def copies(draw: st.DrawFn) -> tuple[dict[str, Any], Config]:
     read = selected_headers(original)
     subject = draw(st.one_of(st.just(read["subject"]), st.none(), hostile_text()))
     message_id = draw(st.one_of(st.just(read["message_id"]), st.none(), hostile_text(3)))
-    record = {
-        "copy_id": f"{event_id}.{draw(st.sampled_from(['0123456789abcdef', 'fedcba9876543210.ab12cd34']))}",
-        "event_id": event_id,
-        "kind": "JOURNAL",
-        "received_at": draw(st.integers(min_value=0, max_value=4_000_000_000_000)),
-        "directions": draw(
-            st.lists(st.sampled_from(["INBOUND", "OUTBOUND", "INTERNAL"]), max_size=3, unique=True)
-        ),
-        "sources": ["GLOBAL"],
-        "journal_address": journal,
-        "ndr_address": draw(mailbox),
-        "format": "REPORT",
-        "original_sender": draw(st.one_of(st.just(""), mailbox, hostile_text(3))),
-        "recipients": draw(st.lists(recipient, max_size=5)),
-        "message_id": message_id,
-        "subject": subject,
-        "attempt": 0,
-        "not_before": 0,
-        "first_attempt_at": None,
-        "last_reply": None,
-        "original": original,
-        "about_copy_id": None,
-    }
+    record = dict(
+        journal_copy(
+            copy_id=f"{event_id}.{draw(st.sampled_from(['0123456789abcdef', 'fedcba9876543210.ab12cd34']))}",
+            event_id=event_id,
+            kind=JournalCopyKind.JOURNAL,
+            received_at=draw(st.integers(min_value=0, max_value=4_000_000_000_000)),
+            directions=draw(
+                st.lists(
+                    st.sampled_from(["INBOUND", "OUTBOUND", "INTERNAL"]), max_size=3, unique=True
+                )
+            ),
+            sources=[JournalSource.GLOBAL],
+            journal_address=journal,
+            ndr_address=draw(mailbox),
+            format=ReportFormat.REPORT,
+            original_sender=draw(st.one_of(st.just(""), mailbox, hostile_text(3))),
+            recipients=draw(st.lists(recipient, max_size=5)),
+            message_id=message_id,
+            subject=subject,
+            original=original,
+        )
+    )
     return record, config
 
 

@@ -23,7 +23,7 @@ import fastavro
 import pytest
 
 import schemas
-from schemas import codec, events
+from schemas import codec, events, records
 from schemas.codec import MAGIC, Codec, SchemaError, fingerprint64
 from tests.fixtures.smtp import wait_until
 
@@ -412,6 +412,99 @@ def test_typed_dicts_mirror_schema_fields() -> None:
             typed = getattr(events, named["name"])
             hints = typing.get_type_hints(typed)
             assert list(hints) == [f["name"] for f in named["fields"]], named["name"]
+
+
+def _built_like_samples() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(record made by the builder, the hand-written sample it must equal), per event."""
+    mr = message_received()
+    v2 = {k: mr.pop(k) for k in ("prepended_length", "received_sha256", "message_id_added")}
+    built_mr = records.message_received(
+        **{k: v for k, v in mr.items() if k != "size"},
+    )
+    jc = journal_copy(attempt=0, not_before=0, first_attempt_at=None, last_reply=None)
+    built_jc = records.journal_copy(
+        **{
+            k: v
+            for k, v in jc.items()
+            if k not in ("attempt", "not_before", "first_attempt_at", "last_reply")
+        },
+    )
+    built_jc["recipients"] = [records.covered_recipient(**r) for r in jc["recipients"]]
+    do = delivery_outcome()
+    dl = dead_letter()
+    built_dl = records.dead_letter(**{k: v for k, v in dl.items() if k != "id"})
+    built_dl["id"] = dl["id"]
+    return {
+        events.MESSAGE_RECEIVED: ({**built_mr, **v2}, {**mr, **v2}),
+        events.JOURNAL_COPY: (dict(built_jc), jc),
+        events.DELIVERY_OUTCOME: (dict(records.delivery_outcome(**do)), do),
+        events.DEAD_LETTER: (dict(built_dl), dl),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_record_builders_write_every_field_and_the_same_bytes(name: str) -> None:
+    built, sample = _built_like_samples()[name]
+    assert set(built) == set(typing.get_type_hints(getattr(events, name)))
+    assert built == sample
+    assert codec.encode(name, built) == codec.encode(name, sample)
+    # enum fields are plain strings, as decoded
+    assert all(type(built[f]) is str for f in ("kind", "status", "format") if f in built)
+
+
+def test_record_builder_nested_records_and_defaults() -> None:
+    assert records.client_info("192.0.2.1", 25, "helo") == {
+        "ip": "192.0.2.1",
+        "port": 25,
+        "helo": "helo",
+        "proxied_by": None,
+    }
+    assert records.mail_params() == {
+        "size": None,
+        "body": None,
+        "smtputf8": False,
+        "ret": None,
+        "envid": None,
+        "other": {},
+    }
+    assert records.recipient("a@corp.example") == {
+        "address": "a@corp.example",
+        "notify": None,
+        "orcpt": None,
+        "other": {},
+    }
+    assert records.covered_recipient("a@corp.example") == {
+        "address": "a@corp.example",
+        "type": "RECIPIENT",
+        "expanded": None,
+        "forwarded": None,
+    }
+    envelope = records.relay_envelope(records.mail_params(), [], "outbound")
+    assert envelope["delay_notified"] is False
+    letter = records.dead_letter(
+        reason="r", source_topic="t", partition=0, offset=1, key=None, value=b"", headers={}
+    )
+    assert letter["at"] > 0 and len(letter["id"]) == 26
+
+
+def test_selected_header_fields_are_the_record_keys() -> None:
+    from ingest.headers import FIELDS, selected_headers
+
+    assert sorted(FIELDS.values()) == sorted(typing.get_type_hints(events.SelectedHeaders))
+    assert list(selected_headers(b"Subject: x\r\n\r\n")) == list(
+        typing.get_type_hints(events.SelectedHeaders)
+    )
+
+
+def test_to_millis_of_every_timestamp_form() -> None:
+    assert events.to_millis(NOW) == 1741964966535
+    assert events.to_millis(NOW.replace(tzinfo=None)) == 1741964966535  # naive: UTC
+    assert events.to_millis(1741964966535) == 1741964966535
+    assert events.to_millis(None) == 0
+    # exact where int(dt.timestamp() * 1000) is one short (2004, 2039, 1970)
+    for ms in (1079337347472, 2183226373411, 2105981513):
+        assert int(events.from_millis(ms).timestamp() * 1000) == ms - 1
+        assert events.to_millis(events.from_millis(ms)) == ms
 
 
 def test_fingerprint_matches_avro_spec() -> None:

@@ -19,7 +19,8 @@ from typing import Any
 
 from delivery.retry import deadline_ms, plan_retry
 from mailjournal.config import DeliveryConfig
-from schemas.events import to_millis
+from schemas.events import DeliveryOutcome, JournalCopyKind, to_millis
+from schemas.records import delivery_outcome
 
 # stages of an SMTP attempt; only the transaction's replies are about the message
 SESSION_STAGES = frozenset({"connect", "greeting", "ehlo", "starttls", "auth", "rset"})
@@ -137,20 +138,20 @@ class OutcomeFields:
     delivered_to_host: str | None = None
 
 
-def make_outcome(copy: Mapping[str, Any], f: OutcomeFields) -> dict[str, Any]:
+def make_outcome(copy: Mapping[str, Any], f: OutcomeFields) -> DeliveryOutcome:
     """A DeliveryOutcome record (keyed by copy id on the compacted outcomes topic)."""
-    return {
-        "copy_id": copy["copy_id"],
-        "event_id": copy["event_id"],
-        "kind": copy.get("kind") or "JOURNAL",
-        "status": f.status,
-        "journal_address": copy["journal_address"],
-        "ndr_address": copy.get("ndr_address") or "",
-        "directions": list(copy.get("directions") or []),
-        "attempts": f.attempts,
-        "remote_reply": f.remote_reply,
-        "at": f.at_ms,
-        "next_attempt_at": f.next_attempt_ms,
-        "ndr_copy_id": f.ndr_copy_id,
-        "delivered_to_host": f.delivered_to_host,
-    }
+    return delivery_outcome(
+        copy_id=copy["copy_id"],
+        event_id=copy["event_id"],
+        kind=copy.get("kind") or JournalCopyKind.JOURNAL,
+        status=f.status,
+        journal_address=copy["journal_address"],
+        ndr_address=copy.get("ndr_address") or "",
+        directions=copy.get("directions") or [],
+        attempts=f.attempts,
+        remote_reply=f.remote_reply,
+        at=f.at_ms,
+        next_attempt_at=f.next_attempt_ms,
+        ndr_copy_id=f.ndr_copy_id,
+        delivered_to_host=f.delivered_to_host,
+    )
