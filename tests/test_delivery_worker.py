@@ -331,7 +331,7 @@ def test_smtp_sink_few_thousand_each_delivered_once(kafka_config: Config, worker
         copies = [make_copy() for _ in range(n)]
         produce_copies(config, copies)
         worker = worker_threads(config)
-        wait_until(lambda: worker.worker.stats.delivered >= n, 120, f"{n} deliveries")
+        wait_until(lambda: worker.handler.stats.delivered >= n, 120, f"{n} deliveries")
         assert worker.stop() == 0
     outcomes = read_outcomes(config, min_count=n)
     by_copy: dict[str, list[dict[str, Any]]] = {}
@@ -387,7 +387,7 @@ def test_waiting_retries_never_hold_up_fresh_traffic(
     wait_until(lambda: gauge() == len(waiting), 20, "the retry backlog gauge")
     # the waiting copies are neither attempted nor held in memory; their offsets stay uncommitted
     assert len(smtp_capture.messages) == 5
-    assert worker.worker.stats.attempts == 5
+    assert worker.handler.stats.attempts == 5
     assert worker.stop() == 0
     assert set(latest_outcomes(config)) == {c["copy_id"] for c in fresh}
 
@@ -405,7 +405,7 @@ def test_a_second_worker_joining_takes_over_partitions_without_duplicates(
     second = worker_threads(config)
     smtp_capture.wait_for(len(copies), timeout=60)
     assert first.stop() == 0 and second.stop() == 0
-    assert second.worker.stats.delivered > 0  # the second worker did take partitions over
-    assert first.worker.stats.delivered + second.worker.stats.delivered == len(copies)
+    assert second.handler.stats.delivered > 0  # the second worker did take partitions over
+    assert first.handler.stats.delivered + second.handler.stats.delivered == len(copies)
     ids = [email.message_from_bytes(m.data)["X-MailJournal-Copy-Id"] for m in smtp_capture.messages]
     assert sorted(ids) == sorted(c["copy_id"] for c in copies)  # each exactly once

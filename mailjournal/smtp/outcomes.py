@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from delivery.retry import deadline_ms, plan_retry
 from mailjournal.config import DeliveryConfig
+from mailjournal.consumer.retry import deadline_ms, plan_retry
 from schemas.events import to_millis
 
 # stages of an SMTP attempt; only the transaction's replies are about the message
