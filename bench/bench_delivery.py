@@ -28,11 +28,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from delivery.handler import DeliveryHandler
 from delivery.report import build_report
 from delivery.retry import tier_topics
-from delivery.worker import DeliveryWorker
 from devtools.kafka_local import KafkaLocal
 from mailjournal.config import Config
+from mailjournal.consumer.loop import TieredConsumer
 from mailjournal.topics import ensure_topics
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import ensure_retry_tiers, make_copy, produce_copies
@@ -88,7 +89,8 @@ def run_size(
     fill = time.monotonic() - t0
     del copies
 
-    worker = DeliveryWorker(config)
+    handler = DeliveryHandler(config)
+    worker = TieredConsumer(config, handler)
     proc = psutil.Process()
     cpu0 = proc.cpu_times()
     peak_rss = proc.memory_info().rss
@@ -98,14 +100,14 @@ def run_size(
     first = None
     # the clock stops when every copy is final: delivered and its outcome acknowledged by Kafka
     while worker.stats.finished < count:
-        if first is None and worker.stats.delivered:
+        if first is None and handler.stats.delivered:
             first = time.monotonic()
         peak_rss = max(peak_rss, proc.memory_info().rss)
         time.sleep(0.01)
         if time.monotonic() - start > 900:
-            raise SystemExit(f"timed out: {worker.stats}")
+            raise SystemExit(f"timed out: {worker.stats} {handler.stats}")
     end = time.monotonic()
-    assert worker.stats.delivered == count, worker.stats
+    assert handler.stats.delivered == count, handler.stats
     worker.stop()
     thread.join()
     cpu1 = proc.cpu_times()

@@ -1,28 +1,26 @@
-"""``mailjournal deliver --config FILE``: run the delivery stage until SIGTERM."""
+"""``mailjournal deliver --config FILE``: run the delivery stage until SIGTERM.
+
+Exit status: 0 after SIGTERM/SIGINT (the work in flight finished and committed first), 1 on a
+fatal Kafka error so the supervisor restarts it, 2 on an invalid configuration or missing topics.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import signal
-from types import FrameType
 
 from confluent_kafka import KafkaException
 
+from delivery.handler import DeliveryHandler
 from delivery.retry import tier_topics
-from delivery.worker import DeliveryWorker
-from mailjournal.config import Config, load_config_or_report
-from mailjournal.kafka import make_admin
+from mailjournal.config import load_config_or_report
+from mailjournal.consumer.loop import TieredConsumer
+from mailjournal.consumer.stage import missing_topics, run_until_stopped
+from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL
 from mailjournal.logs import setup_logging
-from mailjournal.metrics import serve_metrics
-from relay.routing import relay_tier_topics
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FATAL = 1
-EXIT_CONFIG = 2
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -35,59 +33,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def missing_topics(config: Config, mode: str = "journal", timeout: float = 30.0) -> list[str]:
-    """Topics the worker in ``mode`` reads or writes that do not exist (``topics ensure``)."""
-    topics = config.kafka.topics
-    if mode == "relay":
-        wanted = [topics.messages.name, *relay_tier_topics(config)]
-    else:
-        wanted = [topics.journal.name, *tier_topics(config)]
-    wanted += [topics.outcomes.name, topics.dead_letters.name]
-    existing = make_admin(config, role=f"{mode}-admin").list_topics(timeout=timeout).topics
-    return [t for t in wanted if t not in existing]
-
-
-def run(args: argparse.Namespace, mode: str) -> int:
-    """Run the delivery worker in ``mode`` ("journal": journal copies and NDRs; "relay":
-    originals to their next hops) until SIGTERM/SIGINT."""
-    stage = "delivery" if mode == "journal" else "relay"
-    config = load_config_or_report(
-        args.config, stages=("deliver" if mode == "journal" else "relay",)
-    )
+def main(args: argparse.Namespace) -> int:
+    """Journal copies and their NDRs to the smart host until SIGTERM/SIGINT."""
+    config = load_config_or_report(args.config, stages=("deliver",))
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.logging, stage=stage)
-    if mode == "relay" and not config.relays:
-        log.error("relay: no listener has relay = true; nothing to relay")
-        return EXIT_CONFIG
+    setup_logging(config.logging, stage="delivery")
+    topics = config.kafka.topics
+    wanted = [
+        topics.journal.name,
+        *tier_topics(config),
+        topics.outcomes.name,
+        topics.dead_letters.name,
+    ]
     try:
-        missing = missing_topics(config, mode)
+        missing = missing_topics(config, wanted, role="delivery-admin")
     except KafkaException as exc:
-        log.error("%s: Kafka at %s: %s", stage, config.kafka.bootstrap_servers, exc)
+        log.error("delivery: Kafka at %s: %s", config.kafka.bootstrap_servers, exc)
         return EXIT_FATAL
     if missing:
         log.error(
-            "%s: missing topics %s; create them with `mailjournal topics ensure`",
-            stage,
+            "delivery: missing topics %s; create them with `mailjournal topics ensure`",
             ", ".join(missing),
         )
         return EXIT_CONFIG
-    worker = DeliveryWorker(config, mode=mode)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: %s received, stopping", stage, signal.Signals(signum).name)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    port = config.metrics.relay_port if mode == "relay" else config.metrics.delivery_port
-    server = serve_metrics(config.metrics.host, port, ready=lambda: worker.ready)
-    try:
-        return worker.run()
-    finally:
-        if server is not None:
-            server.stop()
-
-
-def main(args: argparse.Namespace) -> int:
-    return run(args, "journal")
+    worker = TieredConsumer(config, DeliveryHandler(config))
+    return run_until_stopped(worker, host=config.metrics.host, port=config.metrics.delivery_port)

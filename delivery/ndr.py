@@ -7,7 +7,7 @@ answered by another NDR, and never reaches the original sender.
 
 The NDR is itself queued as a :class:`JournalCopy` of kind NDR (``original`` = the NDR bytes), so
 it goes through the same sending, retry and expiry machinery; an NDR that cannot be delivered is
-dead-lettered (see :mod:`delivery.worker`).
+dead-lettered (see :mod:`delivery.handler`).
 """
 
 from __future__ import annotations

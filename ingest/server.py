@@ -73,9 +73,9 @@ from ingest.proxy import (
     peer_address,
 )
 from ingest.publisher import Publisher, PublishError
-from ingest.trace import traced
 from mailjournal.config import Config, ListenerConfig
 from mailjournal.faults import fault_point
+from mailjournal.trace import traced
 from schemas.events import Recipient, TlsInfo
 from schemas.records import client_info, message_received, recipient
 

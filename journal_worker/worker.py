@@ -57,6 +57,8 @@ from journal_worker.decide import (
 )
 from journal_worker.directory import Directory, DirectoryUnavailable, make_directory, resolve
 from mailjournal.config import Config
+from mailjournal.consumer.fetch import fetch
+from mailjournal.consumer.lag import partition_lag
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_consumer, make_producer, producer_config
 from schemas import (
@@ -246,18 +248,11 @@ class JournalWorker:
 
     def _next_batch(self) -> list[Message]:
         """What the consumer has buffered (up to ``batch_max``); when nothing is, wait up to
-        ``batch_timeout`` for the first record and take it with whatever came along. A batch
-        never waits for more input once some is there: under load batches still grow (records
-        arrive while the previous transaction commits), at light load a message is not held
-        for ``batch_max_ms``."""
+        ``batch_timeout`` for the first record and take it with whatever came along
+        (:func:`~mailjournal.consumer.fetch.fetch`): at light load a message is not held for
+        ``batch_max_ms``."""
         assert self.consumer is not None
-        msgs = self.consumer.consume(self.batch_max, 0)
-        if msgs:
-            return msgs
-        msgs = self.consumer.consume(1, self.batch_timeout)
-        if msgs and self.batch_max > 1:
-            msgs.extend(self.consumer.consume(self.batch_max - 1, 0))
-        return msgs
+        return fetch(self.consumer, self.batch_max, self.batch_timeout)
 
     def _close(self) -> None:
         # an open transaction here is one a fatal error interrupted: leave it to the broker's
@@ -716,17 +711,15 @@ class JournalWorker:
         if not assignment:
             return
         for tp in self.consumer.position(assignment):
-            if tp.offset < 0:
-                continue  # nothing fetched yet: position unknown
             try:
                 # the fetches keep cached watermarks fresh, except while partitions are paused
-                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=not paused)
+                lag = partition_lag(self.consumer, tp, cached=not paused)
             except KafkaException:
                 continue
-            if high < 0:
-                continue
+            if lag is None:
+                continue  # nothing fetched yet: position or end unknown
             self._lag_partitions.add(tp.partition)
-            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, high - tp.offset))
+            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(lag)
 
 
 def _reason_class(reason: str | None) -> str:

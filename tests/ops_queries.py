@@ -161,6 +161,7 @@ def exported_metrics() -> dict[str, Exported]:
     from prometheus_client import Gauge
     from prometheus_client.metrics import MetricWrapperBase
 
+    import mailjournal.consumer.metrics
     import mailjournal.metrics
     import mailjournal.mime
     import mailjournal.smtp.metrics
@@ -168,7 +169,12 @@ def exported_metrics() -> dict[str, Exported]:
     from mailjournal import kafka_stats
 
     # the metrics modules of the stage packages (a stage may export only shared ones)
-    modules = [mailjournal.metrics, mailjournal.smtp.metrics, mailjournal.mime] + [
+    modules = [
+        mailjournal.metrics,
+        mailjournal.consumer.metrics,
+        mailjournal.smtp.metrics,
+        mailjournal.mime,
+    ] + [
         importlib.import_module(f"{stage}.metrics")
         for stage in STAGE_PACKAGES
         if (ROOT / stage / "metrics.py").exists()

@@ -29,7 +29,9 @@ from mailjournal.config import Config
 from mailjournal.kafka import make_admin, make_consumer, make_producer
 from mailjournal.smtp.outcomes import OutcomeFields, make_outcome
 from mailjournal.topics import topic_specs
-from relay.routing import relay_copies, relay_tier_topics
+from relay.handler import RelayHandler
+from relay.retry import relay_tier_topics
+from relay.routing import relay_copies
 from schemas import (
     DELIVERY_OUTCOME,
     JOURNAL_COPY,
@@ -310,7 +312,7 @@ def test_poison_on_every_relay_tier_and_the_messages_topic(
         ],
     )
 
-    worker = worker_threads(config, mode="relay")
+    worker = worker_threads(config, RelayHandler(config))
     rcpts = [c["journal_address"] for c in owed] + [f"fresh{i}@corp.example" for i in range(3)]
     wait_until(lambda: all(smtp_capture.messages_to(r) for r in rcpts), 60, f"{len(rcpts)} relayed")
     letters = dead_letters(config, len(expected))

@@ -13,9 +13,10 @@ import pytest
 
 from delivery.ndr import build_ndr, make_ndr_copy
 from delivery.report import build_message, build_report, envelope_sender
-from delivery.retry import plan_retry, tier_for_attempt, tier_topics
-from delivery.worker import PartitionState
+from delivery.retry import tier_topics
 from mailjournal.config import Config
+from mailjournal.consumer.partition import PartitionState
+from mailjournal.consumer.retry import plan_retry, tier_for_attempt
 from mailjournal.dsn import Failure, dsn_status
 from mailjournal.mime import body_transfer_encoding, choose_boundary
 from mailjournal.smtp.outcomes import Action, ResultClass, SmtpResult, decide, retry_copy

@@ -17,6 +17,7 @@ from delivery import dlq
 from delivery.report import build_report
 from mailjournal import cli
 from mailjournal.config import Config
+from mailjournal.topics import retry_topic_name
 from schemas import now_millis
 from tests.fixtures.delivery import (
     attached_bytes,
@@ -331,7 +332,7 @@ def test_smtp_sink_few_thousand_each_delivered_once(kafka_config: Config, worker
         copies = [make_copy() for _ in range(n)]
         produce_copies(config, copies)
         worker = worker_threads(config)
-        wait_until(lambda: worker.worker.stats.delivered >= n, 120, f"{n} deliveries")
+        wait_until(lambda: worker.handler.stats.delivered >= n, 120, f"{n} deliveries")
         assert worker.stop() == 0
     outcomes = read_outcomes(config, min_count=n)
     by_copy: dict[str, list[dict[str, Any]]] = {}
@@ -367,7 +368,7 @@ def test_waiting_retries_never_hold_up_fresh_traffic(
     # a tier whose delay covers the copies' wait: a head waits at most its tier's longest delay
     slow_tier = {"delivery": {"retry_delays_seconds": [150.0], "expiry_seconds": 600}}
     config = delivery_config(kafka_config, smtp_capture.port, slow_tier)
-    tier0 = f"{config.kafka.topics.retry.name}.0"
+    tier0 = retry_topic_name(config, 0)
     later = now_millis() + 120_000
     waiting = [
         make_copy(attempt=1, not_before=later, first_attempt_at=now_millis(), last_reply="451 x")
@@ -387,7 +388,7 @@ def test_waiting_retries_never_hold_up_fresh_traffic(
     wait_until(lambda: gauge() == len(waiting), 20, "the retry backlog gauge")
     # the waiting copies are neither attempted nor held in memory; their offsets stay uncommitted
     assert len(smtp_capture.messages) == 5
-    assert worker.worker.stats.attempts == 5
+    assert worker.handler.stats.attempts == 5
     assert worker.stop() == 0
     assert set(latest_outcomes(config)) == {c["copy_id"] for c in fresh}
 
@@ -405,7 +406,7 @@ def test_a_second_worker_joining_takes_over_partitions_without_duplicates(
     second = worker_threads(config)
     smtp_capture.wait_for(len(copies), timeout=60)
     assert first.stop() == 0 and second.stop() == 0
-    assert second.worker.stats.delivered > 0  # the second worker did take partitions over
-    assert first.worker.stats.delivered + second.worker.stats.delivered == len(copies)
+    assert second.handler.stats.delivered > 0  # the second worker did take partitions over
+    assert first.handler.stats.delivered + second.handler.stats.delivered == len(copies)
     ids = [email.message_from_bytes(m.data)["X-MailJournal-Copy-Id"] for m in smtp_capture.messages]
     assert sorted(ids) == sorted(c["copy_id"] for c in copies)  # each exactly once

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ingest.trace import as_received
+from mailjournal.trace import as_received
 from relay.routing import received_header
 from schemas import MESSAGE_RECEIVED, decode
 from tests.fixtures.config import make_config

@@ -10,7 +10,8 @@ import dns.resolver
 import pytest
 
 from mailjournal.dsn import Failure
-from relay.routing import MxError, group_recipients, mail_args, mx_hosts, rcpt_args, route_key
+from relay.mx import MxError, mx_hosts
+from relay.routing import group_recipients, mail_args, rcpt_args, route_key
 from relay.sender_dsn import RecipientFailure, delivery_status, wants, xtext_decode
 from tests.fixtures.config import make_config
 

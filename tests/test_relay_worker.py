@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from delivery.worker import DeliveryWorker
 from mailjournal.config import Config, load_config_dict
+from mailjournal.consumer.loop import TieredConsumer
 from mailjournal.topics import ensure_topics
-from relay.routing import relay_tier_topics
+from relay.handler import RelayHandler
+from relay.retry import relay_tier_topics
 from tests.fixtures.config import deep_merge, write_config_file
 from tests.fixtures.delivery import TEST_CONSUMER, WorkerThread, read_dead_letters
 from tests.fixtures.drain import wait_relay_drained
@@ -69,7 +70,7 @@ def hop() -> Iterator[CaptureServer]:
 
 
 def relay_worker(config: Config) -> WorkerThread:
-    return WorkerThread(config, mode="relay")
+    return WorkerThread(config, RelayHandler(config))
 
 
 def dsns(hop: CaptureServer) -> list[Any]:
@@ -217,10 +218,9 @@ def test_kill_mid_flow_loses_nothing(
     assert duplicates <= 32 + 4
 
 
-def test_worker_modes_share_one_class(kafka_config: Config, hop: CaptureServer) -> None:
+def test_the_relay_runs_on_the_tiered_consumer(kafka_config: Config, hop: CaptureServer) -> None:
     config = relay_config(kafka_config, hop.port)
-    w = DeliveryWorker(config, mode="relay")
-    assert w.journal_topic == config.kafka.topics.messages.name
-    assert w.retry_topics == relay_tier_topics(config)
-    with pytest.raises(ValueError, match="unknown delivery mode"):
-        DeliveryWorker(config, mode="other")
+    w = TieredConsumer(config, RelayHandler(config))
+    assert w.settings.topic == config.kafka.topics.messages.name
+    assert list(w.retry_topics) == relay_tier_topics(config)
+    assert w.settings.group == config.kafka.relay_group

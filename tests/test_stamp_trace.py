@@ -1,4 +1,4 @@
-"""The loop-guard stamp (mailjournal/stamp.py) and ingest's prepended fields (ingest/trace.py):
+"""The loop-guard stamp (mailjournal/stamp.py) and ingest's prepended fields (mailjournal/trace.py):
 pure functions, no servers."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from ingest.headers import selected_headers
-from ingest.trace import as_received, received_field, traced
 from mailjournal.config import StampKeyError
 from mailjournal.stamp import (
     HEADER,
@@ -23,6 +22,7 @@ from mailjournal.stamp import (
     stamp_message,
     verify_stamp,
 )
+from mailjournal.trace import as_received, received_field, traced
 from tests.fixtures.config import PREVIOUS_STAMP_KEY, STAMP_KEY, make_config, write_key
 from tests.fixtures.journal import make_event
 from tests.fixtures.trace import assert_event_of

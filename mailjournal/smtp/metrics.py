@@ -1,5 +1,6 @@
-"""Prometheus metrics of the SMTP client, exported by every stage that sends with it (delivery and
-the relay) under the names they always had (no addresses or message ids in labels)."""
+"""Prometheus metrics of sending copies by SMTP -- the client's sessions and the attempts --,
+exported by every stage that sends (delivery and the relay) under the names they always had (no
+addresses or message ids in labels)."""
 
 from __future__ import annotations
 
@@ -23,4 +24,22 @@ SMTP_CONNECTS = Counter(
 SMTP_AUTH_WITHOUT_TLS = Counter(
     "mailjournal_delivery_smtp_auth_without_tls_total",
     "Sessions ended before AUTH because no TLS was negotiated (credentials never sent in clear)",
+)
+
+# -- what the stages sending copies count of their attempts (delivery, relay) -----------------
+
+ATTEMPTS = Counter(
+    "mailjournal_delivery_attempts_total",
+    "SMTP delivery attempts by kind of copy and result class",
+    ["kind", "result"],  # result: delivered, transient, permanent
+)
+OUTCOMES = Counter(
+    "mailjournal_delivery_outcomes_total",
+    "Outcome events published, by kind and status",
+    ["kind", "status"],
+)
+RETRIES_SCHEDULED = Counter(
+    "mailjournal_delivery_retries_scheduled_total",
+    "Copies re-queued on a retry tier",
+    ["tier"],
 )

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from delivery.retry import deadline_ms, plan_retry
 from mailjournal.config import DeliveryConfig
+from mailjournal.consumer.retry import deadline_ms, plan_retry
 from schemas.events import DeliveryOutcome, JournalCopyKind, to_millis
 from schemas.records import delivery_outcome
 
