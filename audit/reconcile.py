@@ -46,6 +46,7 @@ from typing import Any
 
 from mailjournal.addresses import canonical, key
 from mailjournal.config import Config, Direction, load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_GAPS, EXIT_NO_VERDICT, EXIT_OK
 from mailjournal.faults import fault_point
 
 log = logging.getLogger("audit.reconcile")
@@ -381,7 +382,8 @@ def default_owed(cfg: Config) -> OwedFn:
     the envelope-only fallback when the decision raises (a directory outage raises
     :class:`AuditUnavailable`: an audit never guesses)."""
     from journal_worker.decide import Decider, fallback_decision
-    from journal_worker.directory import DirectoryUnavailable, make_directory, resolve
+    from journal_worker.lookups import make_directory, resolve
+    from mailjournal.directory import DirectoryUnavailable
 
     directory = make_directory(cfg.directory)
     decider = Decider(cfg, cfg.journal.stamp_key())
@@ -624,7 +626,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     cfg = load_config_or_report(args.config, stages=("audit",))
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
     if args.metrics_port is not None:
         from mailjournal.metrics import serve_metrics
 
@@ -639,7 +641,7 @@ def main(args: argparse.Namespace) -> int:
             )
         except Exception as exc:  # Kafka or the directory: no verdict, and no traceback
             print(f"audit: cannot finish: {_why(exc)}", file=sys.stderr)
-            return 2
+            return EXIT_NO_VERDICT
         if args.json:
             print(
                 json.dumps(
@@ -661,5 +663,5 @@ def main(args: argparse.Namespace) -> int:
         if args.metrics_port is not None:
             publish_metrics(report)
         if not args.interval:
-            return 1 if report.has_gaps(args.strict_duplicates) else 0
+            return EXIT_GAPS if report.has_gaps(args.strict_duplicates) else EXIT_OK
         time.sleep(args.interval)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from prometheus_client import REGISTRY  # noqa: E402
 
 from devtools.kafka_local import KafkaLocal  # noqa: E402
-from journal_worker.directory import make_directory  # noqa: E402
+from journal_worker.lookups import make_directory  # noqa: E402
 from journal_worker.worker import JournalWorker  # noqa: E402
 from mailjournal.config import Config  # noqa: E402
 from mailjournal.topics import ensure_topics  # noqa: E402

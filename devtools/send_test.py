@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 from mailjournal.config import load_config_or_report
+from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
 
 
 def examples(domain: str) -> list[tuple[str, str, str]]:
@@ -55,7 +56,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = load_config_or_report(args.config)
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
     if args.server:
         host, _, port_s = args.server.rpartition(":")
         port = int(port_s)
@@ -63,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         host, port = cfg.ingest.listeners[0].host, cfg.ingest.listeners[0].port
     else:
         print("no ingest listener configured; pass --server host:port", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     domain = cfg.organization.accepted_domains[0]
     failed = 0
     # the outbound message comes from a trusted network (loopback is trusted in the example)
@@ -76,4 +77,4 @@ def main(args: argparse.Namespace) -> int:
         except (smtplib.SMTPException, OSError) as exc:
             failed += 1
             print(f"FAILED {sender} -> {rcpt}: {exc}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_FATAL if failed else EXIT_OK

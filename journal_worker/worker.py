@@ -55,10 +55,11 @@ from journal_worker.decide import (
     fallback_decision,
     journal_copy_record,
 )
-from journal_worker.directory import Directory, DirectoryUnavailable, make_directory, resolve
+from journal_worker.lookups import make_directory, resolve
 from mailjournal.config import Config
 from mailjournal.consumer.fetch import fetch
 from mailjournal.consumer.lag import partition_lag
+from mailjournal.directory import Directory, DirectoryUnavailable
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_consumer, make_producer, producer_config
 from schemas import (

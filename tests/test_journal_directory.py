@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from journal_worker.decide import lookup_key
-from journal_worker.directory import CachedDirectory, DirectoryUnavailable, make_directory, resolve
-from journal_worker.directory.base import Entry
-from journal_worker.directory.file import FileDirectory
-from journal_worker.directory.ldap import LdapDirectory, build_filter
+from journal_worker.lookups import make_directory, resolve
 from mailjournal.addresses import key
 from mailjournal.config import DirectoryConfig, LdapDirectoryConfig
+from mailjournal.directory import CachedDirectory, DirectoryUnavailable, Entry
+from mailjournal.directory.file import FileDirectory
+from mailjournal.directory.ldap import LdapDirectory, build_filter
 from tests.fixtures.ldap import ATTRIBUTE, Slapd
 
 ATTR = ATTRIBUTE

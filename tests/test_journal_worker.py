@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from journal_worker.decide import decide, journal_copy_record, needed_lookups
-from journal_worker.directory import Directory, make_directory, resolve
+from journal_worker.lookups import make_directory, resolve
 from mailjournal.config import Config
+from mailjournal.directory import Directory
 from schemas import DEAD_LETTER, MAGIC, encode
 from tests.fixtures.journal import (
     INSIDE_IP,

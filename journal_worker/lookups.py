@@ -1,15 +1,26 @@
-"""The directory as the journal worker uses it: the shared backends plus :func:`resolve`,
-which answers the decision functions' lookups."""
+"""The directory as the journal worker uses it: a backend of :mod:`mailjournal.directory` that
+counts into the worker's metrics, and :func:`resolve`, which answers the decision functions'
+lookups."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from journal_worker import metrics
 from journal_worker.decide import LookupKey, lookup_key
 from mailjournal.addresses import key
-from mailjournal.directory.base import Directory, DirectoryUnavailable, Entry
+from mailjournal.config import DirectoryConfig
+from mailjournal.directory import Directory
+from mailjournal.directory import make_directory as _make_directory
+from mailjournal.directory.metrics import DirectoryMetrics
 
-__all__ = ["Directory", "DirectoryUnavailable", "Entry", "resolve"]
+METRICS = DirectoryMetrics(
+    metrics.DIRECTORY_LOOKUPS, metrics.DIRECTORY_LATENCY, metrics.DIRECTORY_RELOADS
+)
+
+
+def make_directory(cfg: DirectoryConfig) -> Directory | None:
+    return _make_directory(cfg, METRICS)
 
 
 def resolve(

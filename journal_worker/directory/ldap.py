@@ -1,3 +1,0 @@
-"""Moved to :mod:`mailjournal.directory.ldap` (shared with ingest); kept for old imports."""
-
-from mailjournal.directory.ldap import *  # noqa: F403
