@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailjournal.addresses import canonical, key
-from mailjournal.config import Config, Direction, load_config_or_report
+from mailjournal.config import Config, Direction, add_config_argument, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_GAPS, EXIT_NO_VERDICT, EXIT_OK
 from mailjournal.faults import fault_point
 
@@ -603,7 +603,7 @@ def _audit_gauges(gauge: Any) -> dict[str, Any]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True)
+    add_config_argument(parser)
     parser.add_argument("--since", help="ISO time or age (e.g. 24h); default: everything retained")
     parser.add_argument("--until", help="ISO time or age; default: now")
     parser.add_argument(

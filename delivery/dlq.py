@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterable
@@ -33,7 +32,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from mailjournal.config import Config, load_config_or_report
+from mailjournal.config import Config, add_config_argument, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_KAFKA, EXIT_NOTHING, EXIT_OK
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_admin, make_consumer, make_producer
@@ -291,19 +290,13 @@ def _marker(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    default = os.environ.get("MAILJOURNAL_CONFIG")
     sub = parser.add_subparsers(dest="action", required=True)
     for name, help_text in (
         ("list", "list dead letters not yet replayed"),
         ("replay", "re-queue dead letters for delivery (each at most once)"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "--config",
-            default=default,
-            required=default is None,
-            help="configuration file (default $MAILJOURNAL_CONFIG)",
-        )
+        add_config_argument(p)
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds per Kafka step")
         if name == "list":

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import os
 import sys
 
 from ingest.prefork import run_workers
 from ingest.process import quiet_aiosmtpd, run_process
-from mailjournal.config import load_config_or_report
+from mailjournal.config import add_config_argument, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_OK
 from mailjournal.logs import setup_logging
 
@@ -22,11 +21,7 @@ log = logging.getLogger("ingest")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        default=os.environ.get("MAILJOURNAL_CONFIG"),
-        help="configuration file (default: $MAILJOURNAL_CONFIG)",
-    )
+    add_config_argument(parser)
     parser.add_argument(
         "--workers",
         type=int,
@@ -68,9 +63,6 @@ def _hash_password(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) == "hash-password":
         return _hash_password(args)
-    if not args.config:
-        print("mailjournal ingest: --config FILE is required", file=sys.stderr)
-        return EXIT_CONFIG
     config = load_config_or_report(args.config, stages=("ingest",))
     if config is None:
         return EXIT_CONFIG

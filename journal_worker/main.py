@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 from types import FrameType
 
-from mailjournal.config import load_config_or_report
+from mailjournal.config import add_config_argument, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
 from mailjournal.logs import setup_logging
 
@@ -21,13 +20,7 @@ log = logging.getLogger("mailjournal.journal")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        default=os.environ.get("MAILJOURNAL_CONFIG"),
-        required="MAILJOURNAL_CONFIG" not in os.environ,
-        help="configuration file (TOML); default $MAILJOURNAL_CONFIG",
-    )
+    add_config_argument(parser, "-c")
     parser.add_argument(
         "--instance-id",
         default=None,

@@ -17,6 +17,7 @@ pod need not mount the ingest listener's certificate.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import tomllib
@@ -899,6 +900,18 @@ def file_problems(
 # stages that make (deliver) or honour (journal, audit) the loop-guard stamp: with journaling
 # on they refuse to start without a usable key
 STAMP_STAGES = frozenset(("journal", "deliver", "audit"))
+
+
+def add_config_argument(parser: argparse.ArgumentParser, *aliases: str) -> None:
+    """``--config FILE`` (default ``$MAILJOURNAL_CONFIG``), the same for every command; a command
+    given neither reports it through :func:`load_config_or_report` (exit 2), like any other
+    unusable configuration."""
+    parser.add_argument(
+        "--config",
+        *aliases,
+        default=os.environ.get("MAILJOURNAL_CONFIG"),
+        help="configuration file (TOML; default $MAILJOURNAL_CONFIG)",
+    )
 
 
 def load_config_or_report(path: str | Path | None, stages: Iterable[str] = ()) -> Config | None:

@@ -8,7 +8,6 @@ shortening a retention is an operator's decision, never a side effect of startin
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from mailjournal.config import Config, load_config_or_report
+from mailjournal.config import Config, add_config_argument, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_DRIFT, EXIT_KAFKA, EXIT_OK
 from mailjournal.kafka import make_admin, topic_max_message_bytes
 
@@ -201,13 +200,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     ensure = sub.add_parser(
         "ensure", help="create missing topics; report drift on existing ones (exit 3)"
     )
-    default = os.environ.get("MAILJOURNAL_CONFIG")
-    ensure.add_argument(
-        "--config",
-        default=default,
-        required=default is None,
-        help="configuration file (default $MAILJOURNAL_CONFIG)",
-    )
+    add_config_argument(ensure)
     ensure.add_argument("--timeout", type=float, default=30.0, help="seconds per Kafka request")
 
 

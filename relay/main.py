@@ -11,29 +11,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
-from confluent_kafka import KafkaException
-
-from mailjournal.config import load_config_or_report
-from mailjournal.consumer.loop import TieredConsumer
-from mailjournal.consumer.stage import missing_topics, run_until_stopped
-from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL
+from mailjournal.config import add_config_argument, load_config_or_report
+from mailjournal.consumer.stage import serve
+from mailjournal.exits import EXIT_CONFIG
 from mailjournal.logs import setup_logging
 from relay.handler import RelayHandler
-from relay.retry import relay_tier_topics
 
 log = logging.getLogger(__name__)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    default = os.environ.get("MAILJOURNAL_CONFIG")
-    parser.add_argument(
-        "--config",
-        default=default,
-        required=default is None,
-        help="configuration file (default $MAILJOURNAL_CONFIG)",
-    )
+    add_config_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,23 +34,4 @@ def main(args: argparse.Namespace) -> int:
     if not config.relays:
         log.error("relay: no listener has relay = true; nothing to relay")
         return EXIT_CONFIG
-    topics = config.kafka.topics
-    wanted = [
-        topics.messages.name,
-        *relay_tier_topics(config),
-        topics.outcomes.name,
-        topics.dead_letters.name,
-    ]
-    try:
-        missing = missing_topics(config, wanted, role="relay-admin")
-    except KafkaException as exc:
-        log.error("relay: Kafka at %s: %s", config.kafka.bootstrap_servers, exc)
-        return EXIT_FATAL
-    if missing:
-        log.error(
-            "relay: missing topics %s; create them with `mailjournal topics ensure`",
-            ", ".join(missing),
-        )
-        return EXIT_CONFIG
-    worker = TieredConsumer(config, RelayHandler(config))
-    return run_until_stopped(worker, host=config.metrics.host, port=config.metrics.relay_port)
+    return serve(config, RelayHandler(config), port=config.metrics.relay_port)

@@ -8,8 +8,12 @@ import signal
 from collections.abc import Sequence
 from types import FrameType
 
+from confluent_kafka import KafkaException
+
 from mailjournal.config import Config
+from mailjournal.consumer.handler import Handler
 from mailjournal.consumer.loop import TieredConsumer
+from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL
 from mailjournal.kafka import make_admin
 from mailjournal.metrics import serve_metrics
 
@@ -41,3 +45,32 @@ def run_until_stopped(worker: TieredConsumer, *, host: str, port: int) -> int:
     finally:
         if server is not None:
             server.stop()
+
+
+def serve(config: Config, handler: Handler, *, port: int) -> int:
+    """The stage's process: its topics checked (input, retry tiers, outcomes, dead letters),
+    then the tiered consumer run with ``handler`` until SIGTERM/SIGINT. Exit status per
+    :mod:`mailjournal.exits`: 2 when a topic is missing (``topics ensure`` creates it; restarting
+    would not), 1 when Kafka cannot be asked."""
+    topics = config.kafka.topics
+    settings = handler.settings
+    wanted = [
+        settings.topic,
+        *settings.tiers.topics,
+        topics.outcomes.name,
+        topics.dead_letters.name,
+    ]
+    try:
+        missing = missing_topics(config, wanted, role=f"{handler.name}-admin")
+    except KafkaException as exc:
+        log.error("%s: Kafka at %s: %s", handler.name, config.kafka.bootstrap_servers, exc)
+        return EXIT_FATAL
+    if missing:
+        log.error(
+            "%s: missing topics %s; create them with `mailjournal topics ensure`",
+            handler.name,
+            ", ".join(missing),
+        )
+        return EXIT_CONFIG
+    worker = TieredConsumer(config, handler)
+    return run_until_stopped(worker, host=config.metrics.host, port=port)
