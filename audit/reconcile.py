@@ -587,17 +587,15 @@ _GAUGES: dict[str, Any] = {}
 
 
 def _failed_runs() -> Any:
-    from prometheus_client import Counter as PromCounter
+    from prometheus_client import Gauge
 
-    if "failed" not in _GAUGES:
-        _GAUGES["failed"] = PromCounter(
-            "mailjournal_audit_failed_runs", "Runs of a serving audit that could not finish"
-        )
-    return _GAUGES["failed"]
+    return _audit_gauges(Gauge)["failed"]
 
 
 def _audit_gauges(gauge: Any) -> dict[str, Any]:
-    if "messages" not in _GAUGES:
+    from prometheus_client import Counter as PromCounter
+
+    if not _GAUGES:
         _GAUGES.update(
             messages=gauge("mailjournal_audit_messages", "Accepted messages in the audit window"),
             gaps=gauge("mailjournal_audit_gaps", "Gaps found by the last audit", ["kind"]),
@@ -607,6 +605,9 @@ def _audit_gauges(gauge: Any) -> dict[str, Any]:
             ),
             last_run=gauge(
                 "mailjournal_audit_last_run_timestamp_seconds", "When the last audit finished"
+            ),
+            failed=PromCounter(
+                "mailjournal_audit_failed_runs", "Runs of a serving audit that could not finish"
             ),
         )
     return _GAUGES
