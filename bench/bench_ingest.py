@@ -8,9 +8,11 @@ accepted msgs/s, peak RSS and the ratio ingest/sink per size. Goal: ratio >= 0.5
 ``--postfix`` adds (c) a private Postfix (``bench/postfix_peer.py``: ``recipient_bcc_maps``
 journaling, relaying to the sink): its accept-into-queue rate is what ingest alone is compared
 with (issue 17: ingest >= 3x Postfix at 1 KB); CPU ms per accepted message is printed for both.
+``--baseline REF`` first measures ingest from ``git archive REF`` on the same Kafka and topic
+(printed; the table is the work tree's).
 
     .venv/bin/python bench/bench_ingest.py [--workers 2] [--seconds 8] [--sizes 1024,10240]
-        [--postfix]
+        [--postfix] [--baseline main]
 
 "accepted" for ingest is what its metrics count as answered 250 (after Kafka's acknowledgement);
 the run also checks that the messages topic holds at least as many records.
@@ -87,11 +89,14 @@ level = "WARNING"
 
 
 @contextlib.contextmanager
-def ingest_process(config: Path, workers: int, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def ingest_process(
+    config: Path, workers: int, port: int, tree: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
     cmd = [sys.executable, "-m", "mailjournal", "ingest", "--config", str(config)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = subprocess.Popen(cmd, cwd=tree, env=env)
     try:
         wait_port(port, 60)
         yield proc
@@ -115,6 +120,7 @@ def main() -> int:
         "--reuse", action="store_true", help="smtp-source -d: several messages per connection"
     )
     ap.add_argument("--postfix", action="store_true", help="also Postfix's accept-into-queue")
+    ap.add_argument("--baseline", metavar="REF", help="also ingest from git archive REF (A/B)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     extra = ["-d"] if args.reuse else []
@@ -182,34 +188,48 @@ def main() -> int:
                         print(f"postfix    {size:>8} B: {count / elapsed:8.0f} msgs/s (accepted)")
                         wait_for(peer.queue_empty, 300, 0.5)  # the next size starts idle
 
-            with ingest_process(cfg_path, args.workers, ingest_port) as ingest:
-                sampler = ProcSampler()
-                sampler.add("ingest", ingest.pid)
-                # the first seconds of a fresh ingest and topic are slower (Kafka connections,
-                # partition leaders, log segments): warm up before measuring anything
-                run_source(ingest_port, 1024, 3000, args.sessions, extra)
-                for size in sizes:
-                    run_source(ingest_port, size, 100, args.sessions, extra)  # warm-up
-                    guess = results[size]["sink_rate"] * 0.6
-                    count = count_for(size, args.seconds, guess)
-                    before = metric_value(
-                        metrics_port, "mailjournal_ingest_messages_accepted_total"
-                    )
-                    with sampler:
-                        elapsed = run_source(ingest_port, size, count, args.sessions, extra)
-                    accepted = (
-                        metric_value(metrics_port, "mailjournal_ingest_messages_accepted_total")
-                        - before
-                    )
-                    if accepted < count:
-                        print(f"  warning: {count} sent, {accepted:.0f} accepted", file=sys.stderr)
-                    rate = accepted / elapsed
-                    results[size].update(
-                        ingest_rate=rate,
-                        ingest_rss=sampler.groups["ingest"].peak_rss,
-                        ingest_cpu_ms=sampler.cpu("ingest") / max(accepted, 1) * 1000,
-                    )
-                    print(f"ingest     {size:>8} B: {rate:8.0f} msgs/s")
+            trees: list[tuple[str, Path]] = [("ingest", ROOT)]
+            if args.baseline:
+                from bench.run_all import git_tree
+
+                trees.insert(0, (f"@{args.baseline}", git_tree(args.baseline, workdir / "base")))
+            for label, tree in trees:
+                with ingest_process(cfg_path, args.workers, ingest_port, tree) as ingest:
+                    sampler = ProcSampler()
+                    sampler.add("ingest", ingest.pid)
+                    # the first seconds of a fresh ingest and topic are slower (Kafka connections,
+                    # partition leaders, log segments): warm up before measuring anything
+                    run_source(ingest_port, 1024, 3000, args.sessions, extra)
+                    for size in sizes:
+                        run_source(ingest_port, size, 100, args.sessions, extra)  # warm-up
+                        guess = results[size]["sink_rate"] * 0.6
+                        count = count_for(size, args.seconds, guess)
+                        before = metric_value(
+                            metrics_port, "mailjournal_ingest_messages_accepted_total"
+                        )
+                        with sampler:
+                            elapsed = run_source(ingest_port, size, count, args.sessions, extra)
+                        accepted = (
+                            metric_value(metrics_port, "mailjournal_ingest_messages_accepted_total")
+                            - before
+                        )
+                        if accepted < count:
+                            print(
+                                f"  warning: {count} sent, {accepted:.0f} accepted", file=sys.stderr
+                            )
+                        rate = accepted / elapsed
+                        cpu_ms = sampler.cpu("ingest") / max(accepted, 1) * 1000
+                        if label != "ingest":  # the baseline: printed, not in the table
+                            print(
+                                f"{label:<10} {size:>8} B: {rate:8.0f} msgs/s {cpu_ms:.2f} CPU ms"
+                            )
+                            continue
+                        results[size].update(
+                            ingest_rate=rate,
+                            ingest_rss=sampler.groups["ingest"].peak_rss,
+                            ingest_cpu_ms=cpu_ms,
+                        )
+                        print(f"ingest     {size:>8} B: {rate:8.0f} msgs/s {cpu_ms:.2f} CPU ms")
 
         print()
         print(
