@@ -130,10 +130,6 @@ class SmtpConnection(asyncio.Protocol):
         self._task = self.loop.create_task(coro)
         self._task.add_done_callback(self._task_done)
 
-    @property
-    def waiting(self) -> bool:
-        return self._task is not None
-
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._task = None
         self._line_waiter = None
@@ -159,10 +155,6 @@ class SmtpConnection(asyncio.Protocol):
         self._line_waiter = waiter
         self._process()
         return await waiter
-
-    async def drain(self) -> None:
-        """In a task: write what is queued."""
-        self.flush()
 
     # -- DATA ------------------------------------------------------------------------------------
 
