@@ -8,7 +8,9 @@ client (``--connections`` sessions):
   ``RSET`` and reads their replies, over and over; no Kafka is involved (no DATA);
 - ``messages``: each session sends ``MAIL``/``RCPT``/``DATA`` pipelined, the body on ``354`` and
   waits for the ``250`` after Kafka's acknowledgement (a local Kafka is started unless
-  ``--bootstrap`` is given), messages of ``--size`` octets.
+  ``--bootstrap`` is given), messages of ``--size`` octets;
+- ``connections``: as ``smtp-source`` does, a new connection per message and one command per
+  write (banner, ``EHLO``, ``MAIL``, ``RCPT``, ``DATA``, body, ``QUIT``).
 
 ``--baseline REF`` runs the same load against ingest from ``git archive REF`` first, then against
 the work tree, in one invocation (A/B; ``--rounds N`` alternates them N times).
@@ -107,7 +109,31 @@ async def _replies(reader: asyncio.StreamReader, count: int) -> list[bytes]:
     return out
 
 
+async def _one_per_connection(port: int, body: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await _replies(reader, 1)
+    for command in (
+        b"EHLO bench.example\r\n",
+        b"MAIL FROM:<a@ext.example>\r\n",
+        b"RCPT TO:<u@corp.example>\r\n",
+        b"DATA\r\n",
+        body,
+        b"QUIT\r\n",
+    ):
+        writer.write(command)
+        (reply,) = await _replies(reader, 1)
+        if reply[:1] not in (b"2", b"3"):
+            raise RuntimeError(f"unexpected reply: {reply!r}")
+    writer.close()
+
+
 async def _session(port: int, stop: float, counts: list[int], mode: str, batch: int, body: bytes):
+    if mode == "connections":
+        loop = asyncio.get_running_loop()
+        while loop.time() < stop:
+            await _one_per_connection(port, body)
+            counts[0] += 1
+        return
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await _replies(reader, 1)
     writer.write(b"EHLO bench.example\r\n")
@@ -200,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             targets.insert(0, (args.baseline, git_tree(args.baseline, work / "baseline")))
         bootstrap = args.bootstrap or "127.0.0.1:1"
-        if "messages" in modes and not args.bootstrap:
+        if ("messages" in modes or "connections" in modes) and not args.bootstrap:
             kafka = KafkaLocal(work / "kafka", brokers=1, die_with_parent=True)
             bootstrap = kafka.up()
         port, metrics_port = free_ports(2)
@@ -211,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "[ingest]\n", "[ingest]\njunk_command_limit = 1000000000\n"
         )
         config.write_text(text)
-        if "messages" in modes:
+        if "messages" in modes or "connections" in modes:
             subprocess.run(
                 [sys.executable, "-m", "mailjournal", "topics", "ensure", "--config", str(config)],
                 cwd=ROOT,
@@ -231,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                             flush=True,
                         )
         print()
-        unit = {"commands": "command", "messages": f"{args.size} B message"}
+        unit = {
+            "commands": "command",
+            "messages": f"{args.size} B message",
+            "connections": f"{args.size} B message, one connection each",
+        }
         print(f"| target | per | rate /s | ingest CPU µs | ({args.connections} sessions)")
         print("|---|---|---|---|")
         for name, _ in targets:
