@@ -472,8 +472,8 @@ def required_globals(event: dict[str, Any], cfg: Config) -> set[tuple[str, str]]
         else:
             direction = "INBOUND"  # an external sender via a trusted filter, or a null sender
         dcfg = cfg.journal.direction(_DIRECTIONS[direction])
-        if dcfg.enabled and dcfg.address:
-            out.add((direction, key(dcfg.address)))
+        if dcfg.enabled:
+            out.update((direction, key(a)) for a in dcfg.addresses)
     return out
 
 
