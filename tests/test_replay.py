@@ -1,7 +1,7 @@
 """``mailjournal replay`` on the real broker, through ``mailjournal run``: a window of accepted
 messages re-journaled to a third, empty archive (its own route, STARTTLS with a trustme CA).
-The first invocation is SIGKILLed at ``replay.txn.before_commit``; the same command again
-resumes and completes it. The archive gets exactly one copy per owed message, each marked as a
+The first invocation is SIGKILLed at ``replay.txn.after_produce``, the second at
+``replay.txn.before_commit``; the same command a third time resumes and completes it. The archive gets exactly one copy per owed message, each marked as a
 replay; the run report matches what the audit counts for the run; a window older than the
 messages topic's retention is refused, naming the limit.
 """
@@ -109,10 +109,15 @@ def test_replay_to_a_new_archive_survives_sigkill_and_matches_the_audit(
     assert new.messages == []
 
     window = ["--since", iso(since), "--until", iso(until), "--to", NEW]
-    log = tmp_path / "faults.log"
-    killed = replay(p, *window, env=fault_env("replay.txn.before_commit:kill@2", log))
-    assert killed.returncode == -9, killed.stdout + killed.stderr
-    assert [name for name, _ in fired(log)] == ["replay.txn.before_commit"]
+    # killed with its first batch produced, nothing committed; then again with one batch
+    # committed and the second's offsets sent, its commit not made
+    for n, point in enumerate(
+        ("replay.txn.after_produce:kill@1", "replay.txn.before_commit:kill@2")
+    ):
+        log = tmp_path / f"faults-{n}.log"
+        killed = replay(p, *window, env=fault_env(point, log))
+        assert killed.returncode == -9, killed.stdout + killed.stderr
+        assert [name for name, _ in fired(log)] == [point.split(":")[0]]
 
     done = replay(p, *window)
     assert done.returncode == 0, done.stdout + done.stderr
