@@ -25,6 +25,7 @@ from mailjournal.smtp.mx import MxError, Resolver, mx_hosts
 from mailjournal.smtp.outcomes import SESSION_STAGES, SmtpResult
 
 DEFAULT_ROUTE = "default"
+MAX_CACHED_ADDRESSES = 100_000
 
 
 class RouteGate:
@@ -91,6 +92,7 @@ class Routes:
         self._resolver = resolver
         self._dns_timeout = dns_timeout
         self._lock = threading.Lock()
+        self._by_address: dict[str, Route] = {}
         default_client = smtp or SmtpClient(cfg)
         self.default = Route(
             DEFAULT_ROUTE,
@@ -123,8 +125,14 @@ class Routes:
         return f"routes {names}"
 
     def route_for(self, address: str) -> Route:
-        rc = self._cfg.route_for(address)
-        return self.default if rc is None else self.routes[rc.name]
+        route = self._by_address.get(address)
+        if route is None:  # journal and NDR addresses are few: each is matched once
+            rc = self._cfg.route_for(address)
+            route = self.default if rc is None else self.routes[rc.name]
+            with self._lock:
+                if len(self._by_address) < MAX_CACHED_ADDRESSES:
+                    self._by_address[address] = route
+        return route
 
     def send(self, route: Route, mail_from: str, rcpt: str, data: bytes) -> SmtpResult:
         """One attempt on ``route`` (inside its gate): its server, or its MX hosts in order
