@@ -31,7 +31,7 @@ pytestmark = pytest.mark.kafka
 ONPREM = "journal-a@corp.example"
 CLOUD = "journal@tenant.archive.example"
 NDR = "journal-ndr@corp.example"
-SLOW_SECONDS = 10.0  # onprem's answer to each DATA while it is slow
+SLOW_SECONDS = 15.0  # onprem's answer to each DATA while it is slow
 RATE = 5.0  # messages per second
 PHASE_MESSAGES = 25
 
