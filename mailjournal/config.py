@@ -1032,6 +1032,10 @@ def file_problems(
                 why = "not a file"
             elif not os.access(path, os.R_OK):
                 why = "not readable"
+            elif key.startswith(("delivery.", "relay.")) and key.endswith(".credentials_file"):
+                if _credentials_line(path):
+                    continue
+                why = "expected one 'username:password' line"
             else:
                 continue
             problems[key] = _with_source(f"{key}: {path}: {why}", key, env)
@@ -1042,6 +1046,13 @@ def file_problems(
             key = str(exc).split(":", 1)[0]
             problems.setdefault(key, _with_source(str(exc), key, env))
     return list(problems.values())
+
+
+def _credentials_line(path: Path) -> bool:
+    """An SMTP client's credentials file starts with a ``username:password`` line."""
+    lines = path.read_text(errors="replace").strip().splitlines()
+    user, sep, _ = (lines[0] if lines else "").partition(":")
+    return bool(user and sep)
 
 
 # stages that make (deliver) or honour (journal, audit) the loop-guard stamp: with journaling

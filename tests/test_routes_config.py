@@ -157,6 +157,10 @@ def test_unreadable_route_files_refuse_the_delivery_stage(tmp_path: Path) -> Non
     assert "delivery.routes.0.client_cert_file:" in problems and "not a file" in problems
     assert "delivery.routes.0.credentials_file:" in problems
     assert file_problems(cfg, ["ingest"]) == []  # only delivery reads them
+    (tmp_path / "missing-credentials").write_text("only-a-password\n")
+    problems = "\n".join(file_problems(cfg, ["deliver"]))
+    assert "delivery.routes.0.credentials_file:" in problems
+    assert "expected one 'username:password' line" in problems
 
 
 def test_config_check_prints_the_route_of_every_journal_and_ndr_address(tmp_path: Path) -> None:
