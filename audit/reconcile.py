@@ -44,10 +44,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from audit.replays import ReplayTally
 from mailjournal.addresses import canonical, key
 from mailjournal.config import Config, Direction, add_config_argument, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_GAPS, EXIT_NO_VERDICT, EXIT_OK
 from mailjournal.faults import fault_point
+from mailjournal.times import parse_time
 
 log = logging.getLogger("audit.reconcile")
 
@@ -114,6 +116,7 @@ class AuditReport:
     # records that are not the topic's event type ("topic[partition]@offset: why"), each also a
     # gap of kind "unreadable"
     unreadable: list[str] = field(default_factory=list)
+    replays: list[str] = field(default_factory=list)  # one line per replay run (audit.replays)
 
     def has_gaps(self, strict_duplicates: bool = False) -> bool:
         return bool(self.gaps) or (strict_duplicates and bool(self.duplicates))
@@ -134,6 +137,7 @@ class AuditReport:
         for copy_id in self.unexpected:
             out.append(f"NOTE copy {copy_id} is not owed under the current rules (changed config?)")
         out.extend(g.line() for g in self.gaps)
+        out.extend(self.replays)
         out.append(f"gaps: {len(self.gaps)}")
         return "\n".join(out)
 
@@ -472,8 +476,8 @@ def required_globals(event: dict[str, Any], cfg: Config) -> set[tuple[str, str]]
         else:
             direction = "INBOUND"  # an external sender via a trusted filter, or a null sender
         dcfg = cfg.journal.direction(_DIRECTIONS[direction])
-        if dcfg.enabled and dcfg.address:
-            out.add((direction, key(dcfg.address)))
+        if dcfg.enabled:
+            out.update((direction, key(a)) for a in dcfg.addresses)
     return out
 
 
@@ -492,6 +496,7 @@ def run_audit(
 
     owed = owed or default_owed(cfg)
     rec = Reconciler()
+    replays = ReplayTally()
     topics = cfg.kafka.topics
     until = until_ms if until_ms is not None else 2**62
     for _headers, value, where in read_window(cfg, topics.messages.name, since_ms):
@@ -518,6 +523,10 @@ def run_audit(
                     continue  # originals relayed onward are not journal copies
                 if is_journal and REPLAY_HEADER in headers:
                     continue  # a dead letter re-queued by an operator, not a second emission
+                if ReplayTally.is_replay(copy):
+                    if is_journal:
+                        replays.add_copy(copy)  # counted apart (mailjournal replay)
+                    continue
                 if is_journal:
                     if copy["event_id"] in rec.messages:
                         rec.add_copy(
@@ -536,6 +545,9 @@ def run_audit(
             out = decode(value, "DeliveryOutcome")
             if str(out["kind"]) == "RELAY":
                 continue  # the relay's outcomes (originals) are not journal outcomes
+            if replays.owns(str(out["copy_id"])):
+                replays.add_outcome(str(out["copy_id"]), str(out["status"]), to_millis(out["at"]))
+                continue
             rec.add_outcome(
                 out["copy_id"],
                 out["event_id"],
@@ -547,26 +559,15 @@ def run_audit(
         except Exception as exc:
             rec.add_unreadable(where, f"not a readable DeliveryOutcome: {_why(exc)}")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    return rec.report(now, grace_ms, int(cfg.delivery.expiry_seconds * 1000))
+    report = rec.report(now, grace_ms, int(cfg.delivery.expiry_seconds * 1000))
+    report.replays = replays.lines()
+    return report
 
 
 def _why(exc: BaseException) -> str:
     """An exception as one line (its text may quote the record: no line breaks, bounded)."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def parse_time(value: str | None) -> int | None:
-    """ISO 8601 time, or a relative age such as ``2h``, ``30m``, ``1d``; as epoch milliseconds."""
-    if value is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
-        return int((time.time() - float(value[:-1]) * units[value[-1]]) * 1000)
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 def publish_metrics(report: AuditReport) -> None:

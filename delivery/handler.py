@@ -1,5 +1,6 @@
 """Journal-copy delivery on the tiered consumer: journal copies (and their NDRs) from the
-journal topic and delivery's retry tiers to the smart host, outcomes and NDRs produced.
+journal topic and delivery's retry tiers to their routes (:mod:`delivery.routes`; the smart
+host by default), outcomes and NDRs produced.
 
 Per attempt (:func:`mailjournal.smtp.outcomes.decide`): delivered, re-queued on a retry tier,
 or given up -- a journal copy that failed permanently or expired gets an NDR to its direction's
@@ -9,6 +10,7 @@ copy without an NDR address, is dead-lettered.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from typing import Any
@@ -17,6 +19,7 @@ from delivery import metrics
 from delivery.ndr import build_ndr, make_ndr_copy
 from delivery.report import build_message, envelope_sender
 from delivery.retry import tier_topics
+from delivery.routes import Route, Routes, pool_size
 from mailjournal.config import Config
 from mailjournal.consumer.handler import Admission, Production, Record, Settings
 from mailjournal.dsn import Failure
@@ -58,35 +61,44 @@ class DeliveryHandler:
         self.config = config
         self.cfg = config.delivery
         topics = config.kafka.topics
-        self.settings: Settings = consumer_settings(
-            self.cfg,
-            group=config.kafka.delivery_group,
-            topic=topics.journal.name,
-            tier_topics=tier_topics(config),
+        self.settings: Settings = dataclasses.replace(
+            consumer_settings(
+                self.cfg,
+                group=config.kafka.delivery_group,
+                topic=topics.journal.name,
+                tier_topics=tier_topics(config),
+            ),
+            concurrency=pool_size(self.cfg),
         )
         self.outcomes_topic = topics.outcomes.name
         self.dead_letter_topic = topics.dead_letters.name
-        self.smtp = smtp or SmtpClient(self.cfg)
+        self.routes = Routes(self.cfg, smtp=smtp, dns_timeout=config.relay.dns_timeout_seconds)
         self._rng = rng or random.Random()
         self.stats = SendStats()
 
     @property
     def destination(self) -> str:
-        return self.smtp.address
+        return self.routes.destination
 
     def admit(self, record: Record, now_ms: int) -> Admission:
         return admit_copy(record, KINDS, self.name, now_ms)
 
     def close(self) -> None:
-        self.smtp.close()
+        self.routes.close()
 
     def process(self, record: Record, value: dict[str, Any]) -> list[Production]:
         """One attempt of a journal copy or NDR."""
         copy = value
         kind = str(copy.get("kind") or "JOURNAL")
         message = build_message(copy, self.config)
-        result = self.smtp.send(envelope_sender(copy), str(copy["journal_address"]), message)
+        address = str(copy["journal_address"])
+        route = self.routes.route_for(address)
+        with route.gate.enter() as admitted:
+            if admitted:
+                result = self.routes.send(route, envelope_sender(copy), address, message)
         now = now_millis()
+        if not admitted:
+            return self._defer(copy, route, now)
         decision = decide(copy, result, now, self.cfg, self._rng)
         smtp_metrics.ATTEMPTS.labels(kind.lower(), result.result_class.value).inc()
         self.stats.count("attempts")
@@ -132,6 +144,25 @@ class DeliveryHandler:
                 ),
             ]
         return self._failed(record, copy, message, result, decision, now)
+
+    def _defer(self, copy: dict[str, Any], route: Route, now: int) -> list[Production]:
+        """The route's sessions and waiters are full: the copy waits on the first retry tier,
+        not attempted (its attempt count and expiry unchanged)."""
+        metrics.ROUTE_ATTEMPTS.labels(route.name, "deferred").inc()
+        self.stats.count("deferred")
+        not_before = now + int(self.cfg.retry_delays_seconds[0] * 1000)
+        attempts = int(copy.get("attempt") or 0)
+        reply = (
+            f"4.4.5 route {route.name} busy ({route.gate.concurrency} sessions in use): deferred"
+        )
+        return [
+            copy_production(
+                self.settings.tiers.topic(0), dict(copy, not_before=not_before), "deferred"
+            ),
+            self._outcome(
+                copy, OutcomeFields("RETRYING", attempts, reply, now, next_attempt_ms=not_before)
+            ),
+        ]
 
     def _failed(
         self,

@@ -6,7 +6,7 @@ The tiered consumer's (in flight, commits, retry backlog, dead letters) are
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from mailjournal.consumer.metrics import DEAD_LETTERS
 
@@ -37,6 +37,33 @@ NDRS = Counter(
     "mailjournal_delivery_ndrs_total",
     "NDRs created for journal copies that failed permanently or expired, by direction",
     ["direction", "reason"],  # reason: permanent, expired
+)
+
+# -- per route (delivery.routes; the smart host is route "default") -------------------------
+
+ROUTE_QUEUED = Gauge(
+    "mailjournal_delivery_route_queued",
+    "Copies waiting for a session of the route",
+    ["route"],
+    multiprocess_mode="livesum",
+)
+ROUTE_INFLIGHT = Gauge(
+    "mailjournal_delivery_route_inflight",
+    "Copies in an SMTP transaction on the route",
+    ["route"],
+    multiprocess_mode="livesum",
+)
+ROUTE_ATTEMPTS = Counter(
+    "mailjournal_delivery_route_attempts_total",
+    "Attempts on the route by result (delivered, transient, permanent; deferred: not attempted "
+    "because the route's sessions and waiters were full)",
+    ["route", "result"],
+)
+ROUTE_TLS_FAILURES = Counter(
+    "mailjournal_delivery_route_tls_failures_total",
+    "Sessions of the route that failed in STARTTLS (not offered when required, handshake, "
+    "certificate verification, pinning)",
+    ["route"],
 )
 
 # series at 0 from the start, so rate()/increase() and alerts see the first event

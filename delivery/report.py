@@ -109,6 +109,11 @@ def journal_headers(
         simple_header("X-MailJournal-Copy-Id", copy_id),
         simple_header("X-MailJournal-Event-Id", str(copy.get("event_id") or "")),
         simple_header("X-MailJournal-Direction", directions_text(copy.get("directions") or [])),
+        *(
+            [simple_header("X-MailJournal-Replay", str(copy["replay_run"]))]
+            if copy.get("replay_run")
+            else []
+        ),
     ]
 
 

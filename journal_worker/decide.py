@@ -456,8 +456,9 @@ def _owe_global(
     for direction in _DIRECTION_ORDER:
         dcfg = config.journal.direction(_CFG[direction])
         rcpts = [a for a, d in directions if d is direction]
-        if dcfg.active and rcpts and dcfg.address:
-            _owe(groups, config, dcfg.address, direction, JournalSource.GLOBAL, rcpts)
+        if dcfg.active and rcpts:
+            for address in dcfg.addresses:
+                _owe(groups, config, address, direction, JournalSource.GLOBAL, rcpts)
 
 
 def _planned_copies(
@@ -551,8 +552,9 @@ def fallback_decision(event: Mapping[str, Any], config: Config, reason: str) -> 
     for direction in _DIRECTION_ORDER:
         dcfg = config.journal.direction(_CFG[direction])
         rcpts = [a for a, ds in candidates if direction in ds]
-        if dcfg.active and rcpts and dcfg.address:
-            _owe(groups, config, dcfg.address, direction, JournalSource.GLOBAL, rcpts)
+        if dcfg.active and rcpts:
+            for address in dcfg.addresses:
+                _owe(groups, config, address, direction, JournalSource.GLOBAL, rcpts)
     recipients = [a for a, _ in candidates]
     directions = tuple((a, ds[0] if len(ds) == 1 else None) for a, ds in candidates)
     protected_rcpts = tuple(

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deliver": ("delivery.main", "run the delivery stage"),
     "relay": ("relay.main", "run the relay stage (inline mode: originals onward)"),
     "dlq": ("delivery.dlq", "list or replay dead letters"),
+    "replay": ("journal_worker.replay_main", "re-journal the accepted messages of a past window"),
     "run": ("devtools.supervisor", "run the whole pipeline on one machine"),
     "audit": ("audit.reconcile", "reconcile accepted messages against journal outcomes"),
     "send-test": ("devtools.send_test", "send example inbound and outbound test messages"),

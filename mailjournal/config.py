@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
@@ -137,6 +138,9 @@ class DirectionJournalConfig(Strict):
     enabled: bool = True
     address: Mailbox | None = None
     """Global journal address for the direction."""
+    additional_addresses: list[Mailbox] = []
+    """More global journal addresses (fan-out, e.g. two archives during a migration): each gets
+    its own copy, its failures NDR'd to ndr_address like the first one's."""
     ndr_address: Mailbox | None = None
     """Mandatory when journaling in the direction is on."""
     recipient_attribute: str | None = None
@@ -145,8 +149,17 @@ class DirectionJournalConfig(Strict):
     """Defaults to [journal].format."""
 
     @property
+    def addresses(self) -> list[str]:
+        """The global journal addresses, first ``address``, duplicates once."""
+        out: list[str] = []
+        for a in [self.address, *self.additional_addresses]:
+            if a is not None and a.casefold() not in {o.casefold() for o in out}:
+                out.append(a)
+        return out
+
+    @property
     def active(self) -> bool:
-        return self.enabled and (self.address is not None or self.recipient_attribute is not None)
+        return self.enabled and (bool(self.addresses) or self.recipient_attribute is not None)
 
 
 class JournalConfig(Strict):
@@ -227,7 +240,7 @@ class JournalConfig(Strict):
         out: set[str] = set()
         for name in ("inbound", "outbound", "internal"):
             d = self.direction(name)
-            out.update(a.casefold() for a in (d.address, d.ndr_address) if a)
+            out.update(a.casefold() for a in (*d.addresses, d.ndr_address) if a)
         out.update(a.casefold() for a in self.archive_addresses)
         return out
 
@@ -554,19 +567,101 @@ class IngestConfig(Strict):
         return self
 
 
+_FINGERPRINT = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+
+
 class SmartHostConfig(Strict):
     host: Hostname = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     starttls: Literal["off", "opportunistic", "required"] = "off"
     tls_verify: bool = True
+    """Certificate chain and host name verified (against ca_file or the system store)."""
     ca_file: Path | None = None
+    """Trust only this CA bundle (pinning a CA)."""
+    tls_fingerprints: list[str] = []
+    """Pinning a certificate: SHA-256 of the server's certificate (DER), hex, colons allowed;
+    the session fails unless it matches one."""
+    client_cert_file: Path | None = None
+    """Client certificate (PEM, may hold the key too) presented in the TLS handshake."""
+    client_key_file: Path | None = None
     username: str | None = None
     password_file: Path | None = None
+    credentials_file: Path | None = None
+    """AUTH credentials as one ``username:password`` line (instead of username/password_file)."""
     helo_name: Hostname | None = None
+
+    @field_validator("tls_fingerprints")
+    @classmethod
+    def _fingerprints(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            fp = value.strip().lower().replace(":", "")
+            if not _FINGERPRINT.match(fp):
+                raise ValueError(
+                    f"{value!r} is no SHA-256 fingerprint (64 hex digits, colons allowed)"
+                )
+            out.append(fp.removeprefix("sha256:"))
+        return out
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> SmartHostConfig:
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        if self.credentials_file is not None and (self.username or self.password_file):
+            raise ValueError("credentials_file replaces username and password_file: set one way")
+        if self.starttls == "off" and (self.tls_fingerprints or self.client_cert_file):
+            raise ValueError("tls_fingerprints and client_cert_file need starttls on")
+        return self
+
+    @property
+    def authenticates(self) -> bool:
+        return bool(self.username or self.credentials_file)
+
+
+class RouteConfig(SmartHostConfig):
+    """A ``[[delivery.routes]]`` entry: where copies to matching journal (and NDR) addresses go,
+    with their own TLS, AUTH and concurrency. A route whose destinations are not accepted
+    domains of the organisation gets ``starttls = "required"`` with verification by default."""
+
+    starttls: Literal["off", "opportunistic", "required"] = "required"
+    """Default ``required`` (``off`` when every destination is an accepted domain)."""
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    """Label of the route in logs and metrics."""
+    match: list[str] = Field(min_length=1)
+    """Addresses (``journal@archive.example``), domains (``archive.example``) or subdomains
+    (``*.archive.example``)."""
+    mx: bool = False
+    """Look up the address's domain's MX records instead of ``host``."""
+    concurrency: int = Field(default=4, ge=1)
+    """Parallel transactions (and so open sessions) to this route."""
+    max_waiting: int = Field(default=16, ge=0)
+    """Copies waiting for a session of this route; more are deferred to the retry tier (no
+    attempt counted) so a slow route never holds the others' threads."""
+
+    @field_validator("match")
+    @classmethod
+    def _patterns(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            v = value.strip().lower()
+            if "@" in v:
+                out.append(_mailbox(v).lower())
+            elif v.startswith("*."):
+                out.append("*." + _domain(v[2:]))
+            else:
+                out.append(_domain(v))
+        return out
+
+    def domains(self) -> list[str]:
+        return [p.rpartition("@")[2].removeprefix("*.") for p in self.match]
 
 
 class DeliveryConfig(Strict):
     smart_host: SmartHostConfig = SmartHostConfig()
+    """The default route: copies to addresses no route matches."""
+    routes: list[RouteConfig] = []
+    """Per destination routes (``[[delivery.routes]]``): exact address, then the longest
+    domain match, else the smart host."""
     concurrency: int = Field(default=16, ge=1)
     """Parallel SMTP sessions."""
     max_inflight: int = Field(default=256, ge=1)
@@ -582,6 +677,32 @@ class DeliveryConfig(Strict):
     ndr_attach_max_bytes: int = Field(default=1024 * 1024, ge=0)
     """Above: headers only."""
     reporting_mta: Hostname = "localhost"
+
+    def route_for(self, address: str) -> RouteConfig | None:
+        """The route copies to ``address`` take: a route naming the address, else the one with
+        the longest matching domain (``domain`` itself, ``*.domain`` below it), else None (the
+        smart host)."""
+        address = address.strip().lower()
+        domain = domain_key(address.rpartition("@")[2])
+        best: tuple[int, RouteConfig] | None = None
+        for route in self.routes:
+            for pattern in route.match:
+                if "@" in pattern:
+                    local, _, pdomain = pattern.rpartition("@")
+                    score = (
+                        10_000
+                        if f"{local}@{domain_key(pdomain)}"
+                        == (f"{address.rpartition('@')[0]}@{domain}")
+                        else -1
+                    )
+                elif pattern.startswith("*."):
+                    suffix = domain_key(pattern[2:])
+                    score = len(suffix) if domain.endswith("." + suffix) else -1
+                else:
+                    score = len(pattern) + 1 if domain == domain_key(pattern) else -1
+                if score >= 0 and (best is None or score > best[0]):
+                    best = (score, route)
+        return best[1] if best else None
 
 
 class NextHopConfig(SmartHostConfig):
@@ -684,7 +805,29 @@ class Config(Strict):
                     "relay = true (every original needs a next hop)"
                 )
         self._distinct_topics()
+        self._route_defaults()
         return self
+
+    def _route_defaults(self) -> None:
+        """Routes: distinct names and patterns; STARTTLS off by default only for a route that
+        stays inside the organisation (every destination an accepted domain)."""
+        names: set[str] = set()
+        patterns: dict[str, str] = {}
+        for i, route in enumerate(self.delivery.routes):
+            if route.name in names:
+                raise ValueError(f"delivery.routes.{i}.name: {route.name!r} is used twice")
+            names.add(route.name)
+            for pattern in route.match:
+                if pattern in patterns:
+                    raise ValueError(
+                        f"delivery.routes.{i}.match: {pattern!r} is also in route "
+                        f"{patterns[pattern]!r}"
+                    )
+                patterns[pattern] = route.name
+            internal = all(self.organization.is_internal_domain(d) for d in route.domains())
+            pinned = route.tls_fingerprints or route.client_cert_file or route.authenticates
+            if "starttls" not in route.model_fields_set and internal and not pinned:
+                self.delivery.routes[i] = route.model_copy(update={"starttls": "off"})
 
     def _distinct_topics(self) -> None:
         """Every role its own topic, the retry tiers (``<name>.<i>``) included."""
@@ -859,12 +1002,16 @@ def files_read_by(config: Config, stage: str) -> list[tuple[str, Path]]:
     hops: list[tuple[str, SmartHostConfig | None]] = []
     if stage == "deliver":
         hops.append(("delivery.smart_host", config.delivery.smart_host))
+        hops += [(f"delivery.routes.{i}", r) for i, r in enumerate(config.delivery.routes)]
     if stage == "relay":
         hops += [("relay.inbound", config.relay.inbound), ("relay.outbound", config.relay.outbound)]
         hops += [(f"relay.domains.{d}", hop) for d, hop in config.relay.domains.items()]
     for key, hop in hops:
         if hop is not None:
             out.append((f"{key}.ca_file", hop.ca_file))
+            out.append((f"{key}.client_cert_file", hop.client_cert_file))
+            out.append((f"{key}.client_key_file", hop.client_key_file))
+            out.append((f"{key}.credentials_file", hop.credentials_file))
             if hop.username:
                 out.append((f"{key}.password_file", hop.password_file))
     return [(key, path) for key, path in out if path is not None]
@@ -885,6 +1032,10 @@ def file_problems(
                 why = "not a file"
             elif not os.access(path, os.R_OK):
                 why = "not readable"
+            elif key.startswith(("delivery.", "relay.")) and key.endswith(".credentials_file"):
+                if _credentials_line(path):
+                    continue
+                why = "expected one 'username:password' line"
             else:
                 continue
             problems[key] = _with_source(f"{key}: {path}: {why}", key, env)
@@ -895,6 +1046,13 @@ def file_problems(
             key = str(exc).split(":", 1)[0]
             problems.setdefault(key, _with_source(str(exc), key, env))
     return list(problems.values())
+
+
+def _credentials_line(path: Path) -> bool:
+    """An SMTP client's credentials file starts with a ``username:password`` line."""
+    lines = path.read_text(errors="replace").strip().splitlines()
+    user, sep, _ = (lines[0] if lines else "").partition(":")
+    return bool(user and sep)
 
 
 # stages that make (deliver) or honour (journal, audit) the loop-guard stamp: with journaling

@@ -55,6 +55,8 @@ POINTS: Mapping[str, str] = {
     "ingest.after_ack": "ingest: Kafka acknowledged the event, the 250 not yet written",
     "journal.txn.after_produce": "journal worker: batch copies produced, offsets not yet sent",
     "journal.txn.before_commit": "journal worker: offsets sent, commit_transaction not called",
+    "replay.txn.after_produce": "replay: batch's replay copies produced, offsets not yet sent",
+    "replay.txn.before_commit": "replay: offsets sent, commit_transaction not called",
     "delivery.after_remote_250": "delivery: remote 250 received, outcome not yet produced",
     "relay.between_recipients": "relay: one recipient group sent, the next not yet",
     "dlq.replay.mid_batch": "dlq replay: one dead letter re-produced, transaction open",

@@ -190,6 +190,7 @@ class JournalCopy(TypedDict):
     last_reply: str | None
     about_copy_id: str | None
     relay: RelayEnvelope | None
+    replay_run: str | None  # set by `mailjournal replay`: the run's id
     original: bytes
 
 

@@ -150,6 +150,7 @@ def journal_copy(
     subject: str | None = None,
     about_copy_id: str | None = None,
     relay: RelayEnvelope | None = None,
+    replay_run: str | None = None,
 ) -> JournalCopy:
     """A new ``JournalCopy`` of any kind, before its first attempt: deliverable now
     (``not_before`` 0), no attempt or reply yet. Retries update the attempt fields of the copy
@@ -174,6 +175,7 @@ def journal_copy(
         "last_reply": None,
         "about_copy_id": about_copy_id,
         "relay": relay,
+        "replay_run": replay_run,
         "original": original,
     }
 

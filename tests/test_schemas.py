@@ -132,6 +132,7 @@ def journal_copy(original: bytes | None = None, **overrides: Any) -> dict[str, A
         "original": raw_message() if original is None else original,
         "about_copy_id": None,
         "relay": None,
+        "replay_run": None,
     }
     record.update(overrides)
     return record

@@ -952,6 +952,53 @@ def delivery() -> Any:
                 ),
             ],
         ),
+        Row(
+            "Routes",
+            [
+                Panel(
+                    "Attempts by route and result",
+                    [
+                        Q(
+                            rate("mailjournal_delivery_route_attempts_total", s, "route, result"),
+                            "{{route}} {{result}}",
+                        )
+                    ],
+                    unit="ops",
+                    stack=True,
+                    description="Attempts per route (delivery.routes; the smart host is "
+                    "'default'): delivered, transient, permanent; deferred: not attempted, the "
+                    "route's sessions and waiters were full (back on the first retry tier).",
+                ),
+                Panel(
+                    "Queued and in flight by route",
+                    [
+                        Q(
+                            f"sum by (route) (mailjournal_delivery_route_queued{{{s}}})",
+                            "{{route}} queued",
+                        ),
+                        Q(
+                            f"sum by (route) (mailjournal_delivery_route_inflight{{{s}}})",
+                            "{{route}} in flight",
+                        ),
+                    ],
+                    description="Copies waiting for a session of the route, and in a "
+                    "transaction on it: a slow or down archive fills its own route only.",
+                ),
+                Panel(
+                    "TLS failures by route",
+                    [
+                        Q(
+                            rate("mailjournal_delivery_route_tls_failures_total", s, "route"),
+                            "{{route}}",
+                        )
+                    ],
+                    unit="ops",
+                    description="Sessions that failed in STARTTLS: not offered where required, "
+                    "handshake, certificate verification, a pinned fingerprint that does not "
+                    "match.",
+                ),
+            ],
+        ),
     ]
     return dashboard(
         "mailjournal-delivery",

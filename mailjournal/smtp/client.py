@@ -25,6 +25,7 @@ differ only in where their ESMTP parameters come from (:class:`_CopyParameters`,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import queue
 import re
@@ -87,6 +88,8 @@ def _decode_reply(msg: bytes | str) -> str:
 
 
 def tls_context(cfg: SmartHostConfig) -> ssl.SSLContext:
+    """Verification against ``ca_file`` (a pinned CA) or the system store, with the host name,
+    unless ``tls_verify`` is off; the client certificate when one is configured."""
     if cfg.tls_verify:
         ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
     else:
@@ -94,7 +97,35 @@ def tls_context(cfg: SmartHostConfig) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.client_cert_file is not None:
+        ctx.load_cert_chain(
+            str(cfg.client_cert_file),
+            str(cfg.client_key_file) if cfg.client_key_file else None,
+        )
     return ctx
+
+
+def read_credentials(cfg: SmartHostConfig) -> tuple[str | None, str | None]:
+    """(username, password) for AUTH: ``credentials_file`` (one ``username:password`` line) or
+    ``username`` with ``password_file``; (None, None) without AUTH. ``ValueError`` naming the
+    key when the file holds no such line."""
+    if cfg.credentials_file is not None:
+        lines = cfg.credentials_file.read_text().strip().splitlines()
+        user, sep, secret = (lines[0] if lines else "").partition(":")
+        if not sep or not user:
+            raise ValueError(
+                f"credentials_file {cfg.credentials_file}: expected one 'username:password' line"
+            )
+        return user, secret
+    if cfg.username:
+        password = cfg.password_file.read_text().strip() if cfg.password_file else None
+        return cfg.username, password
+    return None, None
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate, lower-case hex (the form ``tls_fingerprints`` holds)."""
+    return hashlib.sha256(der).hexdigest()
 
 
 @dataclass
@@ -133,9 +164,7 @@ class SmtpClient:
         self._lock = threading.Lock()
         self._open = 0
         self._closed = False
-        self._password: str | None = None
-        if self._host.username and self._host.password_file:
-            self._password = self._host.password_file.read_text().strip()
+        self._username, self._password = read_credentials(self._host)
         self._ssl = tls_context(self._host) if self._host.starttls != "off" else None
 
     @property
@@ -178,6 +207,7 @@ class SmtpClient:
                     code, msg = smtp.starttls(context=self._ssl)
                     if code != 220:
                         raise SessionError("starttls", code, _decode_reply(msg))
+                    self._check_pin(smtp)
                     tls = True
                     stage = "ehlo"
                     code, msg = smtp.ehlo()
@@ -187,14 +217,14 @@ class SmtpClient:
                     raise SessionError(
                         "starttls", None, "smart host does not offer STARTTLS (starttls = required)"
                     )
-            if host.username:
+            if self._username:
                 stage = "auth"
                 if not tls:
                     self._refuse_auth_without_tls()
                 if not smtp.has_extn("auth"):
                     raise SessionError("auth", None, "smart host does not offer AUTH")
                 try:
-                    smtp.login(host.username, self._password or "")
+                    smtp.login(self._username, self._password or "")
                 except smtplib.SMTPAuthenticationError as exc:
                     raise SessionError(
                         "auth", exc.smtp_code, _decode_reply(exc.smtp_error)
@@ -220,6 +250,22 @@ class SmtpClient:
         metrics.SMTP_CONNECTS.labels("ok").inc()
         return Session(smtp, now, now, tls=tls, features=dict(smtp.esmtp_features))
 
+    def _check_pin(self, smtp: smtplib.SMTP) -> None:
+        """With ``tls_fingerprints``: the server's certificate must be one of them."""
+        pins = self._host.tls_fingerprints
+        if not pins:
+            return
+        sock = smtp.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        got = certificate_fingerprint(der) if der else "none"
+        if got not in pins:
+            raise SessionError(
+                "starttls",
+                None,
+                f"4.7.5 certificate of {self.address} (sha256 {got}) is not one of the pinned "
+                "tls_fingerprints",
+            )
+
     def _refuse_auth_without_tls(self) -> None:
         """Credentials only ever travel inside TLS: a session where STARTTLS was off, not
         offered (opportunistic) or is not yet negotiated ends before AUTH, a temporary failure
@@ -229,7 +275,7 @@ class SmtpClient:
             "not authenticating to %s as %r: no TLS on the session (starttls = %s); the "
             "password is never sent in clear, the copy is retried",
             self.address,
-            self._host.username,
+            self._username,
             self._host.starttls,
         )
         raise SessionError(

@@ -119,6 +119,7 @@ class SendStats:
     delivered: int = 0
     retried: int = 0
     ndrs: int = 0  # NDRs and sender DSNs
+    deferred: int = 0  # not attempted: the route was full (delivery.routes)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, name: str) -> None:
