@@ -52,7 +52,7 @@ class Verdict:
         lines.append(
             "OK: every signature, link and checkpoint verifies"
             if self.ok
-            else f"FAILED: {len(self.problems)} problems"
+            else f"FAILED: {len(self.problems)} problem(s)"
         )
         return "\n".join(lines)
 
