@@ -87,11 +87,19 @@ class Join:
         self.entries: dict[str, Entry] = {}
         self.decided_upto: dict[int, int] = {}  # messages partition -> first undecided offset
         self.dirty: set[str] = set()  # event ids changed since the last changelog write
+        # what ready() must look at: the messages touched since, or all open ones when the
+        # decided watermark moved (keeps a batch's cost independent of the done markers)
+        self._touched: set[str] = set()
+        self._open: set[str] = set()
+        self._moved = False
 
     def _entry(self, event_id: str, now: int) -> Entry:
         entry = self.entries.get(event_id)
         if entry is None:
             entry = self.entries[event_id] = Entry(seen_at=now)
+            self._open.add(event_id)
+        if entry.done_at is None:
+            self._touched.add(event_id)
         return entry
 
     def add_message(self, event: Mapping[str, Any], partition: int, offset: int, now: int) -> None:
@@ -136,6 +144,7 @@ class Join:
         for partition, offset in upto.items():
             if offset > self.decided_upto.get(partition, -1):
                 self.decided_upto[partition] = offset
+                self._moved = True
 
     def is_ready(self, entry: Entry) -> bool:
         if entry.done_at is not None or entry.message is None or entry.position is None:
@@ -147,11 +156,26 @@ class Join:
 
     def ready(self) -> list[str]:
         """Event ids whose receipt can be written, oldest message first."""
-        out = [e for e, entry in self.entries.items() if self.is_ready(entry)]
+        candidates = self._open if self._moved else self._touched & self._open
+        out = [e for e in candidates if self.is_ready(self.entries[e])]
+        self._touched = set()
+        self._moved = False
         return sorted(out, key=lambda e: (self.entries[e].message or {}).get("received_at", 0))
 
     def pending(self) -> int:
-        return sum(1 for e in self.entries.values() if e.done_at is None)
+        return len(self._open)
+
+    def forget(self, event_id: str) -> None:
+        """A changelog tombstone read back at start."""
+        self.entries.pop(event_id, None)
+        self._open.discard(event_id)
+
+    def restored(self, event_id: str, entry: Entry) -> None:
+        """An entry read back from the changelog at start."""
+        self.entries[event_id] = entry
+        if entry.done_at is None:
+            self._open.add(event_id)
+            self._moved = True
 
     def body(self, event_id: str, writer_digest: str) -> JournalReceipt:
         """The unsigned receipt of a ready message."""
@@ -191,6 +215,7 @@ class Join:
 
     def mark_done(self, event_id: str, at: int) -> None:
         self.entries[event_id] = Entry(done_at=at, seen_at=at)
+        self._open.discard(event_id)
         self.dirty.add(event_id)
 
     def expired(self, now: int) -> list[str]:
@@ -204,6 +229,7 @@ class Join:
                 out.append(event_id)
         for event_id in out:
             del self.entries[event_id]
+            self._open.discard(event_id)
         return out
 
 

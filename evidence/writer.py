@@ -96,6 +96,7 @@ class ReceiptWriter:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._last_checkpoint = 0.0
+        self._expired_at = 0  # when the done markers were last pruned (ms)
         self._since_checkpoint = 0
         self._barrier: tuple[dict[int, int], dict[int, int]] | None = None
         self._synced_at = 0.0
@@ -117,9 +118,9 @@ class ReceiptWriter:
                 continue
             event_id = key.decode("utf-8")
             if value is None:
-                self.join.entries.pop(event_id, None)
+                self.join.forget(event_id)
             else:
-                self.join.entries[event_id] = Entry.from_json(json.loads(value))
+                self.join.restored(event_id, Entry.from_json(json.loads(value)))
         heads: dict[int, Head] = {}
         tails = last_records(self.config, self.receipts_topic, JOURNAL_RECEIPT)
         verdict = verify_chains(tails.values(), (), self.keyring)
@@ -313,7 +314,9 @@ class ReceiptWriter:
                     cp["checkpoint_id"],
                     self.codec.encode(JOURNAL_CHECKPOINT, cp),
                 )
-            for event_id in self.join.expired(now):
+            pruned = now - self._expired_at > 60_000
+            expired = self.join.expired(now) if pruned else []
+            for event_id in expired:
                 self.join.dirty.discard(event_id)
                 self._produce(self.state_topic, None, event_id, None)
             for event_id in sorted(self.join.dirty):
@@ -338,6 +341,8 @@ class ReceiptWriter:
                 return
             raise FatalError(f"transaction: {err}") from None
         self.join.dirty.clear()
+        if pruned:
+            self._expired_at = now
         metrics.TRANSACTIONS.labels("committed").inc()
         self._pending_policy = None
         metrics.RECEIPTS_WRITTEN.inc(len(ready))
