@@ -92,6 +92,7 @@ fuzz: install
 bench: install sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
+	$(BIN)/python -m bench.bench_evidence
 
 bench-quick: install sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
