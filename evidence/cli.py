@@ -139,7 +139,7 @@ def _coverage(
     cfg: Config, since: int, until: int, receipts: list[dict[str, Any]], grace_ms: int
 ) -> tuple[int, list[Problem]]:
     from evidence.read import read_all
-    from schemas import default_codec
+    from schemas import SchemaError, default_codec
     from schemas.events import to_millis
 
     codec = default_codec()
@@ -149,7 +149,10 @@ def _coverage(
     for _p, _o, _k, value in read_all(cfg, cfg.kafka.topics.messages.name):
         if value is None:
             continue
-        msg = codec.decode(value, "MessageReceived")
+        try:
+            msg = codec.decode(value, "MessageReceived")
+        except SchemaError:
+            continue  # unreadable: the audit names it; no receipt can be owed for it
         received = to_millis(msg["received_at"])
         if since <= received <= until:
             owed[str(msg["event_id"])] = set()
@@ -158,7 +161,10 @@ def _coverage(
     for _p, _o, _k, value in read_all(cfg, cfg.kafka.topics.journal.name):
         if value is None:
             continue
-        copy = codec.decode(value, "JournalCopy")
+        try:
+            copy = codec.decode(value, "JournalCopy")
+        except SchemaError:
+            continue
         if str(copy["kind"]) == "JOURNAL" and copy["event_id"] in owed:
             owed[str(copy["event_id"])].add(str(copy["copy_id"]))
     by_event = {str(r["event_id"]): r for r in receipts}
