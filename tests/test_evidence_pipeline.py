@@ -130,6 +130,15 @@ def checkpoints(config: Config) -> list[dict[str, Any]]:
     return out
 
 
+def policy_changes(config: Config) -> list[dict[str, Any]]:
+    out = []
+    for m in consume_all(config, config.kafka.topics.evidence.name):
+        record = decode(m.value() or b"")
+        if "new_digest" in record:
+            out.append(record)
+    return out
+
+
 def evidence(p: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mailjournal", "evidence", *args],
@@ -232,6 +241,10 @@ def test_receipts_through_the_pipeline_verify_and_every_tampering_is_named(
     assert got[ids[0]]["directions"] == ["INBOUND"] and got[ids[8]]["directions"] == ["OUTBOUND"]
     assert got[ids[12]]["copies"] == [] and got[ids[12]]["recipients"] == ["bob@corp.example"]
     assert got[ids[8]]["client"]["trusted"] is True and got[ids[0]]["mail_from"]
+
+    (change,) = policy_changes(config)  # the first start records the policy in force
+    assert change["old_digest"] is None and change["new_digest"] == digest
+    assert json.loads(change["policy"])["inbound"]["address"] == JOURNAL
 
     verified = evidence(p, "verify", "--config", str(p.config_file))
     print(verified.stdout)
