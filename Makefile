@@ -64,7 +64,7 @@ run: install sysdeps kafka-jars
 
 test: install sysdeps kafka-jars kustomize
 	$(BIN)/ruff check .
-	$(BIN)/mypy mailjournal schemas ingest journal_worker delivery relay audit devtools bench
+	$(BIN)/mypy mailjournal schemas ingest journal_worker delivery relay evidence audit devtools bench
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; \
 	exit $$rc
@@ -72,7 +72,7 @@ test: install sysdeps kafka-jars kustomize
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy mailjournal schemas ingest journal_worker delivery relay audit devtools bench
+	$(BIN)/mypy mailjournal schemas ingest journal_worker delivery relay evidence audit devtools bench
 
 format: install
 	$(BIN)/ruff format .
@@ -92,6 +92,7 @@ fuzz: install
 bench: install sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
+	$(BIN)/python -m bench.bench_evidence
 
 bench-quick: install sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'

@@ -63,6 +63,7 @@ GAP_KINDS = (
     "unreadable",
     "global-missing",
     "global-undelivered",
+    "receipt-overdue",
 )
 
 
@@ -561,6 +562,12 @@ def run_audit(
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     report = rec.report(now, grace_ms, int(cfg.delivery.expiry_seconds * 1000))
     report.replays = replays.lines()
+    if cfg.evidence.enabled:  # signed receipts (docs/evidence.md): name the overdue ones
+        from audit.receipts import overdue, receipted_events
+
+        receipted = receipted_events(cfg, since_ms, read_window)
+        overdue_ms = int(cfg.evidence.receipt_overdue_seconds * 1000)
+        report.gaps.extend(overdue(rec, receipted, now, overdue_ms))
     return report
 
 

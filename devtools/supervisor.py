@@ -204,7 +204,7 @@ class Supervisor:
                 )
             )
         # inline mode: the relay forwards the originals (before ingest, like the other consumers)
-        stages = ("relay", *STAGES) if self.cfg.relays else STAGES
+        stages = _stages(self.cfg)
         for stage in stages:
             self.children.append(Child(stage, _stage_argv(stage, self.config_path), self.env))
 
@@ -228,9 +228,16 @@ class Supervisor:
         self.mock_holder = None
 
 
+def _stages(cfg: Config) -> tuple[str, ...]:
+    """The stages of the run, in start order: the relay (inline mode) and the receipt writer
+    (evidence) are consumers too, so they start before ingest."""
+    stages = ("relay", *STAGES) if cfg.relays else STAGES
+    return ("receipts", *stages) if cfg.evidence.enabled else stages
+
+
 def preflight(cfg: Config) -> list[str]:
     """What would make a stage of the run refuse to start, found before anything starts."""
-    problems = file_problems(cfg, ("relay", *STAGES) if cfg.relays else STAGES)
+    problems = file_problems(cfg, _stages(cfg))
     if not cfg.ingest.listeners:
         problems.append("ingest.listeners: none configured (`mailjournal run` starts ingest)")
     return problems
@@ -244,6 +251,12 @@ def main(args: argparse.Namespace) -> int:
     key_file = cfg.journal.stamp_secret_file
     if cfg.journal.active and key_file is not None and create_key(key_file):
         log.info("created the loop-guard stamp key %s (32 random bytes, mode 0600)", key_file)
+    evidence_key = cfg.evidence.signing_key_file
+    if cfg.evidence.enabled and evidence_key is not None:
+        from evidence.keys import create_key_file
+
+        if create_key_file(evidence_key):
+            log.info("created the evidence signing key %s (Ed25519, mode 0600)", evidence_key)
     problems = preflight(cfg)
     if problems:  # before Kafka or any stage starts
         print(f"{args.config}: configuration is invalid", file=sys.stderr)

@@ -591,7 +591,11 @@ def decide(
 
 
 def journal_copy_record(
-    event: Mapping[str, Any], copy: PlannedCopy, *, header_text: bool = True
+    event: Mapping[str, Any],
+    copy: PlannedCopy,
+    *,
+    header_text: bool = True,
+    policy_digest: str | None = None,
 ) -> JournalCopy:
     """The ``JournalCopy`` event for a planned copy (first attempt, deliver now); without
     ``header_text``, no subject or Message-ID (the record to fall back on when they cannot be
@@ -612,4 +616,5 @@ def journal_copy_record(
         message_id=headers.get("message_id"),
         subject=headers.get("subject"),
         original=event["raw"],
+        policy_digest=policy_digest,
     )

@@ -62,6 +62,7 @@ from mailjournal.consumer.lag import partition_lag
 from mailjournal.directory import Directory, DirectoryUnavailable
 from mailjournal.faults import fault_point
 from mailjournal.kafka import make_consumer, make_producer, producer_config
+from mailjournal.policy import policy_digest
 from schemas import (
     DEAD_LETTER,
     JOURNAL_COPY,
@@ -175,6 +176,7 @@ class JournalWorker:
         self.directory = directory if directory is not None else make_directory(config.directory)
         self.codec = default_codec()
         self.decider = Decider(config, config.journal.stamp_key())
+        self.policy_digest = policy_digest(config)  # recorded in every copy (docs/evidence.md)
         topics = config.kafka.topics
         self.messages_topic = topics.messages.name
         self.journal_topic = topics.journal.name
@@ -426,14 +428,19 @@ class JournalWorker:
         self, event: dict[str, Any], copy: PlannedCopy, *, fallback: bool = False
     ) -> Record:
         try:
-            value = self.codec.encode(JOURNAL_COPY, journal_copy_record(event, copy))
+            value = self.codec.encode(
+                JOURNAL_COPY, journal_copy_record(event, copy, policy_digest=self.policy_digest)
+            )
         except Exception:
             if not fallback:
                 raise
             # the subject and Message-ID are the sender's text: without them the copy still
             # carries the original, which holds them
             value = self.codec.encode(
-                JOURNAL_COPY, journal_copy_record(event, copy, header_text=False)
+                JOURNAL_COPY,
+                journal_copy_record(
+                    event, copy, header_text=False, policy_digest=self.policy_digest
+                ),
             )
         return (self.journal_topic, copy.copy_id, value)
 

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("delivery.dlq", "list or replay dead letters"),
     "replay": ("journal_worker.replay_main", "re-journal the accepted messages of a past window"),
     "run": ("devtools.supervisor", "run the whole pipeline on one machine"),
+    "receipts": ("evidence.main", "run the receipt writer stage (signed journal receipts)"),
+    "evidence": ("evidence.cli", "verify the receipt chains; export and verify evidence bundles"),
     "audit": ("audit.reconcile", "reconcile accepted messages against journal outcomes"),
     "send-test": ("devtools.send_test", "send example inbound and outbound test messages"),
     "capture": ("devtools.capture", "run a local SMTP server that stores mail in a Maildir"),

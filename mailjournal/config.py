@@ -348,6 +348,11 @@ def _default_topics() -> dict[str, TopicConfig]:
         "outcomes": TopicConfig(name="mailjournal.outcomes", retention_ms=30 * day, compact=True),
         "dead_letters": TopicConfig(name="mailjournal.dead-letters", retention_ms=-1),
         "relay_retry": TopicConfig(name="mailjournal.relay.retry", retention_ms=7 * day),
+        "receipts": TopicConfig(name="mailjournal.receipts", retention_ms=-1),
+        "evidence": TopicConfig(name="mailjournal.evidence", partitions=1, retention_ms=-1),
+        "receipts_state": TopicConfig(
+            name="mailjournal.receipts.state", retention_ms=-1, compact=True
+        ),
     }
 
 
@@ -361,6 +366,12 @@ class TopicsConfig(Strict):
     relay_retry: TopicConfig = _default_topics()["relay_retry"]
     """Base of the relay's retry tiers (``<name>.<i>``, one per ``relay.retry_delays_seconds``);
     created only when a listener relays."""
+    receipts: TopicConfig = _default_topics()["receipts"]
+    """Signed journal receipts, one chain per partition (docs/evidence.md): kept forever."""
+    evidence: TopicConfig = _default_topics()["evidence"]
+    """Signed checkpoints of the receipt chains and policy changes: kept forever."""
+    receipts_state: TopicConfig = _default_topics()["receipts_state"]
+    """The receipt writer's changelog (messages awaiting their receipt), compacted."""
 
     @model_validator(mode="before")
     @classmethod
@@ -382,6 +393,9 @@ class TopicsConfig(Strict):
             "retry": self.retry,
             "outcomes": self.outcomes,
             "dead_letters": self.dead_letters,
+            "receipts": self.receipts,
+            "evidence": self.evidence,
+            "receipts_state": self.receipts_state,
         }
 
 
@@ -402,6 +416,8 @@ class KafkaConfig(Strict):
     delivery_group: str = "mailjournal-delivery"
     relay_group: str = "mailjournal-relay"
     """Consumer group of the relay on the messages topic (fan-out: it never waits for journaling)."""
+    evidence_group: str = "mailjournal-evidence"
+    """Consumer group (and transactional id) of the receipt writer."""
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -421,7 +437,7 @@ class KafkaConfig(Strict):
     def _own_groups(self) -> KafkaConfig:
         # two stages in one group would split a topic between them: each would see only a part
         seen: dict[str, str] = {}
-        for key in ("journal_group", "delivery_group", "relay_group"):
+        for key in ("journal_group", "delivery_group", "relay_group", "evidence_group"):
             group = getattr(self, key)
             if group in seen:
                 raise ValueError(
@@ -756,6 +772,33 @@ class MetricsConfig(Strict):
     journal_port: int = Field(default=9102, ge=0, le=65535)
     delivery_port: int = Field(default=9103, ge=0, le=65535)
     relay_port: int = Field(default=9105, ge=0, le=65535)
+    evidence_port: int = Field(default=9106, ge=0, le=65535)
+
+
+class EvidenceConfig(Strict):
+    """Signed, chained journal receipts (docs/evidence.md)."""
+
+    enabled: bool = False
+    """Run the receipt writer (``mailjournal receipts``; ``mailjournal run`` starts it)."""
+    signing_key_file: Path | None = None
+    """Ed25519 private key (PEM) that signs receipts; required when enabled
+    (``mailjournal run`` creates it when missing)."""
+    verify_key_files: list[Path] = []
+    """Public keys (PEM) of retired signing keys: receipts they signed still verify."""
+    checkpoint_interval_seconds: float = Field(default=60.0, gt=0)
+    """A signed checkpoint of every chain head at most this often while receipts are written."""
+    batch_max_ms: int = Field(default=200, ge=1)
+    """Longest wait for more records before a batch's transaction is committed."""
+    sync_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often the writer learns how far the journal worker has decided."""
+    receipt_overdue_seconds: float = Field(default=3600.0, gt=0)
+    """The audit names a message without a receipt this long after its copies became final."""
+
+    @model_validator(mode="after")
+    def _key_required(self) -> EvidenceConfig:
+        if self.enabled and self.signing_key_file is None:
+            raise ValueError("evidence.signing_key_file is required when evidence.enabled is true")
+        return self
 
 
 class LoggingConfig(Strict):
@@ -773,6 +816,7 @@ class Config(Strict):
     relay: RelayConfig = RelayConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -999,6 +1043,12 @@ def files_read_by(config: Config, stage: str) -> list[tuple[str, Path]]:
             out += [(f"ingest.listeners.{i}.tls_key_file", lst.tls_key_file)]
             if lst.auth:
                 out += [(f"ingest.listeners.{i}.credentials_file", lst.credentials_file)]
+    if stage == "receipts":
+        out.append(("evidence.signing_key_file", config.evidence.signing_key_file))
+        out += [
+            (f"evidence.verify_key_files.{i}", f)
+            for i, f in enumerate(config.evidence.verify_key_files)
+        ]
     hops: list[tuple[str, SmartHostConfig | None]] = []
     if stage == "deliver":
         hops.append(("delivery.smart_host", config.delivery.smart_host))
@@ -1109,6 +1159,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                     updates[fname] = fixed
             elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
                 updates[fname] = [fix(v) for v in value]
+            elif isinstance(value, list) and value and isinstance(value[0], Path):
+                updates[fname] = [v if v.is_absolute() else (base / v).resolve() for v in value]
         return model.model_copy(update=updates) if updates else model
 
     fixed = fix(config)

@@ -61,6 +61,8 @@ POINTS: Mapping[str, str] = {
     "relay.between_recipients": "relay: one recipient group sent, the next not yet",
     "dlq.replay.mid_batch": "dlq replay: one dead letter re-produced, transaction open",
     "audit.mid_scan": "audit: one record of the messages topic read, the scan not done",
+    "evidence.txn.mid_batch": "receipt writer: the batch's first receipt produced, the rest not",
+    "evidence.txn.before_commit": "receipt writer: receipts and offsets sent, commit not called",
 }
 
 _SPEC = re.compile(r"^(?P<name>[a-z0-9_.]+):(?P<action>[a-z]+)(?:@(?P<hit>\d+))?$")

@@ -84,6 +84,9 @@ def relay_retry_topic_names(config: Config) -> list[str]:
     ]
 
 
+EVIDENCE_TOPICS = ("receipts", "evidence", "receipts_state")
+
+
 def topic_specs(config: Config) -> list[TopicSpec]:
     max_bytes = str(topic_max_message_bytes(config))
     specs = []
@@ -92,6 +95,9 @@ def topic_specs(config: Config) -> list[TopicSpec]:
     retry = topics.pop("retry")
     for i, name in enumerate(retry_topic_names(config)):
         topics[f"retry.{i}"] = retry.model_copy(update={"name": name})
+    if not config.evidence.enabled:  # the receipt writer's topics, only when it runs
+        for key in EVIDENCE_TOPICS:
+            topics.pop(key)
     if config.relays:  # the relay's own retry tiers, only when some listener is inline
         relay = config.kafka.topics.relay_retry
         for i, name in enumerate(relay_retry_topic_names(config)):

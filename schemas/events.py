@@ -25,6 +25,9 @@ MESSAGE_RECEIVED = "MessageReceived"
 JOURNAL_COPY = "JournalCopy"
 DELIVERY_OUTCOME = "DeliveryOutcome"
 DEAD_LETTER = "DeadLetter"
+JOURNAL_RECEIPT = "JournalReceipt"
+JOURNAL_CHECKPOINT = "JournalCheckpoint"
+POLICY_CHANGE = "PolicyChange"
 
 # Header fields whose values MessageReceived carries in SelectedHeaders.
 JOURNAL_STAMP_HEADER = "X-MailJournal-Stamp"
@@ -191,6 +194,7 @@ class JournalCopy(TypedDict):
     about_copy_id: str | None
     relay: RelayEnvelope | None
     replay_run: str | None  # set by `mailjournal replay`: the run's id
+    policy_digest: NotRequired[str | None]  # v3
     original: bytes
 
 
@@ -222,6 +226,75 @@ class DeadLetter(TypedDict):
     headers: dict[str, bytes]
     copy_id: str | None
     event_id: str | None
+
+
+class ReceiptClient(TypedDict):
+    ip: str
+    helo: str
+    auth_user: str | None
+    listener: str
+    listener_role: str
+    tls: bool
+    trusted: bool
+
+
+class ReceiptCopy(TypedDict):
+    copy_id: str
+    journal_address: str
+    format: str
+    directions: list[str]
+    status: str
+    last_reply: str | None
+    delivered_to_host: str | None
+    ndr_copy_id: str | None
+    attempts: int
+    final_at: int
+    policy_digest: str | None
+
+
+class JournalReceipt(TypedDict):
+    event_id: str
+    partition: int
+    seq: int
+    prev_hash: str
+    written_at: int
+    received_at: int
+    message_sha256: str
+    size: int
+    mail_from: str
+    recipients: list[str]
+    directions: list[str]
+    client: ReceiptClient
+    copies: list[ReceiptCopy]
+    policy_digest: str | None
+    key_id: str
+    signature: str
+
+
+class CheckpointHead(TypedDict):
+    partition: int
+    seq: int
+    hash: str
+    written_at: int
+
+
+class JournalCheckpoint(TypedDict):
+    checkpoint_id: str
+    at: int
+    heads: list[CheckpointHead]
+    policy_digest: str
+    key_id: str
+    signature: str
+
+
+class PolicyChange(TypedDict):
+    change_id: str
+    at: int
+    old_digest: str | None
+    new_digest: str
+    policy: str
+    key_id: str
+    signature: str
 
 
 # ---------------------------------------------------------------------------------------------

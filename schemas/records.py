@@ -12,13 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from schemas.events import (
+    CheckpointHead,
     ClientInfo,
     CoveredRecipient,
     DeadLetter,
     DeliveryOutcome,
+    JournalCheckpoint,
     JournalCopy,
+    JournalReceipt,
     MailParams,
     MessageReceived,
+    PolicyChange,
+    ReceiptClient,
+    ReceiptCopy,
     Recipient,
     RecipientType,
     RelayEnvelope,
@@ -151,6 +157,7 @@ def journal_copy(
     about_copy_id: str | None = None,
     relay: RelayEnvelope | None = None,
     replay_run: str | None = None,
+    policy_digest: str | None = None,
 ) -> JournalCopy:
     """A new ``JournalCopy`` of any kind, before its first attempt: deliverable now
     (``not_before`` 0), no attempt or reply yet. Retries update the attempt fields of the copy
@@ -176,6 +183,7 @@ def journal_copy(
         "about_copy_id": about_copy_id,
         "relay": relay,
         "replay_run": replay_run,
+        "policy_digest": policy_digest,
         "original": original,
     }
 
@@ -241,4 +249,140 @@ def dead_letter(
         "headers": dict(headers),
         "copy_id": copy_id,
         "event_id": event_id,
+    }
+
+
+def receipt_client(
+    *,
+    ip: str,
+    helo: str,
+    auth_user: str | None,
+    listener: str,
+    listener_role: str,
+    tls: bool,
+    trusted: bool,
+) -> ReceiptClient:
+    return {
+        "ip": ip,
+        "helo": helo,
+        "auth_user": auth_user,
+        "listener": listener,
+        "listener_role": str(listener_role),
+        "tls": tls,
+        "trusted": trusted,
+    }
+
+
+def receipt_copy(
+    *,
+    copy_id: str,
+    journal_address: str,
+    format: str,
+    directions: Iterable[str],
+    status: str,
+    last_reply: str | None,
+    delivered_to_host: str | None,
+    ndr_copy_id: str | None,
+    attempts: int,
+    final_at: int,
+    policy_digest: str | None,
+) -> ReceiptCopy:
+    return {
+        "copy_id": copy_id,
+        "journal_address": journal_address,
+        "format": str(format),
+        "directions": sorted(str(d) for d in directions),
+        "status": str(status),
+        "last_reply": last_reply,
+        "delivered_to_host": delivered_to_host,
+        "ndr_copy_id": ndr_copy_id,
+        "attempts": attempts,
+        "final_at": final_at,
+        "policy_digest": policy_digest,
+    }
+
+
+def journal_receipt(
+    *,
+    event_id: str,
+    received_at: int,
+    message_sha256: str,
+    size: int,
+    mail_from: str,
+    recipients: Sequence[str],
+    client: ReceiptClient,
+    copies: Sequence[ReceiptCopy],
+    policy_digest: str | None,
+    partition: int = 0,
+    seq: int = 0,
+    prev_hash: str = "",
+    written_at: int = 0,
+    key_id: str = "",
+    signature: str = "",
+) -> JournalReceipt:
+    """A ``JournalReceipt``; its chain fields (partition ... written_at) and signature are set
+    when the writer seals it (``evidence.chain``). Copies sorted by copy id, directions the
+    sorted union of the copies' directions."""
+    ordered = sorted(copies, key=lambda c: c["copy_id"])
+    return {
+        "event_id": event_id,
+        "partition": partition,
+        "seq": seq,
+        "prev_hash": prev_hash,
+        "written_at": written_at,
+        "received_at": received_at,
+        "message_sha256": message_sha256,
+        "size": size,
+        "mail_from": mail_from,
+        "recipients": list(recipients),
+        "directions": sorted({d for c in ordered for d in c["directions"]}),
+        "client": client,
+        "copies": list(ordered),
+        "policy_digest": policy_digest,
+        "key_id": key_id,
+        "signature": signature,
+    }
+
+
+def checkpoint_head(partition: int, seq: int, hash: str, written_at: int) -> CheckpointHead:
+    return {"partition": partition, "seq": seq, "hash": hash, "written_at": written_at}
+
+
+def journal_checkpoint(
+    *,
+    checkpoint_id: str,
+    at: int,
+    heads: Sequence[CheckpointHead],
+    policy_digest: str,
+    key_id: str = "",
+    signature: str = "",
+) -> JournalCheckpoint:
+    return {
+        "checkpoint_id": checkpoint_id,
+        "at": at,
+        "heads": list(heads),
+        "policy_digest": policy_digest,
+        "key_id": key_id,
+        "signature": signature,
+    }
+
+
+def policy_change(
+    *,
+    at: int,
+    old_digest: str | None,
+    new_digest: str,
+    policy: str,
+    change_id: str | None = None,
+    key_id: str = "",
+    signature: str = "",
+) -> PolicyChange:
+    return {
+        "change_id": change_id or new_event_id(),
+        "at": at,
+        "old_digest": old_digest,
+        "new_digest": new_digest,
+        "policy": policy,
+        "key_id": key_id,
+        "signature": signature,
     }

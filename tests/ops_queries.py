@@ -20,7 +20,7 @@ RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 
-STAGE_PACKAGES = ("ingest", "journal_worker", "delivery", "relay")
+STAGE_PACKAGES = ("ingest", "journal_worker", "delivery", "relay", "evidence")
 # labels Prometheus adds to every scraped series (the PodMonitor adds pod)
 TARGET_LABELS = frozenset({"job", "instance", "pod", "namespace"})
 # series Prometheus makes itself

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CORE = "mailjournal"
 SCHEMAS = "schemas"
-STAGES = frozenset({"ingest", "journal_worker", "delivery", "relay"})
+STAGES = frozenset({"ingest", "journal_worker", "delivery", "relay", "evidence"})
 AUDIT = "audit"
 DEVTOOLS = "devtools"
 PACKAGES = (CORE, SCHEMAS, *sorted(STAGES), AUDIT, DEVTOOLS)

@@ -101,7 +101,15 @@ def test_unarmed_environment_and_points_already_fired(tmp_path: Path) -> None:
 def test_every_point_is_called_in_the_stages() -> None:
     sources = "".join(
         p.read_text()
-        for d in ("ingest", "journal_worker", "delivery", "relay", "audit", "mailjournal")
+        for d in (
+            "ingest",
+            "journal_worker",
+            "delivery",
+            "relay",
+            "evidence",
+            "audit",
+            "mailjournal",
+        )
         for p in (ROOT / d).glob("*.py")
         if p.name != "faults.py"
     )

@@ -16,6 +16,7 @@ from journal_worker.decide import decide, journal_copy_record, needed_lookups
 from journal_worker.lookups import make_directory, resolve
 from mailjournal.config import Config
 from mailjournal.directory import Directory
+from mailjournal.policy import policy_digest
 from schemas import DEAD_LETTER, MAGIC, encode
 from tests.fixtures.journal import (
     INSIDE_IP,
@@ -74,7 +75,8 @@ def expected_records(
         answers = resolve(directory, lookups) if lookups and directory else {}
         for c in decide(ev, config, answers, key).copies:
             assert c.copy_id not in out
-            out[c.copy_id] = journal_copy_record(ev, c)
+            # every copy records the policy in force (docs/evidence.md)
+            out[c.copy_id] = journal_copy_record(ev, c, policy_digest=policy_digest(config))
     return out
 
 

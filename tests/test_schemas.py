@@ -133,6 +133,7 @@ def journal_copy(original: bytes | None = None, **overrides: Any) -> dict[str, A
         "about_copy_id": None,
         "relay": None,
         "replay_run": None,
+        "policy_digest": "sha256:" + "ab" * 32,
     }
     record.update(overrides)
     return record
@@ -176,11 +177,88 @@ def dead_letter(**overrides: Any) -> dict[str, Any]:
     return record
 
 
+def journal_receipt(**overrides: Any) -> dict[str, Any]:
+    copy = {
+        "copy_id": "01JPAYXN1N0000000000000000.abcdef0123456789",
+        "journal_address": "journal-in@corp.example",
+        "format": "REPORT",
+        "directions": ["INBOUND"],
+        "status": "DELIVERED",
+        "last_reply": "250 2.0.0 Ok: queued as 4XyZ12",
+        "delivered_to_host": "archive.corp.example:25",
+        "ndr_copy_id": None,
+        "attempts": 1,
+        "final_at": 1741964966535,
+        "policy_digest": "sha256:" + "ab" * 32,
+    }
+    record: dict[str, Any] = {
+        "event_id": "01JPAYXN1N0000000000000000",
+        "partition": 3,
+        "seq": 41,
+        "prev_hash": "cd" * 32,
+        "written_at": 1741964967000,
+        "received_at": 1741964966000,
+        "message_sha256": "ef" * 32,
+        "size": 1234,
+        "mail_from": "jürgen@extern.example",
+        "recipients": ["user@corp.example"],
+        "directions": ["INBOUND"],
+        "client": {
+            "ip": "2001:db8::25",
+            "helo": "mail.extern.example",
+            "auth_user": None,
+            "listener": "mx",
+            "listener_role": "INTERNET",
+            "tls": True,
+            "trusted": False,
+        },
+        "copies": [copy],
+        "policy_digest": "sha256:" + "ab" * 32,
+        "key_id": "0123456789abcdef",
+        "signature": "c2lnbmF0dXJl",
+    }
+    record.update(overrides)
+    return record
+
+
+def journal_checkpoint(**overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "checkpoint_id": "01JPAYXN1N0000000000000001",
+        "at": 1741964968000,
+        "heads": [
+            {"partition": 0, "seq": -1, "hash": "0" * 64, "written_at": 0},
+            {"partition": 1, "seq": 41, "hash": "cd" * 32, "written_at": 1741964967000},
+        ],
+        "policy_digest": "sha256:" + "ab" * 32,
+        "key_id": "0123456789abcdef",
+        "signature": "c2lnbmF0dXJl",
+    }
+    record.update(overrides)
+    return record
+
+
+def policy_change(**overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "change_id": "01JPAYXN1N0000000000000002",
+        "at": 1741964968000,
+        "old_digest": None,
+        "new_digest": "sha256:" + "ab" * 32,
+        "policy": '{"version":1}',
+        "key_id": "0123456789abcdef",
+        "signature": "c2lnbmF0dXJl",
+    }
+    record.update(overrides)
+    return record
+
+
 SAMPLES = {
     events.MESSAGE_RECEIVED: message_received,
     events.JOURNAL_COPY: journal_copy,
     events.DELIVERY_OUTCOME: delivery_outcome,
     events.DEAD_LETTER: dead_letter,
+    events.JOURNAL_RECEIPT: journal_receipt,
+    events.JOURNAL_CHECKPOINT: journal_checkpoint,
+    events.POLICY_CHANGE: policy_change,
 }
 
 
@@ -196,7 +274,7 @@ def roundtrip(name: str, record: dict[str, Any]) -> dict[str, Any]:
 # Round trips
 
 
-def test_packaged_schemas_are_the_four_events() -> None:
+def test_packaged_schemas_are_the_sampled_events() -> None:
     assert codec.names() == sorted(SAMPLES)
 
 
@@ -435,7 +513,22 @@ def _built_like_samples() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     dl = dead_letter()
     built_dl = records.dead_letter(**{k: v for k, v in dl.items() if k != "id"})
     built_dl["id"] = dl["id"]
+    jr = journal_receipt()
+    built_jr = records.journal_receipt(
+        **{k: v for k, v in jr.items() if k not in ("directions", "client", "copies")},
+        client=records.receipt_client(**jr["client"]),
+        copies=[records.receipt_copy(**c) for c in jr["copies"]],
+    )
+    cp = journal_checkpoint()
+    built_cp = records.journal_checkpoint(
+        **{k: v for k, v in cp.items() if k != "heads"},
+        heads=[records.checkpoint_head(**h) for h in cp["heads"]],
+    )
+    pc = policy_change()
     return {
+        events.JOURNAL_RECEIPT: (dict(built_jr), jr),
+        events.JOURNAL_CHECKPOINT: (dict(built_cp), cp),
+        events.POLICY_CHANGE: (dict(records.policy_change(**pc)), pc),
         events.MESSAGE_RECEIVED: ({**built_mr, **v2}, {**mr, **v2}),
         events.JOURNAL_COPY: (dict(built_jc), jc),
         events.DELIVERY_OUTCOME: (dict(records.delivery_outcome(**do)), do),

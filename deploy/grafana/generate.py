@@ -449,6 +449,44 @@ def overview() -> Any:
             ],
         ),
         Row(
+            "Evidence (signed journal receipts)",
+            [
+                Panel(
+                    "Receipts written",
+                    [
+                        Q(
+                            "sum (rate(mailjournal_evidence_receipts_written_total[$__rate_interval]))",
+                            "receipts/s",
+                        ),
+                        Q(
+                            "sum (mailjournal_evidence_pending_messages)",
+                            "messages awaiting a receipt",
+                        ),
+                    ],
+                    description="Journal receipts committed by the receipt writer, and the messages "
+                    "it has seen whose copies are not all final yet (docs/evidence.md).",
+                ),
+                Panel(
+                    "Lag to receipt",
+                    quantiles("mailjournal_evidence_receipt_lag_seconds", ""),
+                    unit="s",
+                    description="From the last final outcome of a message's copies to its "
+                    "signed receipt.",
+                ),
+                Panel(
+                    "Chain verification failures",
+                    [
+                        Q(
+                            "sum by (kind) (increase(mailjournal_evidence_verification_failures_total[$__rate_interval]))",
+                            "{{kind}}",
+                        )
+                    ],
+                    description="Problems the writer found in the chain heads it restored at start: "
+                    "any is a compliance incident (MailjournalEvidenceVerificationFailed).",
+                ),
+            ],
+        ),
+        Row(
             "Resources",
             [
                 Panel(

@@ -1,0 +1,1 @@
+"""Evidence a regulator can check: signed, chained journal receipts (docs/evidence.md)."""
