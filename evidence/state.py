@@ -111,8 +111,8 @@ class Join:
         self.dirty.add(str(event["event_id"]))
 
     def add_copy(self, copy: Mapping[str, Any], now: int) -> None:
-        if str(copy.get("kind")) != "JOURNAL":
-            return  # NDRs and relayed originals are not journal copies
+        if str(copy.get("kind")) != "JOURNAL" or copy.get("replay_run"):
+            return  # NDRs, relayed originals and replays' copies are not the owed journal copies
         entry = self._entry(str(copy["event_id"]), now)
         if entry.done_at is not None:
             return

@@ -193,8 +193,8 @@ class JournalCopy(TypedDict):
     last_reply: str | None
     about_copy_id: str | None
     relay: RelayEnvelope | None
-    replay_run: str | None  # set by `mailjournal replay`: the run's id
     policy_digest: NotRequired[str | None]  # v3
+    replay_run: str | None  # v3, set by `mailjournal replay`: the run's id
     original: bytes
 
 

@@ -66,3 +66,19 @@ def test_changelog_round_trip_restores_readiness() -> None:
     again.decided({2: 6})
     assert again.ready() == [msg["event_id"]]
     assert again.body(msg["event_id"], "x") == join.body(msg["event_id"], "x")
+
+
+def test_a_replays_copy_is_not_an_owed_copy() -> None:
+    """``mailjournal replay`` writes extra copies (``replay_run`` set) for messages that may
+    still be open here: the receipt lists the live copies only and does not wait for a replay."""
+    msg, copy, outcome = records()
+    join = Join(["10.0.0.0/8"])
+    join.add_message(msg, 0, 7, now=1)
+    join.decided({0: 8})
+    join.add_copy(copy, now=2)
+    replayed = {**copy, "copy_id": copy["copy_id"] + ".replay-r1", "replay_run": "r1"}
+    join.add_copy(replayed, now=3)
+    join.add_outcome(outcome, now=4)
+    assert join.ready() == [msg["event_id"]]
+    listed = [c["copy_id"] for c in join.body(msg["event_id"], "sha256:writer")["copies"]]
+    assert listed == [copy["copy_id"]]
