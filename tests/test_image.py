@@ -26,7 +26,7 @@ from mailjournal.config import Config
 from tests.fixtures.config import STAMP_KEY_FILE
 from tests.fixtures.delivery import write_toml
 from tests.fixtures.pipeline import STAGE_COMMANDS, Pipeline, pipeline_config
-from tests.fixtures.smtp import CaptureServer, wait_until
+from tests.fixtures.smtp import CaptureServer
 
 pytestmark = pytest.mark.kafka
 
