@@ -11,6 +11,7 @@ balancer routes around it; a PROXY header straight from anyone else is never rea
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import socket
 import subprocess
@@ -309,3 +310,42 @@ def test_an_ingest_killed_under_load_loses_nothing_that_got_250(farm: Farm) -> N
     lost = set(load.accepted) - events
     assert not lost, f"{len(lost)} messages answered 250 are not in the topic"
     assert farm.haproxy.server_states()["ingest2"] == "UP"
+
+
+def directives(cfg: str) -> set[str]:
+    """What a configuration does, not where: directive names (with their option or timeout),
+    the default-server keywords; addresses, ports, timeouts' values and the global section out."""
+    out: set[str] = set()
+    section = ""
+    for raw in cfg.splitlines():
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        if not raw.startswith(" "):
+            section = words[0]
+            continue
+        if section == "global" or words[0] in ("bind", "server"):
+            continue
+        if words[0] == "default-server":
+            out |= {f"default-server {w}" for w in words[1:] if not w[0].isdigit()}
+        elif words[0] in ("option", "timeout"):
+            out.add(" ".join(words[:2]))
+        else:
+            out.add(words[0])
+    return out
+
+
+def test_the_documented_configuration_is_the_tested_one(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    (documented,) = re.findall(r"```haproxy\n(.*?)```", text, re.S)
+    path = tmp_path / "documented.cfg"
+    path.write_text(documented)
+    check = subprocess.run(
+        ["haproxy", "-c", "-q", "-f", str(path)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    tested = haproxy_config(25, {"a": 2525, "b": 2526}, tmp_path / "stats.sock")
+    assert directives(documented) == directives(tested)
+    assert {"default-server send-proxy-v2", "default-server check", "option smtpchk"} <= (
+        directives(documented)
+    )
