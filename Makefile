@@ -18,12 +18,10 @@ help:
 	@echo "make fuzz   - the coverage-guided fuzzer over decide + build, FUZZ_SECONDS (default 60)"
 	@echo "make bench  - benchmarks against Postfix and smtp-sink"
 
-# editable_mode=compat: a .pth naming the tree (setuptools' default for this layout, a meta path
-# finder, prints a BuildBackendWarning on every install)
 $(BIN)/mailjournal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 install: $(BIN)/mailjournal
