@@ -62,9 +62,10 @@ def image() -> str:
     return IMAGE
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def container(image: str) -> Iterator[str]:
-    """A working container of the image (its own copy of the file system), removed afterwards."""
+    """A working container of the image (its own copy of the file system, made once: with vfs
+    storage that is a full copy), removed afterwards."""
     name = f"mailjournal-test-{uuid.uuid4().hex[:8]}"
     buildah("from", "--pull=never", "--name", name, image)
     yield name
