@@ -28,6 +28,7 @@ def setup_logging(cfg: LoggingConfig | None = None, *, stage: str = "mailjournal
                 f"%(asctime)s {stage}[%(process)d] %(levelname)s %(name)s: %(message)s"
             )
         )
+    handler.addFilter(RoutineLibrdkafkaWarnings())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level)
@@ -48,11 +49,21 @@ _ROUTINE_WARNING = re.compile(
 )
 
 
+# how confluent-kafka hands a librdkafka line to a Python logger: "<FACILITY> [<client name>] ..."
+_LIBRDKAFKA_LINE = re.compile(r"[A-Z0-9_]+ \[[^\]]*#(producer|consumer)-\d+\] ")
+
+
 class RoutineLibrdkafkaWarnings(logging.Filter):
-    """Demotes librdkafka's self-retried start-up warnings to INFO (dropped below that level)."""
+    """Demotes librdkafka's self-retried start-up warnings to INFO (dropped below that level),
+    on whichever logger a client was given (the stages' handler carries this filter too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and _ROUTINE_WARNING.search(record.getMessage()):
+        message = record.getMessage()
+        if (
+            record.levelno == logging.WARNING
+            and _LIBRDKAFKA_LINE.match(message)
+            and _ROUTINE_WARNING.search(message)
+        ):
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True

@@ -8,8 +8,14 @@ import re
 
 import pytest
 
+from mailjournal.config import LoggingConfig
 from mailjournal.kafka import make_producer
-from mailjournal.logs import LIBRDKAFKA_LOGGER, RoutineLibrdkafkaWarnings, librdkafka_logger
+from mailjournal.logs import (
+    LIBRDKAFKA_LOGGER,
+    RoutineLibrdkafkaWarnings,
+    librdkafka_logger,
+    setup_logging,
+)
 from tests.fixtures.config import make_config
 from tests.fixtures.smtp import free_port, wait_until
 
@@ -26,7 +32,8 @@ def record(level: int, message: str) -> logging.LogRecord:
 def test_routine_start_up_warnings_read_info_and_real_ones_stay() -> None:
     routine = record(logging.WARNING, GETPID)
     keep = record(logging.WARNING, "FAIL [x#producer-1] 127.0.0.1:9092: Connect failed")
-    error = record(logging.ERROR, "Coordinator load in progress")  # an error is never demoted
+    error = record(logging.ERROR, GETPID)  # an error is never demoted
+    ours = record(logging.WARNING, "journal: Coordinator load in progress")  # not librdkafka's
     flt = RoutineLibrdkafkaWarnings()
     logger = logging.getLogger(LIBRDKAFKA_LOGGER)
     old = logger.level
@@ -35,10 +42,30 @@ def test_routine_start_up_warnings_read_info_and_real_ones_stay() -> None:
         assert flt.filter(routine) and routine.levelname == "INFO"
         assert flt.filter(keep) and keep.levelname == "WARNING"
         assert flt.filter(error) and error.levelname == "ERROR"
+        assert flt.filter(ours) and ours.levelname == "WARNING"
         logger.setLevel(logging.WARNING)  # an operator's level: the demoted one is dropped
         assert not flt.filter(record(logging.WARNING, GETPID))
     finally:
         logger.setLevel(old)
+
+
+def test_the_stages_handler_demotes_them_on_any_logger(capfd: pytest.CaptureFixture[str]) -> None:
+    """A client given a logger of its own (ingest's producer logs to ``ingest.kafka``): the
+    stage's handler demotes the same lines, and drops them at an operator's WARNING level."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(LoggingConfig(level="INFO"), stage="ingest")
+        logging.getLogger("ingest.kafka").warning("%s", GETPID)
+        logging.getLogger("ingest.kafka").warning("%s", "FAIL [x#producer-1] down")
+        err = capfd.readouterr().err
+        assert " INFO ingest.kafka: GETPID" in err and " WARNING ingest.kafka: FAIL" in err
+        setup_logging(LoggingConfig(level="WARNING"), stage="ingest")
+        logging.getLogger("ingest.kafka").warning("%s", GETPID)
+        assert "GETPID" not in capfd.readouterr().err
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
 
 
 def test_a_clients_librdkafka_log_reaches_python_logging_not_stderr(
