@@ -586,7 +586,15 @@ def publish_metrics(report: AuditReport) -> None:
 _GAUGES: dict[str, Any] = {}
 
 
+def _failed_runs() -> Any:
+    from prometheus_client import Gauge
+
+    return _audit_gauges(Gauge)["failed"]
+
+
 def _audit_gauges(gauge: Any) -> dict[str, Any]:
+    from prometheus_client import Counter as PromCounter
+
     if not _GAUGES:
         _GAUGES.update(
             messages=gauge("mailjournal_audit_messages", "Accepted messages in the audit window"),
@@ -597,6 +605,9 @@ def _audit_gauges(gauge: Any) -> dict[str, Any]:
             ),
             last_run=gauge(
                 "mailjournal_audit_last_run_timestamp_seconds", "When the last audit finished"
+            ),
+            failed=PromCounter(
+                "mailjournal_audit_failed_runs", "Runs of a serving audit that could not finish"
             ),
         )
     return _GAUGES
@@ -631,6 +642,7 @@ def main(args: argparse.Namespace) -> int:
         from mailjournal.metrics import serve_metrics
 
         serve_metrics(cfg.metrics.host, args.metrics_port)
+        _failed_runs()  # served as 0 from the start
     while True:
         try:
             report = run_audit(
@@ -641,7 +653,14 @@ def main(args: argparse.Namespace) -> int:
             )
         except Exception as exc:  # Kafka or the directory: no verdict, and no traceback
             print(f"audit: cannot finish: {_why(exc)}", file=sys.stderr)
-            return EXIT_NO_VERDICT
+            if not args.interval:
+                return EXIT_NO_VERDICT
+            # a serving audit outlives an outage: the failure is counted, the last good
+            # results stay served (their timestamp ages: MailjournalAuditStale), and it retries
+            if args.metrics_port is not None:
+                _failed_runs().inc()
+            time.sleep(args.interval)
+            continue
         if args.json:
             print(
                 json.dumps(

@@ -5,7 +5,14 @@ Drives Postfix's ``smtp-source`` (20 sessions by default) at 1 KB, 10 KB, 100 KB
 local real Kafka (started here with ``KafkaLocal`` unless ``--bootstrap`` is given), and prints
 accepted msgs/s, peak RSS and the ratio ingest/sink per size. Goal: ratio >= 0.5 at every size.
 
+``--postfix`` adds (c) a private Postfix (``bench/postfix_peer.py``: ``recipient_bcc_maps``
+journaling, relaying to the sink): its accept-into-queue rate is what ingest alone is compared
+with (issue 17: ingest >= 3x Postfix at 1 KB); CPU ms per accepted message is printed for both.
+``--baseline REF`` first measures ingest from ``git archive REF`` on the same Kafka and topic
+(printed; the table is the work tree's).
+
     .venv/bin/python bench/bench_ingest.py [--workers 2] [--seconds 8] [--sizes 1024,10240]
+        [--postfix] [--baseline main]
 
 "accepted" for ingest is what its metrics count as answered 250 (after Kafka's acknowledgement);
 the run also checks that the messages topic holds at least as many records.
@@ -37,6 +44,7 @@ from bench.common import (  # noqa: E402
     metric_value,
     run_source,
     smtp_sink,
+    wait_for,
     wait_port,
 )
 from bench.common import human as _human  # noqa: E402
@@ -81,11 +89,14 @@ level = "WARNING"
 
 
 @contextlib.contextmanager
-def ingest_process(config: Path, workers: int, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def ingest_process(
+    config: Path, workers: int, port: int, tree: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
     cmd = [sys.executable, "-m", "mailjournal", "ingest", "--config", str(config)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = subprocess.Popen(cmd, cwd=tree, env=env)
     try:
         wait_port(port, 60)
         yield proc
@@ -108,6 +119,8 @@ def main() -> int:
     ap.add_argument(
         "--reuse", action="store_true", help="smtp-source -d: several messages per connection"
     )
+    ap.add_argument("--postfix", action="store_true", help="also Postfix's accept-into-queue")
+    ap.add_argument("--baseline", metavar="REF", help="also ingest from git archive REF (A/B)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     extra = ["-d"] if args.reuse else []
@@ -117,6 +130,7 @@ def main() -> int:
             return 2
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    workdir.chmod(0o755)  # a private Postfix's daemons (user postfix) reach their directories
     kafka: KafkaLocal | None = None
     try:
         if args.bootstrap:
@@ -152,28 +166,70 @@ def main() -> int:
                 }
                 print(f"smtp-sink  {size:>8} B: {count / elapsed:8.0f} msgs/s")
 
-        with ingest_process(cfg_path, args.workers, ingest_port) as ingest:
-            sampler = ProcSampler()
-            sampler.add("ingest", ingest.pid)
-            # the first seconds of a fresh ingest and topic are slower (Kafka connections,
-            # partition leaders, log segments): warm up before measuring anything
-            run_source(ingest_port, 1024, 3000, args.sessions, extra)
-            for size in sizes:
-                run_source(ingest_port, size, 100, args.sessions, extra)  # warm-up
-                guess = results[size]["sink_rate"] * 0.6
-                count = count_for(size, args.seconds, guess)
-                before = metric_value(metrics_port, "mailjournal_ingest_messages_accepted_total")
-                with sampler:
-                    elapsed = run_source(ingest_port, size, count, args.sessions, extra)
-                accepted = (
-                    metric_value(metrics_port, "mailjournal_ingest_messages_accepted_total")
-                    - before
-                )
-                if accepted < count:
-                    print(f"  warning: {count} sent, {accepted:.0f} accepted", file=sys.stderr)
-                rate = accepted / elapsed
-                results[size].update(ingest_rate=rate, ingest_rss=sampler.groups["ingest"].peak_rss)
-                print(f"ingest     {size:>8} B: {rate:8.0f} msgs/s")
+            if args.postfix:
+                from bench.postfix_peer import PostfixPeer
+
+                (pf_port,) = free_ports(1)
+                with PostfixPeer(workdir / "postfix", pf_port, sink_port) as peer:
+                    run_source(pf_port, 1024, 500, args.sessions, extra)  # warm-up
+                    for size in sizes:
+                        guess = 300.0 if size <= 10240 else 30_000_000 / size
+                        count = count_for(size, args.seconds, guess)
+                        sampler = ProcSampler()
+                        pid = peer.master_pid()
+                        assert pid, "postfix master pid unknown"
+                        sampler.add("postfix", pid)
+                        with sampler:
+                            elapsed = run_source(pf_port, size, count, args.sessions, extra)
+                        results[size].update(
+                            postfix_rate=count / elapsed,
+                            postfix_cpu_ms=sampler.cpu("postfix") / count * 1000,
+                        )
+                        print(f"postfix    {size:>8} B: {count / elapsed:8.0f} msgs/s (accepted)")
+                        wait_for(peer.queue_empty, 300, 0.5)  # the next size starts idle
+
+            trees: list[tuple[str, Path]] = [("ingest", ROOT)]
+            if args.baseline:
+                from bench.run_all import git_tree
+
+                trees.insert(0, (f"@{args.baseline}", git_tree(args.baseline, workdir / "base")))
+            for label, tree in trees:
+                with ingest_process(cfg_path, args.workers, ingest_port, tree) as ingest:
+                    sampler = ProcSampler()
+                    sampler.add("ingest", ingest.pid)
+                    # the first seconds of a fresh ingest and topic are slower (Kafka connections,
+                    # partition leaders, log segments): warm up before measuring anything
+                    run_source(ingest_port, 1024, 3000, args.sessions, extra)
+                    for size in sizes:
+                        run_source(ingest_port, size, 100, args.sessions, extra)  # warm-up
+                        guess = results[size]["sink_rate"] * 0.6
+                        count = count_for(size, args.seconds, guess)
+                        before = metric_value(
+                            metrics_port, "mailjournal_ingest_messages_accepted_total"
+                        )
+                        with sampler:
+                            elapsed = run_source(ingest_port, size, count, args.sessions, extra)
+                        accepted = (
+                            metric_value(metrics_port, "mailjournal_ingest_messages_accepted_total")
+                            - before
+                        )
+                        if accepted < count:
+                            print(
+                                f"  warning: {count} sent, {accepted:.0f} accepted", file=sys.stderr
+                            )
+                        rate = accepted / elapsed
+                        cpu_ms = sampler.cpu("ingest") / max(accepted, 1) * 1000
+                        if label != "ingest":  # the baseline: printed, not in the table
+                            print(
+                                f"{label:<10} {size:>8} B: {rate:8.0f} msgs/s {cpu_ms:.2f} CPU ms"
+                            )
+                            continue
+                        results[size].update(
+                            ingest_rate=rate,
+                            ingest_rss=sampler.groups["ingest"].peak_rss,
+                            ingest_cpu_ms=cpu_ms,
+                        )
+                        print(f"ingest     {size:>8} B: {rate:8.0f} msgs/s {cpu_ms:.2f} CPU ms")
 
         print()
         print(
@@ -195,6 +251,25 @@ def main() -> int:
                 f"{r['ingest_rss'] / 2**20:12.1f} MB"
             )
         print(f"goal ingest >= 0.5 x smtp-sink at every size: {'met' if ok else 'NOT met'}")
+        if args.postfix:
+            print()
+            print(
+                f"{'size':>9} | {'Postfix acc/s':>13} | {'ingest acc/s':>12} | {'ratio':>6} | "
+                f"{'CPU ms/msg Postfix':>18} | {'CPU ms/msg ingest':>17}"
+            )
+            for size in sizes:
+                r = results[size]
+                print(
+                    f"{_human(size):>9} | {r['postfix_rate']:13.0f} | {r['ingest_rate']:12.0f} | "
+                    f"{r['ingest_rate'] / r['postfix_rate']:6.2f} | "
+                    f"{r['postfix_cpu_ms']:18.2f} | {r['ingest_cpu_ms']:17.2f}"
+                )
+            if 1024 in results:
+                r = results[1024]
+                met = r["ingest_rate"] >= 3 * r["postfix_rate"]
+                print(
+                    f"goal ingest >= 3 x Postfix accept-into-queue at 1 KB: {'met' if met else 'NOT met'}"
+                )
         return 0
     finally:
         if kafka is not None:

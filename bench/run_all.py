@@ -17,6 +17,12 @@ event id); Postfix's from its own log (``delay=`` of the journal recipient's ``s
 
 ``--baseline REF`` adds a target ``mailjournal@REF`` that runs the stages from ``git archive REF``
 with their default settings: the before/after of optimisations measured in the same invocation.
+
+Hygiene: every target gets ``--warmup`` seconds of 1 KB load after it starts and before its first
+point (without it the first mailjournal target paid the broker's warm-up: 790 vs 880 msgs/s in
+an A/A run); ``--order random`` shuffles the targets (seed printed, ``--seed`` repeats it). Beside
+the CPU per stage, each mailjournal point reports the Kafka requests per message by API, read
+from the broker's own request metrics (``bench/kafka_requests.py``; needs a JDK).
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ from bench.common import (
     wait_for,
     wait_port,
 )
+from bench.kafka_requests import BrokerRequests, per_message
+from bench.kafka_requests import summary as requests_summary
 from bench.postfix_peer import JOURNAL_ADDRESS, PostfixPeer
 
 # first guesses of the accepted rate (msgs/s) per target family; a calibration burst refines them
@@ -479,8 +487,42 @@ def _ms(v: float | None) -> float | None:
 # -- one point ---------------------------------------------------------------------------------------
 
 
+def warm_up(target: Target, seconds: float, sessions: int, drain_timeout: float) -> float:
+    """Load a freshly started target before anything is measured: the broker's JIT, its log
+    segments and page cache, the stages' connections and partition leaders (an A/A run showed
+    the first target 10% slower without it). Returns the seconds spent."""
+    if seconds <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    mark = target.mark()
+    sent = 0
+    # in bursts until the time is up: a loaded machine must not turn it into minutes
+    burst = 200
+    while time.perf_counter() - t0 < seconds:
+        run_source(target.port, 1024, burst, sessions, timeout=600)
+        sent += burst
+    want = target.accepted(mark, sent) * target.copies_per_message
+    wait_for(lambda: target.delivered(mark) >= want, drain_timeout, 0.2)
+    return time.perf_counter() - t0
+
+
+def target_order(names: list[str], order: str, seed: int) -> list[int]:
+    """Indexes of the targets in the order they run: as given, or shuffled by ``seed`` (pure)."""
+    idx = list(range(len(names)))
+    if order == "random":
+        import random
+
+        random.Random(seed).shuffle(idx)
+    return idx
+
+
 def run_point(
-    target: Target, size: int, seconds: float, sessions: int, drain_timeout: float
+    target: Target,
+    size: int,
+    seconds: float,
+    sessions: int,
+    drain_timeout: float,
+    broker: BrokerRequests | None = None,
 ) -> dict[str, Any]:
     guess = size_guess(RATE_GUESS[target.family], size)
     # calibration + warm-up: about a tenth of the point; then wait for the pipeline to drain
@@ -500,6 +542,7 @@ def run_point(
     probe = StallProbe(target.port) if target.family == "mailjournal" else None
     ingest_port = (getattr(target, "metrics", None) or {}).get("ingest")
     loop_before = loop_lag(ingest_port) if ingest_port else None
+    requests_before = broker.snapshot() if broker is not None else None
     with sampler, probe or contextlib.nullcontext():
         t0 = time.perf_counter()
         accept_s = run_source(target.port, size, count, sessions, sampler=sampler, timeout=1800)
@@ -507,6 +550,7 @@ def run_point(
         want = accepted * target.copies_per_message
         done = wait_for(lambda: target.delivered(mark) >= want, drain_timeout, 0.05)
         e2e_s = time.perf_counter() - t0
+    requests_after = broker.snapshot() if broker is not None else None
     delivered = target.delivered(mark)
     lat = latency_summary(target.latencies(mark))
     groups = sampler.report()
@@ -533,6 +577,12 @@ def run_point(
         },
         "cpu_ms_per_msg_total": round(total_cpu / max(accepted, 1) * 1000, 3),
     }
+    if requests_before is not None and requests_after is not None:
+        # every client of the broker in the window: this target's stages (others are stopped)
+        row["kafka_requests_per_msg"] = {
+            api: round(n, 3)
+            for api, n in per_message(requests_before, requests_after, accepted).items()
+        }
     if probe is not None:
         row["stall"] = probe.summary()
     if ingest_port and loop_before is not None:
@@ -582,6 +632,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "p95 ms",
         "p99 ms",
         "CPU ms/msg (per stage)",
+        "Kafka req/msg (top APIs)",
         "peak RSS MB",
         "acc vs Postfix",
         "e2e vs Postfix",
@@ -606,6 +657,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 fmt(_ms(lat["p95_s"])),
                 fmt(_ms(lat["p99_s"])),
                 stages,
+                requests_summary(r.get("kafka_requests_per_msg") or {}, top=3),
                 rss,
                 fmt(r.get("accepted_vs_postfix"), 2),
                 fmt(r.get("e2e_vs_postfix"), 2),
@@ -705,6 +757,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run mailjournal-2deliver (two deliver processes) beside the default target",
     )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=8.0,
+        metavar="S",
+        help="seconds of 1 KB load on each target before its first point (default 8)",
+    )
+    ap.add_argument(
+        "--order",
+        choices=("given", "random"),
+        default="given",
+        help="run the targets as listed, or shuffled (the seed is printed; --seed)",
+    )
+    ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--drain-timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
@@ -712,8 +778,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.size_list = [int(s) for s in args.sizes.split(",")]
     else:
         args.size_list = [1024, 100 * 1024] if args.quick else list(DEFAULT_SIZES)
+    if args.seed is None:
+        args.seed = int(time.time()) % 100_000
     if args.quick:
         args.seconds = min(args.seconds, 3.0)
+        args.warmup = min(args.warmup, 2.0)
         args.drain_timeout = min(args.drain_timeout, 120.0)
     return args
 
@@ -756,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     kafka: KafkaLocal | None = None
     targets: list[Target] = []
     rows: list[dict[str, Any]] = []
+    broker: BrokerRequests | None = None
     interrupted = False
 
     def on_term(signum: int, frame: Any) -> None:
@@ -854,7 +924,12 @@ def main(argv: list[str] | None = None) -> int:
                         relay=True,
                     )
                 )
-            for make in factories:
+            if kafka_pid is not None:
+                broker = BrokerRequests(kafka_pid)
+            if args.order != "given":
+                print(f"target order: {args.order}, seed {args.seed}", flush=True)
+            picked = target_order([str(i) for i in range(len(factories))], args.order, args.seed)
+            for make in (factories[i] for i in picked):
                 target = make()
                 targets.append(target)
                 try:
@@ -864,14 +939,26 @@ def main(argv: list[str] | None = None) -> int:
                     target.stop()
                     continue
                 print(f"== {target.name} on port {target.port}", flush=True)
+                spent = warm_up(target, args.warmup, args.sessions, args.drain_timeout)
+                if spent:
+                    print(f"   warm-up {spent:.0f} s", flush=True)
                 for size in args.size_list:
-                    row = run_point(target, size, args.seconds, args.sessions, args.drain_timeout)
+                    row = run_point(
+                        target,
+                        size,
+                        args.seconds,
+                        args.sessions,
+                        args.drain_timeout,
+                        broker if target.family == "mailjournal" else None,
+                    )
                     rows.append(row)
                     lat = row["latency"]
                     print(
                         f"   {human(size):>6}: accepted {row['accepted_rate']:8.1f}/s  e2e "
                         f"{row['e2e_rate']:8.1f}/s  p99 {fmt(_ms(lat['p99_s']))} ms  CPU "
-                        f"{row['cpu_ms_per_msg_total']:.2f} ms/msg  {row.get('note', '')}",
+                        f"{row['cpu_ms_per_msg_total']:.2f} ms/msg  Kafka req/msg "
+                        f"{requests_summary(row.get('kafka_requests_per_msg') or {}, top=3)}  "
+                        f"{row.get('note', '')}",
                         flush=True,
                     )
                 target.stop()
@@ -882,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             with contextlib.suppress(Exception):
                 target.stop()
+        if broker is not None:
+            broker.close()
         if kafka is not None:
             kafka.down()
         if not interrupted and not os.environ.get("BENCH_KEEP"):
@@ -903,6 +992,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "overrides": overrides_from(args.set),
         "variants": args.variant,
+        "warmup_s": args.warmup,
+        "order": args.order,
+        "seed": args.seed,
         "interrupted": interrupted,
     }
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

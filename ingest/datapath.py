@@ -1,8 +1,8 @@
 """The DATA phase, read in bulk instead of line by line.
 
-aiosmtpd reads DATA one line at a time in Python, which caps it at a few hundred 100 KB messages a
-second. Here the bytes are taken from the stream as they come and the work is done by C-speed
-searches over the buffer:
+Reading DATA one line at a time in Python (as aiosmtpd does) caps it at a few hundred 100 KB
+messages a second. Here the bytes are taken as they come and the work is done by C-speed searches
+over the buffer:
 
 - the end of data is the exact sequence ``<CRLF>.<CRLF>``; the CRLF of the DATA command counts as
   the first one, so an empty message (``.<CRLF>`` right away) ends too. Nothing else ends DATA:
@@ -19,9 +19,9 @@ searches over the buffer:
 - size and line length are enforced while reading; once a limit is crossed the rest is read and
   discarded up to the terminator, so memory stays bounded, and the refusal comes after it.
 
-:class:`DataParser` is pure (feed it chunks, however split); :func:`read_data` drives it from an
-``asyncio.StreamReader`` and hands bytes that follow the terminator (pipelined commands) back to
-the reader for the command loop.
+:class:`DataParser` is pure (feed it chunks, however split); the server's protocol
+(:mod:`ingest.connection`) feeds it each read and processes what follows the terminator
+(pipelined commands) as commands; :func:`read_data` drives it from an ``asyncio.StreamReader``.
 """
 
 from __future__ import annotations

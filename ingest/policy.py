@@ -129,26 +129,34 @@ def split_path(arg: str | None, keyword: str) -> tuple[str, list[str]]:
     return path, words
 
 
+_USAGE = {
+    "FROM:": "Syntax: MAIL FROM:<address> [parameters]",
+    "TO:": "Syntax: RCPT TO:<address> [parameters]",
+}
+
+
 def split_routed_path(arg: str | None, keyword: str) -> tuple[str, str, list[str]]:
     """:func:`split_path` that also returns the source route (``@a,@b``, "" for none)."""
-    usage = f"Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}:<address> [parameters]"
+    usage = _USAGE[keyword]
     if arg is None or arg[: len(keyword)].upper() != keyword:
         raise _syntax(usage, "5.5.2")
     s = arg[len(keyword) :].lstrip(" ")
     if s.startswith("<"):
-        i, quoted = 1, False
-        while i < len(s):
-            c = s[i]
-            if quoted:
-                if c == "\\":
-                    i += 1
+        i = s.find(">")
+        if i < 0 or '"' in s[:i]:  # a quoted local part may hold ">": walk it
+            i, quoted = 1, False
+            while i < len(s):
+                c = s[i]
+                if quoted:
+                    if c == "\\":
+                        i += 1
+                    elif c == '"':
+                        quoted = False
                 elif c == '"':
-                    quoted = False
-            elif c == '"':
-                quoted = True
-            elif c == ">":
-                break
-            i += 1
+                    quoted = True
+                elif c == ">":
+                    break
+                i += 1
         if i >= len(s):
             raise _syntax(usage, "5.5.2")
         path, rest = s[1:i], s[i + 1 :]

@@ -19,7 +19,7 @@ log = logging.getLogger("ingest")
 
 
 def quiet_aiosmtpd(config: Config) -> None:
-    # aiosmtpd logs every command and connection at INFO: only at DEBUG is that wanted
+    # aiosmtpd's PROXY parser logs every header at INFO: only at DEBUG is that wanted
     if config.logging.level != "DEBUG":
         for name in ("mail.log", "mail.debug"):
             logging.getLogger(name).setLevel(logging.WARNING)

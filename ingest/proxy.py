@@ -1,6 +1,7 @@
 """PROXY protocol (HAProxy, v1 text and v2 binary) for listeners behind a TCP load balancer.
 
-aiosmtpd reads and parses the header before the banner (``proxy_protocol_timeout``); this module
+The server reads the header before the banner with aiosmtpd's parser (``aiosmtpd.proxy_protocol``,
+within :data:`PROXY_TIMEOUT_SECONDS`); this module
 decides what it means for us: the real client address, and who proxied it. A listener with
 ``proxy_protocol = true`` requires the header on every connection (a connection without a valid
 one is closed before the banner), and believes it only from ``proxy_protocol_peers`` (the load

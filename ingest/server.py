@@ -1,47 +1,64 @@
-"""The SMTP server of ingest: aiosmtpd's protocol handling, our DATA path, policy and Kafka.
+"""The SMTP server of ingest: the commands, policy, our DATA path and Kafka.
 
-One :class:`IngestSMTP` per connection (aiosmtpd's ``SMTP`` subclassed). What we replace:
+One :class:`IngestSMTP` per connection, on :class:`ingest.connection.SmtpConnection` (the I/O:
+lines, corked replies, DATA chunks, one timer) with :mod:`ingest.commands` (pure parsing and
+reply texts). aiosmtpd is used only for its PROXY header parser (``aiosmtpd.proxy_protocol``).
 
 - ``EHLO``: advertises PIPELINING, SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, STARTTLS
   (before TLS) and AUTH PLAIN LOGIN (after TLS, on listeners with ``auth``);
 - ``MAIL``/``RCPT``: our parser records every DSN/SIZE/BODY/SMTPUTF8 parameter and applies
   :class:`ingest.policy.Policy` (relay control, protected addresses, limits);
-- ``DATA``: :mod:`ingest.datapath` reads in bulk; the event is published and ``250`` is sent
-  only after Kafka's delivery report;
+- ``DATA``: :mod:`ingest.datapath` parses the bytes as they arrive; the event is published and
+  ``250`` is sent only after Kafka's delivery report;
 - every reply without an enhanced status code gets the default one for its code;
 - connection limits (global before anything, per client after the PROXY header), PROXY headers
   only from ``proxy_protocol_peers``, the session limits of :mod:`ingest.limits` (junk commands,
   error limits and delays, session lifetime, minimum DATA rate, connection rate and AUTH failures
   per client), AUTH checked on its own threads, graceful shutdown.
+
+A command that needs no I/O (most of them) is answered synchronously within the read that
+brought it; one that waits (a directory lookup, AUTH, Kafka, an error delay, STARTTLS) returns
+a coroutine, and no further command is read until it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
 import hashlib
 import logging
 import os
-import re
 import socket
 import ssl
 import time
-from binascii import Error as B64Error
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosmtpd
-from aiosmtpd.proxy_protocol import ProxyData
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, _AuthMechAttr, login_always_fail
+from aiosmtpd.proxy_protocol import ProxyData, get_proxy
 
 import schemas
 from ingest import limits
 from ingest import metrics as m
 from ingest.auth import Credentials, PasswordChecker
-from ingest.datapath import DataParser, DataStatus, read_data
+from ingest.commands import (
+    ALLOWED_BEFORE_STARTTLS,
+    BOGUS_LIMIT,
+    LINE_LIMIT,
+    LOGIN_PASSWORD_CHALLENGE,
+    LOGIN_USER_CHALLENGE,
+    b64,
+    command_too_long,
+    ehlo_reply,
+    help_reply,
+    parse_line,
+    reply_bytes,
+    split_plain,
+    vrfy_address,
+)
+from ingest.connection import SmtpConnection
+from ingest.datapath import DataParser, DataStatus
 from ingest.directory import IngestDirectory
 from ingest.headers import received_count, selected_headers
 from ingest.policy import (
@@ -90,31 +107,7 @@ INTERNAL_ERROR = Reply(421, "4.3.0", "Local error in processing, closing", "inte
 TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0", "Too many authentication failures", "auth_failures")
 AUTH_NOT_AVAILABLE = Reply(503, "5.5.1", "AUTH not available", "auth_unavailable")
 TIMED_OUT = Reply(421, "4.4.2", "Timeout, closing connection", "timeout")
-
-# default enhanced status code per reply code, for aiosmtpd's own replies (RFC 2034, RFC 3463)
-DEFAULT_ENHANCED = {
-    "221": "2.0.0",
-    "235": "2.7.0",
-    "250": "2.0.0",
-    "252": "2.5.0",
-    "421": "4.3.0",
-    "451": "4.3.0",
-    "454": "4.7.0",
-    "500": "5.5.2",
-    "501": "5.5.4",
-    "502": "5.5.1",
-    "503": "5.5.1",
-    "504": "5.5.4",
-    "530": "5.7.0",
-    "535": "5.7.8",
-    "538": "5.7.11",
-    "550": "5.0.0",
-    "552": "5.3.4",
-    "553": "5.1.3",
-    "554": "5.0.0",
-    "555": "5.5.4",
-}
-_HAS_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing", "internal_error")
 
 _DATA_REFUSALS: dict[DataStatus, Callable[[Config], Reply]] = {
     DataStatus.TOO_BIG: lambda c: size_exceeded(c.ingest.max_message_size),
@@ -127,18 +120,6 @@ _DATA_REFUSALS: dict[DataStatus, Callable[[Config], Reply]] = {
 def _utf8(text: str) -> str:
     """Command arguments are decoded with surrogateescape; events need valid UTF-8."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-class _QuietSession(Session):
-    """aiosmtpd's Session logs a deprecation warning whenever AUTH sets ``login_data``."""
-
-    @property
-    def login_data(self) -> Any:
-        return self._login_data
-
-    @login_data.setter
-    def login_data(self, value: Any) -> None:
-        self._login_data = value
 
 
 @dataclass(slots=True)
@@ -217,61 +198,21 @@ class IngestContext:
             self.idle.set()
 
 
-class _Handler:
-    """aiosmtpd calls hooks on a handler object; ours only answers the PROXY hook."""
-
-    def __dir__(self) -> list[str]:  # see IngestSMTP.__dir__
-        return ["handle_PROXY"]
-
-    async def handle_PROXY(
-        self, server: IngestSMTP, session: Session, envelope: Any, proxy_data: ProxyData
-    ) -> bool:
-        return await server.on_proxy(proxy_data)
-
-
-_HANDLER = _Handler()
-
-
-class IngestSMTP(SMTP):
-    # aiosmtpd sizes its StreamReader by this; DSN and AUTH parameters make command lines longer
-    # than RFC 5321's 512 (the DATA path has its own line limit)
-    line_length_limit = 16 * 1024
-
-    # aiosmtpd's __init__ looks its command, AUTH and hook methods up by introspection on every
-    # connection (a quarter of the CPU of a 1 KB message); for the version we know we set the
-    # same state directly (tests/test_ingest_policy.py compares the two)
-    fast_init = aiosmtpd.__version__ == "1.4.6"
+class IngestSMTP(SmtpConnection):
+    """One SMTP session: the commands on :class:`ingest.connection.SmtpConnection`'s I/O."""
 
     def __init__(self, ctx: IngestContext, listener: ListenerRuntime):
         cfg = ctx.ingest
-        kwargs: dict[str, Any] = {
-            "hostname": cfg.hostname,
-            "ident": IDENT,
-            "tls_context": listener.tls_context,
-            "require_starttls": listener.cfg.require_starttls,
-            "timeout": cfg.command_timeout_seconds,
-            "proxy_protocol_timeout": (
-                PROXY_TIMEOUT_SECONDS if listener.cfg.proxy_protocol else None
-            ),
-            "loop": ctx.loop,
-        }
-        if self.fast_init:
-            self._init_like_aiosmtpd(**kwargs)
-        else:
-            super().__init__(
-                _HANDLER,
-                data_size_limit=None,
-                enable_SMTPUTF8=True,
-                auth_require_tls=True,
-                **kwargs,
-            )
-        # per instance: aiosmtpd keeps this dict on the class and grows it on every EHLO
-        self.command_size_limits = collections.defaultdict(
-            lambda: 512, {"MAIL": 2048, "RCPT": 2048, "AUTH": 12288}
-        )
+        super().__init__(ctx.loop, cfg.command_timeout_seconds)
         self.ctx = ctx
         self.listener = listener
+        self.hostname = cfg.hostname
+        self.tls_context = listener.tls_context
+        self.require_starttls = bool(self.tls_context and listener.cfg.require_starttls)
         self.client = ClientAddress("unknown", 0)
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.tls_object: ssl.SSLObject | None = None
         self.tx: Transaction | None = None
         self.busy = False
         self.auth_user: str | None = None
@@ -279,6 +220,7 @@ class IngestSMTP(SMTP):
         self._released = True
         self._bound_ip: str | None = None
         self._auth_failures = 0
+        self._bogus = BOGUS_LIMIT
         self.counters = limits.SessionCounters(
             cfg.junk_command_limit,
             cfg.soft_error_limit,
@@ -290,80 +232,9 @@ class IngestSMTP(SMTP):
         self._closing = False  # a final 421 was sent: no more error counting
         self._data_rate: limits.DataRate | None = None
         self._data_parser: DataParser | None = None
+        self._proxy_reader: asyncio.StreamReader | None = None
 
-    def _init_like_aiosmtpd(
-        self,
-        *,
-        hostname: str,
-        ident: str,
-        tls_context: ssl.SSLContext | None,
-        require_starttls: bool,
-        timeout: float,
-        proxy_protocol_timeout: float | None,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        """aiosmtpd 1.4.6's ``SMTP.__init__`` for our arguments (no data size limit, SMTPUTF8,
-        bytes content, AUTH PLAIN/LOGIN only over TLS, no call limits), without introspection."""
-        self.__ident__ = ident
-        self.loop = loop
-        reader = asyncio.StreamReader(loop=loop, limit=self.line_length_limit)
-        asyncio.StreamReaderProtocol.__init__(
-            self, reader, client_connected_cb=self._cb_client_connected, loop=loop
-        )
-        self.event_handler = _HANDLER
-        self.data_size_limit = None
-        self.enable_SMTPUTF8 = True
-        self._decode_data = False
-        self.hostname = hostname
-        self.tls_context = tls_context
-        self.require_starttls = tls_context and require_starttls
-        self._timeout_duration = timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = True
-        self._proxy_timeout = proxy_protocol_timeout
-        self._auth_callback = login_always_fail
-        self._authenticator = None
-        self._auth_required = False
-        self._auth_methods = {
-            "LOGIN": _AuthMechAttr(self.auth_LOGIN, True),
-            "PLAIN": _AuthMechAttr(self.auth_PLAIN, True),
-        }
-        self._handle_hooks = {"PROXY": _HANDLER.handle_PROXY}
-        self._ehlo_hook_ver = None
-        self._smtp_methods = {name[5:]: getattr(self, name) for name in self._SMTP_METHODS}
-        self._enforce_call_limit = False
-
-    # for the generic path: aiosmtpd's __init__ calls dir() and inspect.getmembers(), which
-    # evaluate every attribute; listing only the methods it looks for keeps that cheap
-    _DIR: list[str] = []
-    _SMTP_METHODS: list[str] = []
-
-    def __dir__(self) -> list[str]:
-        return self._DIR
-
-    # -- idle/command/data timeouts --------------------------------------------------------------
-    # aiosmtpd re-arms a timer for every command; we move a deadline and keep one timer, which
-    # re-arms itself only when it fires early
-
-    _deadline = 0.0
-
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        self._deadline = self.loop.time() + (duration or self._timeout_duration)
-        self._arm(self._deadline)
-
-    def _arm(self, when: float) -> None:
-        handle = self._timeout_handle
-        if handle is None or handle.cancelled() or when < handle.when():
-            if handle is not None:
-                handle.cancel()
-            self._timeout_handle = self.loop.call_at(when, self._timeout_cb)
+    # -- timeouts ----------------------------------------------------------------------------------
 
     def _rate_deadline(self) -> float | None:
         """In DATA: when the phase falls below ``min_data_rate`` unless more bytes arrive."""
@@ -371,32 +242,29 @@ class IngestSMTP(SMTP):
             return None
         return self._data_rate.deadline(self._data_parser.wire_bytes)
 
-    def _timeout_cb(self) -> None:
-        now = self.loop.time()
+    def timer_fired(self, now: float) -> float | None:
         rate_due = self._rate_deadline()
         if rate_due is not None and now >= rate_due:
             self._end_session("DATA", limits.DATA_TOO_SLOW)
-            return
+            return None
         due = self._deadline if rate_due is None else min(self._deadline, rate_due)
         if now < due:
-            self._timeout_handle = self.loop.call_at(due, self._timeout_cb)
-            return
-        if self.transport is not None and not self.transport.is_closing():
+            return due
+        if not self.closing:
             self._count_refusal("TIMEOUT", TIMED_OUT)
-            with contextlib.suppress(Exception):
-                self._writer.write(f"{TIMED_OUT}\r\n".encode())
-        super()._timeout_cb()
+            self.send(reply_bytes(TIMED_OUT))
+        self.close()
+        return None
 
     def _end_session(self, command: str, reply: Reply) -> None:
         """Answer a final ``421`` and close (a limit ended the session)."""
         self._closing = True
-        if self.transport is None or self.transport.is_closing():
+        if self.closing:
             return
         self._count_refusal(command, reply)
         log.info("%s: %s: %s", self.listener.name, self.client.ip, reply)
-        with contextlib.suppress(Exception):
-            self._writer.write(f"{reply}\r\n".encode())
-        self.transport.close()
+        self.send(reply_bytes(reply))
+        self.close()
 
     def _lifetime_cb(self) -> None:
         if self.busy:  # a message in DATA gets its reply first
@@ -406,48 +274,79 @@ class IngestSMTP(SMTP):
 
     # -- connection lifecycle ------------------------------------------------------------------
 
-    def _create_session(self) -> Session:
-        return _QuietSession(self.loop)
-
     def _refuse_connection(self, transport: asyncio.BaseTransport, reply: Reply) -> None:
         self._refused = True
         m.REFUSALS.labels(self.listener.name, "CONNECT", reply.reason, reply.reply_class).inc()
         with contextlib.suppress(Exception):
-            transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
+            transport.write(reply_bytes(reply))  # type: ignore[attr-defined]
         transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None and self._original_transport is None:  # not STARTTLS
-            ctx = self.ctx
-            peers = self.listener.proxy_peers
-            if peers is not None:
-                peer = peer_address(transport.get_extra_info("peername"))
-                if not peers.allows(peer.ip):
-                    self._refuse_proxy_peer(transport, peer)
-                    return
-            if ctx.shutting_down:
-                self._refuse_connection(transport, SHUTTING_DOWN)
+        ctx = self.ctx
+        peers = self.listener.proxy_peers
+        if peers is not None:
+            peer = peer_address(transport.get_extra_info("peername"))
+            if not peers.allows(peer.ip):
+                self._refuse_proxy_peer(transport, peer)
                 return
-            refusal = ctx.limiter.open()
+        if ctx.shutting_down:
+            self._refuse_connection(transport, SHUTTING_DOWN)
+            return
+        refusal = ctx.limiter.open()
+        if refusal is not None:
+            self._refuse_connection(transport, refusal)
+            return
+        self._released = False
+        self.client = peer_address(transport.get_extra_info("peername"))
+        if not self.listener.cfg.proxy_protocol:
+            refusal = self._rate_refusal() or ctx.limiter.bind(self.client.ip)
             if refusal is not None:
+                self._release()
                 self._refuse_connection(transport, refusal)
                 return
-            self._released = False
-            self.client = peer_address(transport.get_extra_info("peername"))
-            if not self.listener.cfg.proxy_protocol:
-                refusal = self._rate_refusal() or ctx.limiter.bind(self.client.ip)
-                if refusal is not None:
-                    self._release()
-                    self._refuse_connection(transport, refusal)
-                    return
-                self._bound_ip = self.client.ip
-            ctx.connections.add(self)
-            self.listener.m_connections.inc()
-            self.listener.m_connections_total.inc()
-            self._lifetime_handle = self.loop.call_later(
-                ctx.ingest.session_lifetime_seconds, self._lifetime_cb
-            )
+            self._bound_ip = self.client.ip
+        ctx.connections.add(self)
+        self.listener.m_connections.inc()
+        self.listener.m_connections_total.inc()
+        self._lifetime_handle = self.loop.call_later(
+            ctx.ingest.session_lifetime_seconds, self._lifetime_cb
+        )
         super().connection_made(transport)
+        if self.listener.cfg.proxy_protocol:
+            # the header comes before the banner; aiosmtpd's parser reads it from a stream
+            self._proxy_reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=self.loop)
+            self.reset_timeout(PROXY_TIMEOUT_SECONDS)
+            self.wait(self._read_proxy(self._proxy_reader))
+            return
+        self._banner()
+
+    def _banner(self) -> None:
+        self.reset_timeout()
+        self.send(f"220 {self.hostname} {IDENT}\r\n".encode())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._proxy_reader
+        if reader is not None:
+            reader.feed_data(data)
+            return
+        super().data_received(data)
+
+    async def _read_proxy(self, reader: asyncio.StreamReader) -> None:
+        data = await get_proxy(reader)
+        self._proxy_reader = None
+        reader.feed_eof()
+        rest = await reader.read()  # what came after the header
+        if rest:
+            self._buf[:0] = rest
+        if not data:
+            log.warning("%s: invalid PROXY header from %s", self.listener.name, self.client.ip)
+            self.close()
+            return
+        if not await self.on_proxy(data):
+            self.close()
+            return
+        self._banner()
 
     def _refuse_proxy_peer(self, transport: asyncio.BaseTransport, peer: ClientAddress) -> None:
         """A PROXY listener reached by someone other than the balancer: closed without reading
@@ -481,94 +380,147 @@ class IngestSMTP(SMTP):
             self.ctx.limiter.unbind(self._bound_ip)
             self._bound_ip = None
 
-    def connection_lost(self, error: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
         if self._refused:
             return
         if self._lifetime_handle is not None:
             self._lifetime_handle.cancel()
             self._lifetime_handle = None
+        parser = self._data_parser
+        if parser is not None:  # gone in the middle of DATA: nothing was accepted
+            self._data_rate = self._data_parser = None
+            self._release_message(parser, 0)
+            self._message_done()
         if not self._released:
             self._release()
             self.ctx.connections.discard(self)
             self.listener.m_connections.dec()
-        super().connection_lost(error)
-
-    def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        return super().eof_received()
 
     async def on_proxy(self, data: ProxyData) -> bool:
         self.client = client_from_proxy(data, self.client)
         refusal = self._rate_refusal() or self.ctx.limiter.bind(self.client.ip)
         if refusal is not None:
             self._count_refusal("CONNECT", refusal)
-            await self.push(str(refusal))
-            return False  # aiosmtpd closes the connection
+            await self.push(refusal)
+            return False
         self._bound_ip = self.client.ip
         return True
 
     def close_for_shutdown(self) -> None:
         """Answer an idle session 421 and close it (busy ones finish their message first)."""
-        if self.transport is not None and not self.transport.is_closing():
-            with contextlib.suppress(Exception):
-                self._writer.write(f"{SHUTTING_DOWN}\r\n".encode())
-            self.transport.close()
+        if not self.closing:
+            self.send(reply_bytes(SHUTTING_DOWN))
+            self.close()
 
     # -- replies ---------------------------------------------------------------------------------
 
-    async def push(self, status: Any) -> None:
-        if isinstance(status, Reply):
-            status = str(status)
-        elif isinstance(status, str) and len(status) > 4 and status[3] == " ":
-            if not _HAS_ENHANCED.match(status, 4):
-                enhanced = DEFAULT_ENHANCED.get(status[:3])
-                if enhanced is not None:
-                    status = f"{status[:3]} {enhanced} {status[4:]}"
-        elif isinstance(status, str) and len(status) == 3:
-            enhanced = DEFAULT_ENHANCED.get(status)
-            if enhanced is not None:
-                status = f"{status} {enhanced}"
-        if isinstance(status, str):
-            status = status.encode("utf-8", "surrogateescape")
-        # a permanent refusal is the client's error (temporary ones are our state: Kafka, load)
-        if status[:1] == b"5" and not self._closing:
-            verdict = self.counters.error()
-            if verdict.close:
-                self._end_session("SESSION", limits.TOO_MANY_ERRORS)
-                return
-            if verdict.delay:
-                self.listener.m_error_delays.inc()
-                await asyncio.sleep(verdict.delay)
-        self._writer.write(status + b"\r\n")
-        await self._writer.drain()
+    def _error_delay(self, data: bytes) -> float | None:
+        """Count a permanent refusal (the client's error; temporary ones are our state: Kafka,
+        load): the seconds to wait before it, or None when it ended the session."""
+        if data[:1] != b"5" or self._closing:
+            return 0.0
+        verdict = self.counters.error()
+        if verdict.close:
+            self._end_session("SESSION", limits.TOO_MANY_ERRORS)
+            return None
+        if verdict.delay:
+            self.listener.m_error_delays.inc()
+        return verdict.delay
+
+    def reply(self, status: Reply | str | bytes) -> None:
+        """Queue a reply (in a command handler, outside a task)."""
+        data = reply_bytes(status)
+        delay = self._error_delay(data)
+        if delay is None:
+            return
+        if delay:
+            self.wait(self._delayed(data, delay))
+            return
+        self.send(data)
+
+    async def _delayed(self, data: bytes, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.send(data)
+
+    async def push(self, status: Reply | str | bytes) -> None:
+        """Send a reply from a task."""
+        data = reply_bytes(status)
+        delay = self._error_delay(data)
+        if delay is None:
+            return
+        if delay:
+            self.flush()
+            await asyncio.sleep(delay)
+        self.send(data)
+        self.flush()
 
     def _count_refusal(self, command: str, reply: Reply) -> None:
         m.REFUSALS.labels(self.listener.name, command, reply.reason, reply.reply_class).inc()
 
-    async def _refuse(self, command: str, reply: Reply) -> None:
+    def _refuse(self, command: str, reply: Reply) -> None:
+        self._count_refusal(command, reply)
+        self.reply(reply)
+
+    async def _refuse_async(self, command: str, reply: Reply) -> None:
         self._count_refusal(command, reply)
         await self.push(reply)
 
-    async def handle_exception(self, error: Exception) -> str:
-        log.exception("%s: error in SMTP session with %s", self.listener.name, self.client.ip)
-        return str(Reply(451, "4.3.0", "Local error in processing", "internal_error"))
-
-    # -- transaction state ---------------------------------------------------------------------
-
-    def _set_post_data_state(self) -> None:
-        super()._set_post_data_state()
-        self.tx = None
+    def task_failed(self, error: BaseException) -> None:
+        log.error(
+            "%s: error in SMTP session with %s",
+            self.listener.name,
+            self.client.ip,
+            exc_info=error,
+        )
+        self.send(reply_bytes(LOCAL_ERROR))
 
     def is_trusted(self) -> bool:
-        assert self.session is not None
         return self.ctx.policy.trusted(
             self.client.ip,
-            authenticated=bool(self.session.authenticated),
+            authenticated=self.auth_user is not None,
             listener_role=self.listener.role,
         )
 
     # -- commands --------------------------------------------------------------------------------
+
+    def line_too_long(self) -> None:
+        self.reply("500 Command line too long")
+
+    def line_received(self, line: bytes) -> None:
+        parsed = parse_line(line)
+        if parsed is None:
+            self.reply("500 Error: bad syntax")
+            return
+        verb, arg = parsed
+        if command_too_long(verb, len(line.rstrip(b"\r\n")), esmtp=self.esmtp):
+            self.reply("500 Command line too long")
+            return
+        if (
+            self.require_starttls
+            and self.tls_object is None
+            and verb not in ALLOWED_BEFORE_STARTTLS
+        ):
+            self.reply("530 Must issue a STARTTLS command first")  # RFC 3207 4
+            return
+        handler = _COMMANDS.get(verb)
+        if handler is None:
+            self._bogus -= 1
+            if self._bogus < 1:
+                self.reply("502 5.5.1 Too many unrecognized commands, goodbye.")
+                self.close()
+                return
+            self.reply(f'500 Error: command "{verb}" not recognized')
+            return
+        self.reset_timeout()
+        try:
+            step = handler(self, arg)
+        except Exception:
+            log.exception("%s: error in SMTP session with %s", self.listener.name, self.client.ip)
+            self.reply(LOCAL_ERROR)
+            return
+        if step is not None:
+            self.wait(step)
 
     def _junk(self, verb: str) -> bool:
         """Count a junk command; True when it ended the session."""
@@ -577,93 +529,151 @@ class IngestSMTP(SMTP):
             return True
         return False
 
-    async def smtp_NOOP(self, arg: str) -> None:
+    def _helo_needed(self, helo: str = "HELO") -> bool:
+        if self.helo_name:
+            return False
+        self.reply(f"503 Error: send {helo} first")
+        return True
+
+    def smtp_NOOP(self, arg: str | None) -> Step:
         if not self._junk("NOOP"):
-            await super().smtp_NOOP(arg)
+            self.reply("250 OK")
+        return None
 
-    async def smtp_RSET(self, arg: str) -> None:
-        if not self._junk("RSET"):
-            await super().smtp_RSET(arg)
+    def smtp_RSET(self, arg: str | None) -> Step:
+        if self._junk("RSET"):
+            return None
+        if arg:
+            self.reply("501 Syntax: RSET")
+            return None
+        self.tx = None
+        self.reply("250 OK")
+        return None
 
-    async def smtp_VRFY(self, arg: str) -> None:
-        if not self._junk("VRFY"):
-            await super().smtp_VRFY(arg)
+    def smtp_VRFY(self, arg: str | None) -> Step:
+        if self._junk("VRFY"):
+            return None
+        if not arg:
+            self.reply("501 Syntax: VRFY <address>")
+        elif vrfy_address(arg) is None:
+            self.reply("502 Could not VRFY " + arg)
+        else:
+            self.reply("252 Cannot VRFY user, but will accept message and attempt delivery")
+        return None
 
-    async def smtp_HELP(self, arg: str) -> None:
+    def smtp_HELP(self, arg: str | None) -> Step:
         if not self._junk("HELP"):
-            await super().smtp_HELP(arg)
+            self.reply(help_reply(arg, esmtp=self.esmtp, tls=self.tls_context is not None))
+        return None
 
-    async def smtp_ETRN(self, arg: str) -> None:
+    def smtp_ETRN(self, arg: str | None) -> Step:
         if not self._junk("ETRN"):
-            await self.push("502 5.5.1 ETRN not supported")
+            self.reply("502 5.5.1 ETRN not supported")
+        return None
 
-    async def smtp_HELO(self, hostname: str) -> None:
+    def smtp_EXPN(self, arg: str | None) -> Step:
+        self.reply("502 EXPN not implemented")
+        return None
+
+    def smtp_QUIT(self, arg: str | None) -> Step:
+        if arg:
+            self.reply("501 Syntax: QUIT")
+            return None
+        self.send(reply_bytes("221 Bye"))
+        self.close()
+        return None
+
+    def smtp_HELO(self, hostname: str | None) -> Step:
         if not hostname:
-            await self.push("501 5.5.4 Syntax: HELO hostname")
-            return
-        self._set_rset_state()
-        assert self.session is not None
-        self.session.extended_smtp = False
-        self.session.host_name = hostname
-        await super().push(f"250 {self.hostname}")  # no enhanced code on HELO (RFC 2034)
+            self.reply("501 Syntax: HELO hostname")
+            return None
+        self.tx = None
+        self.esmtp = False
+        self.helo_name = hostname
+        self.send(f"250 {self.hostname}\r\n".encode())  # no enhanced code on HELO (RFC 2034)
+        return None
 
-    async def smtp_EHLO(self, hostname: str) -> None:
+    def smtp_EHLO(self, hostname: str | None) -> Step:
         if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
-            return
-        self._set_rset_state()
-        assert self.session is not None
-        self.session.extended_smtp = True
-        self.session.host_name = hostname
-        lines = [
-            self.hostname,
-            "PIPELINING",
-            f"SIZE {self.ctx.ingest.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "DSN",
-        ]
-        if self.tls_context is not None and self._tls_protocol is None:
-            lines.append("STARTTLS")
-        if self.listener.credentials is not None and self._tls_protocol is not None:
-            lines.append("AUTH PLAIN LOGIN")
-        text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
-        self._writer.write(text.encode("ascii"))
-        await self._writer.drain()
+            self.reply("501 Syntax: EHLO hostname")
+            return None
+        self.tx = None
+        self.esmtp = True
+        self.helo_name = hostname
+        tls = self.tls_object is not None
+        self.send(
+            ehlo_reply(
+                self.hostname,
+                self.ctx.ingest.max_message_size,
+                starttls=self.tls_context is not None and not tls,
+                auth=self.listener.credentials is not None and tls,
+            )
+        )
+        return None
 
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+    def smtp_STARTTLS(self, arg: str | None) -> Step:
+        if arg:
+            self.reply("501 Syntax: STARTTLS")
+            return None
+        if self.tls_context is None:
+            self.reply("454 TLS not available")
+            return None
+        if self.tls_object is not None:
+            self.reply("503 5.5.1 Error: TLS already active")
+            return None
+        self.send(b"220 Ready to start TLS\r\n")
+        self.flush()
+        self.discard_input()  # RFC 3207 4.2: nothing sent before the handshake counts
+        self.pause_reading_now()
+        return self._starttls(self.tls_context)
+
+    async def _starttls(self, context: ssl.SSLContext) -> None:
+        if not await self.upgrade_tls(context, self.ctx.ingest.command_timeout_seconds):
             return
+        assert self.transport is not None
+        self.tls_object = self.transport.get_extra_info("ssl_object")
+        # RFC 3207 4.2: the client starts again with EHLO; what it said before is forgotten
+        self.helo_name = None
+        self.esmtp = False
+        self.tx = None
+        self.reset_timeout()
+
+    def smtp_MAIL(self, arg: str | None) -> Step:
+        if self._helo_needed():
+            return None
         if self.tx is not None:
-            await self._refuse("MAIL", NESTED_MAIL)
-            return
-        assert self.session is not None
+            self._refuse("MAIL", NESTED_MAIL)
+            return None
         policy = self.ctx.policy
         try:
-            sender, params = policy.mail(arg, esmtp=self.session.extended_smtp)
+            sender, params = policy.mail(arg, esmtp=self.esmtp)
         except SyntaxRefusal as refusal:
-            await self._refuse("MAIL", refusal.reply)
-            return
+            self._refuse("MAIL", refusal.reply)
+            return None
         login = self.auth_user
         if login is not None and policy.binds_sender(sender, authenticated=True):
-            assert self.ctx.directory is not None  # config validation: binding needs one
-            answered, allowed = await self.ctx.directory.sender_addresses(login)
-            reply = policy.sender_owned(sender, login, allowed) if answered else None
-            if not answered or reply is not None:
-                await self._refuse("MAIL", reply or SENDER_LOOKUP_FAILED)
-                return
+            return self._mail_bound(sender, params, login)
+        self.tx = Transaction(sender, params)
+        self.reply(OK_SENDER)
+        return None
+
+    async def _mail_bound(self, sender: str, params: Any, login: str) -> None:
+        assert self.ctx.directory is not None  # config validation: binding needs one
+        answered, allowed = await self.ctx.directory.sender_addresses(login)
+        reply = self.ctx.policy.sender_owned(sender, login, allowed) if answered else None
+        if not answered or reply is not None:
+            await self._refuse_async("MAIL", reply or SENDER_LOOKUP_FAILED)
+            return
         self.tx = Transaction(sender, params)
         await self.push(OK_SENDER)
 
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
-            return
+    def smtp_RCPT(self, arg: str | None) -> Step:
+        if self._helo_needed():
+            return None
         tx = self.tx
         if tx is None:
-            await self._refuse("RCPT", NEED_MAIL)
-            return
-        assert self.session is not None
+            self._refuse("RCPT", NEED_MAIL)
+            return None
         policy = self.ctx.policy
         trusted = self.is_trusted()
         try:
@@ -672,155 +682,215 @@ class IngestSMTP(SMTP):
                 smtputf8=tx.params.smtputf8,
                 accepted=len(tx.recipients),
                 trusted=trusted,
-                esmtp=self.session.extended_smtp,
+                esmtp=self.esmtp,
             )
         except SyntaxRefusal as refusal:
-            await self._refuse("RCPT", refusal.reply)
-            return
+            self._refuse("RCPT", refusal.reply)
+            return None
         if policy.needs_lookup(address, trusted=trusted):
-            assert self.ctx.directory is not None  # config validation: verification needs one
-            reply = policy.listed(address, await self.ctx.directory.is_user(address))
-            if reply is not None:
-                await self._refuse("RCPT", reply)
-                return
+            return self._rcpt_verified(tx, address, params)
+        tx.recipients.append(
+            recipient(address, notify=params.notify, orcpt=params.orcpt, other=params.other)
+        )
+        self.reply(OK_RECIPIENT)
+        return None
+
+    async def _rcpt_verified(self, tx: Transaction, address: str, params: Any) -> None:
+        assert self.ctx.directory is not None  # config validation: verification needs one
+        reply = self.ctx.policy.listed(address, await self.ctx.directory.is_user(address))
+        if reply is not None:
+            await self._refuse_async("RCPT", reply)
+            return
         tx.recipients.append(
             recipient(address, notify=params.notify, orcpt=params.orcpt, other=params.other)
         )
         await self.push(OK_RECIPIENT)
 
-    async def smtp_AUTH(self, arg: str) -> None:
-        if self.listener.credentials is None:
-            await self._refuse("AUTH", AUTH_NOT_AVAILABLE)
-            return
-        if self._tls_protocol is not None and self.ctx.auth_failures.blocked(
-            self.client.ip, self.loop.time()
-        ):
-            await self._refuse("AUTH", limits.AUTH_THROTTLED)  # no password check at all
-            return
-        await super().smtp_AUTH(arg)
-        assert self.session is not None
-        if self.session.authenticated:
-            self.auth_user = self.session.auth_data
-        elif self._tls_protocol is not None and arg:
-            self._auth_failures += 1
-            if self._auth_failures >= MAX_AUTH_FAILURES:
-                await self._refuse("AUTH", TOO_MANY_AUTH_FAILURES)
-                assert self.transport is not None
-                self.transport.close()
+    # -- AUTH ------------------------------------------------------------------------------------
 
-    async def _check_credentials(self, login: bytes, password: bytes) -> AuthResult:
+    def smtp_AUTH(self, arg: str | None) -> Step:
+        if self.listener.credentials is None:
+            self._refuse("AUTH", AUTH_NOT_AVAILABLE)
+            return None
+        tls = self.tls_object is not None
+        if tls and self.ctx.auth_failures.blocked(self.client.ip, self.loop.time()):
+            self._refuse("AUTH", limits.AUTH_THROTTLED)  # no password check at all
+            return None
+        if self._helo_needed("EHLO"):
+            return None
+        if not self.esmtp:
+            self.reply("500 Error: command 'AUTH' not recognized")
+            return None
+        if not tls:
+            self.reply("538 5.7.11 Encryption required for requested authentication mechanism")
+            return None
+        if self.auth_user is not None:
+            self.reply("503 Already authenticated")
+            return None
+        if not arg:
+            self.reply("501 Not enough value")
+            return None
+        args = arg.split()
+        if len(args) > 2:
+            self.reply("501 Too many values")
+            return self._auth_failed()
+        mechanism = args[0].upper()
+        if mechanism not in ("PLAIN", "LOGIN"):
+            self.reply("504 5.5.4 Unrecognized authentication type")
+            return self._auth_failed()
+        return self._auth(mechanism, args)
+
+    async def _auth_failed(self) -> None:
+        """A failed AUTH over TLS: the third closes the session."""
+        self._auth_failures += 1
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            await self._refuse_async("AUTH", TOO_MANY_AUTH_FAILURES)
+            self.close()
+
+    async def _auth(self, mechanism: str, args: list[str]) -> None:
+        if mechanism == "PLAIN":
+            user = await self._auth_plain(args)
+        else:
+            user = await self._auth_login(args)
+        if user is None:
+            await self._auth_failed()
+            return
+        self.auth_user = user
+        await self.push("235 2.7.0 Authentication successful")
+
+    async def _challenge(self, text: bytes) -> bytes | None:
+        """A ``334`` challenge; the client's decoded answer, None when it aborted or sent no
+        base64 (answered here)."""
+        await self.push(b"334 " + base64.b64encode(text))
+        blob = (await self.read_line()).strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted")
+            return None
+        decoded = b64(blob)
+        if decoded is None:
+            await self.push("501 5.5.2 Can't decode base64")
+        return decoded
+
+    async def _initial(self, args: list[str]) -> bytes | None:
+        decoded = b64(args[1].encode())
+        if decoded is None:
+            await self.push("501 5.5.2 Can't decode base64")
+        return decoded
+
+    async def _auth_plain(self, args: list[str]) -> str | None:
+        blob = await (self._challenge(b"") if len(args) == 1 else self._initial(args))
+        if blob is None:
+            return None
+        pair = split_plain(blob)
+        if pair is None:
+            await self.push("501 5.5.2 Can't split auth value")
+            return None
+        return await self._check_credentials(*pair)
+
+    async def _auth_login(self, args: list[str]) -> str | None:
+        if len(args) == 1:
+            login = await self._challenge(LOGIN_USER_CHALLENGE)
+        else:
+            login = await self._initial(args)
+        if login is None:
+            return None
+        password = await self._challenge(LOGIN_PASSWORD_CHALLENGE)
+        if password is None:
+            return None
+        return await self._check_credentials(login, password)
+
+    async def _check_credentials(self, login: bytes, password: bytes) -> str | None:
         creds = self.listener.credentials
         assert creds is not None
         user = await self.ctx.password_checker.check(creds, login, password)
         if user is None:
             self.ctx.auth_failures.failed(self.client.ip, self.loop.time())
             self._count_refusal("AUTH", Reply(535, "5.7.8", "", "auth_failed"))
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=user)
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            blob = await self.challenge_auth("")
-            if blob is MISSING:
-                return AuthResult(success=False)
-        else:
-            try:
-                blob = base64.b64decode(args[1].encode(), validate=True)
-            except (B64Error, ValueError):
-                await self.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False, handled=True)
-        assert isinstance(blob, bytes)
-        parts = blob.split(b"\x00")
-        if len(parts) != 3:
-            await self.push("501 5.5.2 Can't split auth value")
-            return AuthResult(success=False, handled=True)
-        return await self._check_credentials(parts[1], parts[2])
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
-            if login is MISSING:
-                return AuthResult(success=False)
-        else:
-            try:
-                login = base64.b64decode(args[1].encode(), validate=True)
-            except (B64Error, ValueError):
-                await self.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False, handled=True)
-        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
-        if password is MISSING:
-            return AuthResult(success=False)
-        assert isinstance(login, bytes) and isinstance(password, bytes)
-        return await self._check_credentials(login, password)
+            await self.push("535 5.7.8 Authentication credentials invalid")
+        return user
 
     # -- DATA ------------------------------------------------------------------------------------
 
-    def _data_progress(self) -> None:
-        self._reset_timeout(self.ctx.ingest.data_timeout_seconds)
+    def data_progress(self) -> None:
+        self.reset_timeout(self.ctx.ingest.data_timeout_seconds)
         rate_due = self._rate_deadline()
         if rate_due is not None:
-            self._arm(rate_due)
+            self.arm(rate_due)
 
-    async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed():
-            return
+    def smtp_DATA(self, arg: str | None) -> Step:
+        if self._helo_needed():
+            return None
         tx = self.tx
         if tx is None:
-            await self._refuse("DATA", NEED_MAIL)
-            return
+            self._refuse("DATA", NEED_MAIL)
+            return None
         if not tx.recipients:
-            await self._refuse("DATA", NO_RECIPIENTS)
-            return
+            self._refuse("DATA", NO_RECIPIENTS)
+            return None
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
+            self.reply("501 Syntax: DATA")
+            return None
         ctx = self.ctx
         refusal = ctx.budget.start_message()
         if refusal is not None:
-            self._set_post_data_state()
-            await self._refuse("DATA", refusal)
-            return
+            self.tx = None
+            self._refuse("DATA", refusal)
+            return None
         m.INFLIGHT_MESSAGES.inc()
         self.busy = True  # shutdown lets this session finish its message and get its reply
         ctx.busy_inc()
-        try:
-            await self._data(ctx)
-        finally:
-            self.busy = False
-            ctx.busy_dec()
-            if self._expire_after_message:  # the lifetime ran out during this message
-                self._end_session("SESSION", limits.SESSION_TOO_LONG)
-
-    async def _data(self, ctx: IngestContext) -> None:
-        """DATA after the checks: read, store, reply (the message slot is taken)."""
-        tx = self.tx
-        assert tx is not None
-        budget = ctx.budget
         parser = DataParser(
             max_size=ctx.ingest.max_message_size,
             max_line_length=ctx.ingest.max_line_length,
             bare_newline=ctx.ingest.bare_newline,
-            reserve=budget.reserve,
+            reserve=ctx.budget.reserve,
         )
+        self.send(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        self._data_parser = parser
+        self._data_rate = limits.DataRate(
+            ctx.ingest.min_data_rate, ctx.ingest.data_rate_grace_seconds, self.loop.time()
+        )
+        self.data_progress()
+        self.start_data(parser)
+        return None
+
+    def _release_message(self, parser: DataParser, counted_bytes: int) -> None:
+        """The message slot and its bytes back to the in-flight budget."""
+        budget = self.ctx.budget
+        budget.release(parser.reserved)
+        budget.end_message()
+        m.INFLIGHT_MESSAGES.dec()
+        if counted_bytes:
+            m.INFLIGHT_BYTES.dec(counted_bytes)
+
+    def _message_done(self) -> None:
+        self.busy = False
+        self.ctx.busy_dec()
+
+    def data_complete(self, parser: DataParser) -> None:
+        self._data_rate = self._data_parser = None
+        tx = self.tx
+        assert tx is not None
+        self.wait(self._data(tx, parser), keep_running=True)
+
+    async def _data(self, tx: Transaction, parser: DataParser) -> None:
+        try:
+            await self._answer_data(tx, parser)
+        finally:
+            self._message_done()
+        if self._expire_after_message:  # the lifetime ran out during this message
+            self._end_session("SESSION", limits.SESSION_TOO_LONG)
+
+    async def _answer_data(self, tx: Transaction, parser: DataParser) -> None:
+        """After the terminator: store, reply (the message slot is taken)."""
+        ctx = self.ctx
         counted_bytes = 0
         try:
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
-            self._data_parser = parser
-            self._data_rate = limits.DataRate(
-                ctx.ingest.min_data_rate, ctx.ingest.data_rate_grace_seconds, self.loop.time()
-            )
-            self._data_progress()
-            try:
-                await read_data(self._reader, parser, self._data_progress)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                return  # the client went away (or was cut): nothing was accepted
-            finally:
-                self._data_rate = self._data_parser = None
             self.listener.m_bytes.inc(parser.wire_bytes)
             counted_bytes = parser.reserved
             m.INFLIGHT_BYTES.inc(counted_bytes)
             # the Kafka wait must not be cut short by the idle timer
-            self._reset_timeout(
+            self.reset_timeout(
                 max(ctx.ingest.command_timeout_seconds, ctx.ingest.kafka_ack_timeout_seconds + 10)
             )
             reply = await self._store(tx, parser)
@@ -830,32 +900,24 @@ class IngestSMTP(SMTP):
             # never fall back to reading the rest of a message as commands
             log.exception("%s: error in DATA from %s", self.listener.name, self.client.ip)
             with contextlib.suppress(Exception):
-                await self._refuse("DATA", INTERNAL_ERROR)
-            if self.transport is not None:
-                self.transport.close()
+                await self._refuse_async("DATA", INTERNAL_ERROR)
+            self.close()
             return
         finally:
-            budget.release(parser.reserved)
-            budget.end_message()
-            m.INFLIGHT_MESSAGES.dec()
-            if counted_bytes:
-                m.INFLIGHT_BYTES.dec(counted_bytes)
-        self._set_post_data_state()
+            self._release_message(parser, counted_bytes)
+        self.tx = None
         if reply.ok:
             self.listener.m_accepted.inc()
             self.counters.delivered()
         else:
             m.MESSAGES_REFUSED.labels(self.listener.name, reply.reason, reply.reply_class).inc()
         await self.push(reply)
-        self._reset_timeout()
+        self.reset_timeout()
         if ctx.shutting_down:
             self.close_for_shutdown()
 
     def _tls_info(self) -> TlsInfo | None:
-        assert self.session is not None
-        if not self.session.ssl:
-            return None
-        obj = self.session.ssl.get("ssl_object")
+        obj = self.tls_object
         if obj is None:
             return None
         cipher = obj.cipher()
@@ -865,7 +927,7 @@ class IngestSMTP(SMTP):
         if parser.status is not DataStatus.OK:
             return _DATA_REFUSALS[parser.status](self.ctx.config)
         raw = parser.message
-        assert raw is not None and self.session is not None
+        assert raw is not None
         if self.listener.cfg.relay:  # inline: a message coming round again must not be relayed
             hops, limit = received_count(raw), self.ctx.config.relay.max_received_headers
             if hops > limit:
@@ -892,7 +954,7 @@ class IngestSMTP(SMTP):
             client=client_info(
                 self.client.ip,
                 self.client.port,
-                _utf8(self.session.host_name or ""),
+                _utf8(self.helo_name or ""),
                 self.client.proxied_by,
             ),
             tls=self._tls_info(),
@@ -932,10 +994,10 @@ class IngestSMTP(SMTP):
         return queued(event_id)
 
 
-IngestSMTP._DIR = sorted(
-    {n for cls in IngestSMTP.__mro__ for n in vars(cls) if n.startswith(("smtp_", "auth_"))}
-)
-IngestSMTP._SMTP_METHODS = [n for n in IngestSMTP._DIR if n.startswith("smtp_")]
+Step = Coroutine[Any, Any, None] | None
+_COMMANDS: dict[str, Callable[[IngestSMTP, str | None], Step]] = {
+    name[5:]: getattr(IngestSMTP, name) for name in dir(IngestSMTP) if name.startswith("smtp_")
+}
 
 
 UVLOOP_ENV = "MAILJOURNAL_INGEST_UVLOOP"

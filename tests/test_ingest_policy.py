@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from ingest.policy import (
 )
 from ingest.proxy import ClientAddress, client_from_proxy, encode_v1, encode_v2, peer_address
 from tests.fixtures.config import make_config
-from tests.fixtures.ingest import TlsFiles
 
 
 @pytest.fixture
@@ -331,60 +329,25 @@ def test_proxy_client_address() -> None:
     assert peer_address(("::ffff:192.0.2.9", 25, 0, 0)) == ClientAddress("192.0.2.9", 25)
 
 
-# -- aiosmtpd state ------------------------------------------------------------------------------
+# -- the SMTP front owns its protocol machine ---------------------------------------------------
 
 
-def test_fast_init_sets_the_state_aiosmtpd_would(tls_files: TlsFiles) -> None:
-    """IngestSMTP skips aiosmtpd's per-connection introspection; the state must be the same."""
-    import asyncio
-    import types
+def test_ingest_uses_aiosmtpd_only_for_its_proxy_parser() -> None:
+    """The front is ours (ingest.connection, ingest.commands): no subclass of aiosmtpd's SMTP,
+    no private name of it, nothing gated on its version; only the PROXY header parser."""
+    import ast
+    from pathlib import Path
 
-    from ingest.server import IngestContext, IngestSMTP, ListenerRuntime
-
-    config = make_config(
-        {
-            "ingest": {
-                "listeners": [
-                    {
-                        "name": "x",
-                        "port": 0,
-                        "proxy_protocol": True,
-                        "proxy_protocol_peers": ["127.0.0.1/32"],
-                        "require_starttls": True,
-                        "tls_cert_file": str(tls_files.cert),
-                        "tls_key_file": str(tls_files.key),
-                    }
-                ]
-            }
-        }
-    )
-
-    def comparable(value: object) -> object:
-        if isinstance(value, types.MethodType):
-            return value.__func__
-        if isinstance(value, dict):
-            return {k: comparable(v) for k, v in value.items()}
-        if isinstance(value, tuple):
-            return tuple(comparable(v) for v in value)
-        if isinstance(value, int | float | str | bool | type(None) | ssl.SSLContext):
-            return value
-        return type(value)
-
-    listener = ListenerRuntime(config.ingest.listeners[0])
-
-    async def build(fast: bool) -> dict[str, object]:
-        ctx = IngestContext(config, None)
-        IngestSMTP.fast_init = fast
-        try:
-            smtp = IngestSMTP(ctx, listener)
-        finally:
-            IngestSMTP.fast_init = True
-        return {k: comparable(v) for k, v in vars(smtp).items()}
-
-    fast, generic = asyncio.run(build(True)), asyncio.run(build(False))
-    assert fast.keys() == generic.keys()
-    for key in fast:
-        assert fast[key] == generic[key], key
+    used: set[str] = set()
+    for path in Path(__file__).resolve().parent.parent.joinpath("ingest").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aiosmtpd"):
+                used.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                used.update(a.name for a in node.names if a.name.startswith("aiosmtpd"))
+    assert used, "the PROXY parser comes from aiosmtpd"
+    assert all(name.startswith("aiosmtpd.proxy_protocol.") for name in used), used
+    assert not any(name.rpartition(".")[2].startswith("_") for name in used), used
 
 
 def test_hash_password_command(

@@ -292,6 +292,27 @@ def test_pipelining(ingest: RunningIngest) -> None:
     assert two["mail_from"] == "b@example.org"
 
 
+def test_client_half_close_still_gets_its_answers(ingest: RunningIngest) -> None:
+    """A client that sends the whole session and shuts its sending side (a batch client) is
+    answered in full: the message is stored and acknowledged, QUIT gets 221, then we close."""
+    import socket
+
+    with RawSMTP(ingest.port()) as c:
+        assert c.reply()[0] == 220
+        c.send(
+            b"EHLO batch.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<u1@corp.example>\r\n"
+            b"DATA\r\n"
+        )
+        assert [c.reply()[0] for _ in range(4)] == [250, 250, 250, 354]
+        c.send(b"Subject: batch\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        stored = c.reply()
+        assert stored[0] == 250
+        assert c.reply()[0] == 221
+        assert c.sock.recv(1) == b""  # and the server closed
+    assert_event_of(one_event(ingest, event_id_of(stored[1])), b"Subject: batch\r\n\r\nbody\r\n")
+
+
 def test_rset_and_helo(ingest: RunningIngest) -> None:
     with RawSMTP(ingest.port()) as c:
         assert c.reply()[0] == 220

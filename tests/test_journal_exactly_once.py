@@ -5,6 +5,8 @@ open there before it kills: the crash is a fact, not a hope about timing."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -172,6 +174,37 @@ def test_kill_9_mid_batch_then_restart_is_exactly_once(
         f"{uncommitted - len(expected)} records of aborted transactions in the raw log"
     )
     assert uncommitted >= raw_at_kill  # the aborted batch's copies stay in the log, unread
+
+
+def test_frozen_past_the_transaction_timeout_then_resumed_is_exactly_once(
+    kafka_config: Config, tmp_path: Path, worker_processes: StartWorker
+) -> None:
+    """Fault point ``journal.txn.before_commit`` (pause, then SIGCONT -- no kill): the worker is
+    frozen with its offsets in an open transaction until the coordinator aborts that transaction
+    for its age (``transaction.timeout.ms``, 10 s here) and bumps the epoch. Resumed, the same
+    process must see its commit refused, replace its producer (same transactional id), redo the
+    batch and go on: no exit, no copy lost, none twice."""
+    config = eo_config(kafka_config)
+    path = write_config_file(config, tmp_path / "journal.toml")
+    evs = events(N_EVENTS)
+    produce_events(config, evs)
+    expected = expected_ids(config, evs)
+    log = tmp_path / "faults.log"
+
+    worker = worker_processes(path, "frozen", fault_env("journal.txn.before_commit:pause@3", log))
+    frozen_mid_transaction(config, worker, log, "journal.txn.before_commit")
+    # the coordinator's abort is what the test waits for, read from the broker: the group's
+    # offsets are no longer pending in a transaction
+    wait_until(lambda: not offsets_pending(config), 120, "the coordinator to abort the frozen txn")
+    os.kill(worker.pid, signal.SIGCONT)
+    wait_decided(config, len(evs), 180)
+    assert worker.proc.poll() is None, worker.log_text()[-3000:]  # the same process went on
+    text = worker.log_text()
+    # the coordinator's abort bumped the epoch, which librdkafka reports as a fatal fence: told
+    # apart from a real zombie fence by the transaction's age, it costs a producer, not the process
+    assert "rewinding" in text and "replacing the transactional producer" in text, text[-3000:]
+    assert worker.stop() == 0, worker.log_text()[-3000:]
+    check_exactly_once(config, expected)
 
 
 def test_two_workers_with_rebalances_is_exactly_once(

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 
 COMMIT_INTERVAL_SECONDS = 0.5
+PRODUCE_AGAIN_LOG_SECONDS = 30.0  # one warning per this long while Kafka is away
 POLL_SECONDS = 0.1
 PAUSE_WHEN_FULL_SECONDS = 1.0  # full this long: pause the partitions too (_apply_backpressure)
 WAITING_GAUGE_INTERVAL_SECONDS = 5.0
@@ -118,6 +119,10 @@ class TieredConsumer:
         self._executor: ThreadPoolExecutor | None = None
         self._poller: threading.Thread | None = None
         self._poller_stop = threading.Event()
+        # productions whose delivery report was a retriable failure (Kafka away past
+        # delivery.timeout.ms), produced again by the producer thread
+        self._again: list[tuple[_Job, Production]] = []
+        self._again_logged = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -197,6 +202,7 @@ class TieredConsumer:
         assert self._producer is not None
         while not self._poller_stop.is_set():
             self._producer.poll(0.1)
+            self._produce_again()
 
     # -- the main loop -----------------------------------------------------------------------
 
@@ -534,6 +540,14 @@ class TieredConsumer:
     ) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
+                if _retriable(err) and not self._stop.is_set():
+                    # Kafka has been away longer than delivery.timeout.ms: the record is still
+                    # owed, and the stage stays up (an outage of any length is no crash) --
+                    # produce it again; its offset stays uncommitted meanwhile
+                    self._note_again(production, err)
+                    with self._cond:
+                        self._again.append((job, production))
+                    return
                 # the record stays in flight forever: no commit passes it; stop and let the
                 # restarted worker process it again
                 self._fail(f"producing {production.what} to {production.topic}: {err}")
@@ -545,6 +559,42 @@ class TieredConsumer:
                 self._finish(job)
 
         return on_delivery
+
+    def _note_again(self, production: Production, err: KafkaError) -> None:
+        metrics.PRODUCED_AGAIN.inc()
+        now = time.monotonic()
+        if now - self._again_logged >= PRODUCE_AGAIN_LOG_SECONDS:
+            self._again_logged = now
+            log.warning(
+                "%s: producing %s to %s failed: %s (producing it again; more such failures "
+                "are counted in mailjournal_delivery_produced_again_total)",
+                self.name,
+                production.what,
+                production.topic,
+                err,
+            )
+
+    def _produce_again(self) -> None:
+        """Produce what failed retriably once more (the producer thread, between polls)."""
+        with self._cond:
+            again, self._again = self._again, []
+        producer = self._producer
+        assert producer is not None
+        for i, (job, p) in enumerate(again):
+            try:
+                producer.produce(
+                    p.topic,
+                    value=p.value,
+                    key=p.key.encode(),
+                    on_delivery=self._ack_callback(job, p),
+                )
+            except BufferError:  # the local queue is full: the rest after the next poll
+                with self._cond:
+                    self._again[:0] = again[i:]
+                return
+            except KafkaException as exc:
+                self._fail(f"producing {p.what} to {p.topic} again: {exc.args[0]}")
+                return
 
     def _finish(self, job: _Job) -> None:
         source = job.record.source
@@ -561,6 +611,21 @@ class TieredConsumer:
                 self._fatal = reason
             self._cond.notify_all()
         self._stop.set()
+
+
+# failures of a record's delivery that say nothing about the record: Kafka was away or slow
+_AWAY = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+def _retriable(err: KafkaError) -> bool:
+    return not err.fatal() and (err.code() in _AWAY or err.retriable())
 
 
 def _headers(msg: Message) -> dict[str, bytes]:

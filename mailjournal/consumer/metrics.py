@@ -25,3 +25,8 @@ DEAD_LETTERS = Counter(
 )
 # a series at 0 from the start, so rate()/increase() and alerts see the first poison record
 DEAD_LETTERS.labels("undecodable")
+PRODUCED_AGAIN = Counter(
+    "mailjournal_delivery_produced_again_total",
+    "Results produced again after their delivery failed retriably (Kafka away past "
+    "delivery.timeout.ms): the stage stays up through an outage of any length",
+)
