@@ -8,11 +8,12 @@ CONFIG ?= config/mailjournal.example.toml
 RUN_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: help install sysdeps kafka-jars kustomize run test lint format fuzz bench bench-quick bench-paced clean
+.PHONY: help install sysdeps kafka-jars kustomize wheels image image-base run test lint format fuzz bench bench-quick bench-paced clean
 
 help:
 	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
 	@echo "make test   - install and run the whole test suite (real Kafka, SMTP, slapd, Prometheus)"
+	@echo "make image  - the container image (buildah; IMAGE_BASE=python:3.11-slim-bookworm for the official base)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make fuzz   - the coverage-guided fuzzer over decide + build, FUZZ_SECONDS (default 60)"
 	@echo "make bench  - benchmarks against Postfix and smtp-sink"
@@ -26,9 +27,11 @@ $(BIN)/mailjournal: pyproject.toml
 install: $(BIN)/mailjournal
 
 # Debian packages: Java + Maven (Kafka from Maven Central), Postfix (smtp-source/smtp-sink and the
-# peer in benchmarks), swaks, OpenLDAP slapd, Prometheus (promtool). Installed only when missing.
+# peer in benchmarks), swaks, OpenLDAP slapd, Prometheus (promtool), buildah and mmdebstrap (make
+# image), HAProxy (ingest behind a balancer in tests). Installed only when missing.
 SYSDEPS := java:openjdk-17-jre-headless mvn:maven /usr/sbin/smtp-sink:postfix swaks:swaks \
-	/usr/sbin/slapd:slapd ldapadd:ldap-utils promtool:prometheus openssl:openssl
+	/usr/sbin/slapd:slapd ldapadd:ldap-utils promtool:prometheus openssl:openssl \
+	buildah:buildah mmdebstrap:mmdebstrap /usr/sbin/haproxy:haproxy
 sysdeps:
 	@missing=""; for pair in $(SYSDEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x "$$cmd" ] || missing="$$missing $$pkg"; done; \
@@ -57,6 +60,49 @@ kustomize:
 	  [ -n "$(GO)" ] || { echo "building kustomize needs Go >= 1.26 (go on PATH or /usr/local/go)" >&2; exit 1; }; \
 	  echo "building kustomize $(KUSTOMIZE_VERSION) into .tools/bin"; \
 	  GOBIN=$(CURDIR)/.tools/bin nice -n 19 $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+
+# The container image (Dockerfile): the wheels built here on the host (pip's own settings and
+# cache), the image built with buildah (no daemon; vfs storage and chroot isolation work in any
+# container or VM) FROM IMAGE_BASE. By default that is a minimal Debian made locally with
+# mmdebstrap (Debian packages only, cached as a tarball under ~/.cache/mailjournal), since an
+# image registry may not be reachable; IMAGE_BASE=python:3.11-slim-bookworm builds on the
+# official Python image (the Dockerfile's own default, what `docker build .` uses).
+# SOURCE_DATE_EPOCH makes the wheels byte-for-byte reproducible, so an unchanged tree (same
+# wheels, same Dockerfile, same base) keeps the image it has: a warm `make image` is quick.
+IMAGE ?= localhost/mailjournal:dev
+LOCAL_BASE := localhost/mailjournal-base:bookworm
+IMAGE_BASE ?= $(LOCAL_BASE)
+CACHE_DIR ?= $(HOME)/.cache/mailjournal
+BASE_TAR := $(CACHE_DIR)/base-bookworm.tar
+BUILDAH := buildah --storage-driver vfs
+PACKAGES := mailjournal schemas ingest journal_worker delivery relay audit devtools
+WHEEL_SOURCES := pyproject.toml README.md $(shell find $(PACKAGES) -type f -not -path '*/__pycache__/*' 2>/dev/null)
+build/wheels/.built: $(BIN)/mailjournal $(WHEEL_SOURCES)
+	rm -rf build/wheels
+	SOURCE_DATE_EPOCH=315532800 $(BIN)/pip wheel -q --disable-pip-version-check --wheel-dir build/wheels .
+	touch $@
+wheels: build/wheels/.built
+
+image-base: sysdeps
+	@$(BUILDAH) inspect --type image $(LOCAL_BASE) >/dev/null 2>&1 || { set -e; \
+	  if [ ! -s $(BASE_TAR) ]; then mkdir -p $(CACHE_DIR); echo "mmdebstrap: $(BASE_TAR)"; \
+	    nice mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+	      bookworm $(BASE_TAR).part; mv $(BASE_TAR).part $(BASE_TAR); fi; \
+	  ctr=$$($(BUILDAH) from scratch); $(BUILDAH) add --quiet $$ctr $(BASE_TAR) / >/dev/null; \
+	  $(BUILDAH) config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+	    --cmd /bin/bash $$ctr; \
+	  $(BUILDAH) commit --quiet --rm $$ctr $(LOCAL_BASE) >/dev/null; echo "base image $(LOCAL_BASE)"; }
+
+image: wheels $(if $(filter $(LOCAL_BASE),$(IMAGE_BASE)),image-base,sysdeps)
+	@set -e; base=$$($(BUILDAH) inspect --type image --format '{{.FromImageID}}' $(IMAGE_BASE) 2>/dev/null || echo $(IMAGE_BASE)); \
+	inputs=$$(cat Dockerfile .dockerignore build/wheels/*.whl | sha256sum | cut -c1-32)-$$base; \
+	have=$$($(BUILDAH) inspect --type image --format '{{index .ImageAnnotations "org.mailjournal.inputs"}}' $(IMAGE) 2>/dev/null || true); \
+	if [ "$$have" = "$$inputs" ]; then echo "$(IMAGE) is up to date"; exit 0; fi; \
+	old=$$($(BUILDAH) inspect --type image --format '{{.FromImageID}}' $(IMAGE) 2>/dev/null || true); \
+	nice $(BUILDAH) build --quiet --isolation chroot --pull=$(if $(filter $(LOCAL_BASE),$(IMAGE_BASE)),never,missing) --build-arg BASE=$(IMAGE_BASE) \
+	  --annotation org.mailjournal.inputs=$$inputs -t $(IMAGE) . >/dev/null; \
+	[ -z "$$old" ] || $(BUILDAH) rmi $$old >/dev/null 2>&1 || true; \
+	echo "built $(IMAGE) FROM $(IMAGE_BASE)"
 
 run: install sysdeps kafka-jars
 	MAILJOURNAL_JOURNAL__STAMP_SECRET_FILE=$(abspath $(RUN_DIR))/stamp.key \

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from mailjournal.config import Config
 from mailjournal.kafka_stats import stats_config
+from mailjournal.logs import librdkafka_logger
 
 MiB = 1024 * 1024
 # room for a record's key, headers and framing on top of its value
@@ -77,6 +78,8 @@ def _base(config: Config, role: str) -> ClientConfig:
     return {
         "bootstrap.servers": config.kafka.bootstrap_servers,
         "client.id": client_id(role, config.kafka.client_id_prefix),
+        # librdkafka's log through Python logging, its routine start-up warnings as INFO
+        "logger": librdkafka_logger(),
     }
 
 

@@ -9,6 +9,7 @@ import functools
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -387,3 +388,129 @@ def test_relay_network_policy_admits_prometheus_and_lets_out_kafka_dns_smtp() ->
     smtp = {25 if hop.mx else hop.port for hop in hops if hop is not None}
     dns = {("UDP", 53), ("TCP", 53)}  # the brokers' and next hops' names, MX records
     assert allowed == {("TCP", port) for port in kafka | smtp} | dns
+
+
+BUILDS = [K8S, INLINE, OVERLAYS / "kafka-tls-sasl", OVERLAYS / "inline-kafka-tls-sasl"]
+# audit is one reader re-checking a window (a report, not a stream): one replica, so neither a
+# PDB (minAvailable 1 of 1 would block every node drain) nor an autoscaler
+SINGLETONS = {"mailjournal-audit"}
+
+
+def selects(selector: dict[str, Any], dep: dict[str, Any]) -> bool:
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    return bool(selector["matchLabels"].items() <= labels.items())
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=lambda p: p.name)
+def test_every_stage_of_every_build_is_probed_bounded_budgeted_isolated_and_scaled(
+    build: Path,
+) -> None:
+    """What kubectl apply -k gets, per Deployment (the relay's too): probes, requests and a
+    memory limit, the image's non-root user on a read-only root with a writable /tmp, a PDB
+    that a rolling drain can satisfy, a NetworkPolicy of its own, an autoscaler (CPU or KEDA)."""
+    docs = kustomize(build)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    image_user = next(
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("USER ")
+    )
+    for dep in by_kind["Deployment"]:
+        name = dep["metadata"]["name"]
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["readinessProbe"] and container["livenessProbe"], name
+        requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+        assert {"cpu", "memory"} <= requests.keys() and "memory" in limits, name
+        assert requests["memory"] == limits["memory"], name  # no overcommit of memory
+        assert f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsUser']}" == (
+            image_user
+        ), name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+        tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+        (tmp_volume,) = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+        assert "emptyDir" in tmp_volume, name  # the image's WORKDIR, writable
+        budgets = [p for p in by_kind["PodDisruptionBudget"] if selects(p["spec"]["selector"], dep)]
+        policies = [p for p in by_kind["NetworkPolicy"] if selects(p["spec"]["podSelector"], dep)]
+        scalers = [
+            s
+            for s in by_kind["HorizontalPodAutoscaler"] + by_kind["ScaledObject"]
+            if s["spec"]["scaleTargetRef"]["name"] == name
+        ]
+        assert len(policies) == 1, name
+        if name in SINGLETONS:
+            assert dep["spec"]["replicas"] == 1 and not budgets and not scalers, name
+            continue
+        (budget,) = budgets
+        floor = min(
+            [dep["spec"]["replicas"]]
+            + [s["spec"].get("minReplicas", s["spec"].get("minReplicaCount", 0)) for s in scalers]
+        )
+        assert budget["spec"]["minAvailable"] < floor, name  # a drain can evict one pod
+        assert len(scalers) == 1, name
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=lambda p: p.name)
+def test_keda_scalers_are_well_formed(build: Path) -> None:
+    """The KEDA CRD's shape (no schema of it to validate against here): trigger metadata is a
+    map of strings (a bare number is refused by the API server), replica bounds ordered."""
+    scaled = [d for d in kustomize(build) if d["kind"] == "ScaledObject"]
+    assert scaled
+    for obj in scaled:
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        spec = obj["spec"]
+        assert set(spec) <= {
+            "scaleTargetRef",
+            "minReplicaCount",
+            "maxReplicaCount",
+            "cooldownPeriod",
+            "pollingInterval",
+            "idleReplicaCount",
+            "fallback",
+            "advanced",
+            "triggers",
+        }, obj["metadata"]["name"]
+        assert 0 < spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        assert isinstance(spec.get("cooldownPeriod", 0), int)
+        for trigger in spec["triggers"]:
+            assert all(isinstance(v, str) for v in trigger["metadata"].values()), trigger
+
+
+@pytest.mark.parametrize(
+    ("stage", "extra"),
+    [
+        ("journal", lambda cfg: {urlsplit(cfg.directory.ldap.url).port or 389}),
+        ("delivery", lambda cfg: {cfg.delivery.smart_host.port}),
+        ("audit", lambda cfg: set()),
+    ],
+)
+def test_worker_network_policies_admit_prometheus_and_let_out_only_what_they_use(
+    stage: str, extra: Any
+) -> None:
+    """Ingress: metrics from Prometheus only. Egress: Kafka (plaintext and the TLS overlay's
+    port), DNS, and the one server of the stage's own (the directory, the smart host)."""
+    cfg = load_config(K8S / "mailjournal.toml")
+    dep = deployment(f"mailjournal-{stage}")
+    (policy,) = [
+        d
+        for d in documents()
+        if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], dep)
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    (prometheus,) = rule["from"]
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    allowed = set()
+    for egress in policy["spec"]["egress"]:
+        assert egress.get("ports") and "to" not in egress, egress
+        allowed |= {(p["protocol"], p["port"]) for p in egress["ports"]}
+    kafka = bootstrap_ports(cfg) | bootstrap_ports(
+        load_config(K8S / "mailjournal.toml", environ=overlay_environ())
+    )
+    dns = {("UDP", 53), ("TCP", 53)}
+    assert allowed == {("TCP", port) for port in kafka | extra(cfg)} | dns

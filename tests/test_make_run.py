@@ -4,6 +4,7 @@ in the Maildir, Ctrl-C, and nothing is left running."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,11 @@ def test_make_run_journals_the_readme_example_and_stops_cleanly(tmp_path: Path) 
         assert b"X-MS-Journal-Report:" in report
         assert b"Return-Path: <journal-ndr@corp.example>" in report
         assert b"inbound test: from a partner to Alice" in report
+        # a first run reads clean: no warning (librdkafka's self-retried start-up chatter is
+        # INFO), and no raw librdkafka line (``%4|...``) beside the stages' own format
+        lines = log.read_text(errors="replace").splitlines()
+        assert [line for line in lines if re.match(r"%\d\|", line)] == []
+        assert [line for line in lines if re.search(r" (WARNING|ERROR|CRITICAL) ", line)] == []
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGINT)  # Ctrl-C
