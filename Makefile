@@ -104,8 +104,12 @@ image: wheels $(if $(filter $(LOCAL_BASE),$(IMAGE_BASE)),image-base,sysdeps)
 	[ -z "$$old" ] || $(BUILDAH) rmi $$old >/dev/null 2>&1 || true; \
 	echo "built $(IMAGE) FROM $(IMAGE_BASE)"
 
+# the run prints its banner and one line per stage when it is ready; the stages log at
+# LOG_LEVEL (make run LOG_LEVEL=INFO shows their start-up, assignments and listeners)
+LOG_LEVEL ?= WARNING
 run: install sysdeps kafka-jars
 	MAILJOURNAL_JOURNAL__STAMP_SECRET_FILE=$(abspath $(RUN_DIR))/stamp.key \
+	MAILJOURNAL_LOGGING__LEVEL=$(LOG_LEVEL) \
 	$(BIN)/mailjournal run --config $(CONFIG) --local-kafka $(RUN_DIR)/kafka-local --capture $(RUN_DIR)/maildir
 
 test: install sysdeps kafka-jars kustomize

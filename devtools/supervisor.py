@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from devtools.ready import ReadyAnnouncer, probes
 from mailjournal.config import Config, file_problems, load_config_or_report
 from mailjournal.exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 from mailjournal.restart import Backoff, RestartLoop, Restarts
@@ -214,8 +215,19 @@ class Supervisor:
         )
         restarts.start_all()
         print(banner(self.cfg, Path(self.args.capture) if self.args.capture else None), flush=True)
-        rc = restarts.run(lambda: self.stopping)
+        announcer = ReadyAnnouncer(
+            probes(self.cfg, _stages(self.cfg)), self._pid_of, lambda line: print(line, flush=True)
+        )
+        announcer.start()
+        try:
+            rc = restarts.run(lambda: self.stopping)
+        finally:
+            announcer.stop()
         return EXIT_OK if rc is None else rc
+
+    def _pid_of(self, name: str) -> int | None:
+        child = next((c for c in self.children if c.name == name), None)
+        return child.proc.pid if child is not None and child.alive() and child.proc else None
 
     def shutdown(self) -> None:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -248,6 +260,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
+    logging.getLogger().setLevel(cfg.logging.level)  # the run's own lines at the stages' level
     key_file = cfg.journal.stamp_secret_file
     if cfg.journal.active and key_file is not None and create_key(key_file):
         log.info("created the loop-guard stamp key %s (32 random bytes, mode 0600)", key_file)

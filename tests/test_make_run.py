@@ -92,8 +92,16 @@ def test_make_run_journals_the_readme_example_and_stops_cleanly(tmp_path: Path) 
         assert b"X-MS-Journal-Report:" in report
         assert b"Return-Path: <journal-ndr@corp.example>" in report
         assert b"inbound test: from a partner to Alice" in report
+
         # a first run reads clean: no warning (librdkafka's self-retried start-up chatter is
         # INFO), and no raw librdkafka line (``%4|...``) beside the stages' own format
+        # one line per stage when it is ready (devtools/ready.py), none announced twice
+        def ready() -> list[str]:
+            text = log.read_text(errors="replace")
+            return re.findall(r"^(\w+) ready (?:again )?\(pid \d+\)$", text, re.M)
+
+        wait_until(lambda: len(ready()) >= 3, 60, "a ready line per stage")
+        assert sorted(ready()) == ["deliver", "ingest", "journal"], log.read_text()[-3000:]
         lines = log.read_text(errors="replace").splitlines()
         assert [line for line in lines if re.match(r"%\d\|", line)] == []
         assert [line for line in lines if re.search(r" (WARNING|ERROR|CRITICAL) ", line)] == []
