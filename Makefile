@@ -8,7 +8,7 @@ CONFIG ?= config/mailjournal.example.toml
 RUN_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: help install sysdeps kafka-jars kustomize wheels image image-base run test lint format fuzz bench bench-quick bench-paced clean
+.PHONY: help install sysdeps bench-sysdeps kafka-jars kustomize wheels image image-base run test lint format fuzz bench bench-quick bench-paced clean
 
 help:
 	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
@@ -139,16 +139,24 @@ fuzz: install
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) -timeout=30 -rss_limit_mb=4096 \
 	  -artifact_prefix=$(RUN_DIR)/fuzz/ -print_final_stats=1 $(FUZZ_ARGS)
 
-bench: install sysdeps kafka-jars
+# the bench reads the broker's request metrics through the JVM attach API (bench/kafka_requests.py):
+# that needs a JDK, not only the JRE the tests use
+bench-sysdeps: sysdeps
+	@command -v javac >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  echo "installing Debian package: openjdk-17-jdk-headless"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends openjdk-17-jdk-headless </dev/null >/dev/null \
+	  || { echo "apt-get install failed for: openjdk-17-jdk-headless" >&2; exit 1; }; }
+
+bench: install bench-sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 	$(BIN)/python -m bench.bench_evidence
 
-bench-quick: install sysdeps kafka-jars
+bench-quick: install bench-sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run_all --quick
 
-bench-paced: install sysdeps kafka-jars
+bench-paced: install bench-sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.paced
 
