@@ -21,16 +21,14 @@ over the buffer:
 
 :class:`DataParser` is pure (feed it chunks, however split); the server's protocol
 (:mod:`ingest.connection`) feeds it each read and processes what follows the terminator
-(pipelined commands) as commands; :func:`read_data` drives it from an ``asyncio.StreamReader``.
+(pipelined commands) as commands.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import re
-import sys
 from collections.abc import Callable
 
 # a line starting with "."; the terminator and dot-stuffed lines are among them
@@ -38,9 +36,6 @@ _DOT_LINE = re.compile(rb"\n\.")
 # a CR not followed by LF (within a region that ends with a LF)
 _BARE_CR = re.compile(rb"\r[^\n]")
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
-# the whole read buffer at once: the reader is then empty, so bytes after the terminator can be
-# handed back with feed_data() in their original order
-_READ_ALL = sys.maxsize
 
 
 class DataStatus(enum.Enum):
@@ -260,25 +255,3 @@ class DataParser:
 def _line_scanner_no_dot(max_line_length: int) -> re.Pattern[bytes]:
     """:func:`_line_scanner` for a line known to start with ".": long line or bare LF only."""
     return re.compile(rb"\n[^\n]{0,%d}+(?:[^\n]|(?<!\r)\n)" % max_line_length)
-
-
-async def read_data(
-    reader: asyncio.StreamReader,
-    parser: DataParser,
-    on_progress: Callable[[], None] | None = None,
-) -> None:
-    """Feed ``parser`` from ``reader`` until the terminator; raise ConnectionError on EOF.
-
-    ``on_progress`` runs after every chunk (to re-arm the data timeout)."""
-    while True:
-        chunk = await reader.read(_READ_ALL)
-        if not chunk:
-            raise ConnectionResetError("connection closed during DATA")
-        if on_progress is not None:
-            on_progress()
-        leftover = parser.feed(chunk)
-        if leftover is not None:
-            if leftover and not reader.at_eof():
-                # synchronous with the read above: nothing can have arrived in between
-                reader.feed_data(leftover)
-            return

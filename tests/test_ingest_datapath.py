@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
 
-from ingest.datapath import DataParser, DataStatus, read_data
+from ingest.datapath import DataParser, DataStatus
 
 MESSAGES = [
     b"",
@@ -172,37 +171,6 @@ def test_feeding_after_the_end_is_an_error() -> None:
     parser, _ = run([b".\r\n"])
     with pytest.raises(RuntimeError):
         parser.feed(b"x")
-
-
-def test_read_data_hands_pipelined_commands_back_to_the_reader() -> None:
-    async def scenario() -> tuple[bytes | None, bytes]:
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"Subject: x\r\n\r\nbo")
-        parser = DataParser(max_size=1000)
-
-        async def more() -> None:
-            await asyncio.sleep(0.01)  # not synchronisation: the rest arrives later
-            reader.feed_data(b"dy\r\n.\r\nRSET\r\nQUIT\r\n")
-
-        task = asyncio.create_task(more())
-        await read_data(reader, parser)
-        await task
-        return parser.message, await reader.readuntil(b"QUIT\r\n")
-
-    message, rest = asyncio.run(scenario())
-    assert message == b"Subject: x\r\n\r\nbody\r\n"
-    assert rest == b"RSET\r\nQUIT\r\n"
-
-
-def test_read_data_raises_on_eof() -> None:
-    async def scenario() -> None:
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"partial\r\n")
-        reader.feed_eof()
-        await read_data(reader, DataParser(max_size=1000))
-
-    with pytest.raises(ConnectionError):
-        asyncio.run(scenario())
 
 
 def test_dot_lines_are_checked_like_other_lines() -> None:
