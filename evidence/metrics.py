@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from evidence.verify import PROBLEM_KINDS
+
 RECEIPTS_WRITTEN = Counter(
     "mailjournal_evidence_receipts_written_total",
     "Journal receipts committed to the receipts topic",
@@ -27,4 +29,7 @@ VERIFICATION_FAILURES = Counter(
     "Problems found by the writer's check of the chain heads it restores at start",
     ["kind"],
 )
+# a series per kind at 0 from the start, so increase() and the alert see the first failure
+for _kind in PROBLEM_KINDS:
+    VERIFICATION_FAILURES.labels(_kind)
 TRANSACTIONS = Counter("mailjournal_evidence_transactions_total", "Writer transactions", ["result"])

@@ -20,10 +20,24 @@ from typing import Any
 from evidence.canonical import GENESIS, record_hash
 from evidence.keys import Keyring
 
+# every kind of problem a verification names (metrics start each at 0)
+PROBLEM_KINDS = (
+    "bad-signature",
+    "broken-link",
+    "checkpoint",
+    "copies",
+    "dropped",
+    "duplicate",
+    "malformed",
+    "missing",
+    "no-receipt",
+    "out-of-order",
+)
+
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    kind: str  # bad-signature, out-of-order, missing, broken-link, duplicate, checkpoint, ...
+    kind: str  # one of PROBLEM_KINDS
     where: str
     detail: str
 

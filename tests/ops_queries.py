@@ -35,13 +35,18 @@ class Query:
     alert: bool = False  # an alert condition: empty in a healthy system
 
 
-def scrape_config(inline: bool = False) -> dict[str, Any]:
+def scrape_config(inline: bool = False, evidence: bool = False) -> dict[str, Any]:
     """The shipped prometheus.yml; ``inline``: as in inline mode, its commented-out relay job
-    uncommented (the lines from ``# - job_name: mailjournal-relay`` to the next job)."""
+    uncommented (the lines from ``# - job_name: mailjournal-relay`` to the next job or the
+    end); ``evidence``: the receipt writer's job the same way."""
     lines = (PROMETHEUS_DIR / "prometheus.yml").read_text().splitlines()
-    if inline:
-        start = lines.index("  # - job_name: mailjournal-relay")
-        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  # "))
+    for wanted, job in ((inline, "mailjournal-relay"), (evidence, "mailjournal-evidence")):
+        if not wanted:
+            continue
+        start = lines.index(f"  # - job_name: {job}")
+        end = next(
+            (i for i in range(start, len(lines)) if not lines[i].startswith("  # ")), len(lines)
+        )
         lines[start:end] = ["  " + line.removeprefix("  # ") for line in lines[start:end]]
     config: dict[str, Any] = yaml.safe_load("\n".join(lines))
     return config

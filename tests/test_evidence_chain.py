@@ -252,3 +252,16 @@ def test_sealing_does_not_mutate_the_body() -> None:
     before = copy.deepcopy(b)
     Chains(KEY, 1).seal(b, 0, 5)
     assert b == before
+
+
+def test_every_problem_kind_is_listed_for_the_metrics() -> None:
+    """The verification-failure counter starts a series per kind in PROBLEM_KINDS: a kind
+    verify.py names but the list lacks would appear only at its first failure."""
+    import re
+    from pathlib import Path
+
+    from evidence.verify import PROBLEM_KINDS
+
+    source = (Path(__file__).resolve().parents[1] / "evidence" / "verify.py").read_text()
+    named = set(re.findall(r'Problem\(\s*"([a-z-]+)"', source))
+    assert named and named <= set(PROBLEM_KINDS), sorted(named - set(PROBLEM_KINDS))

@@ -108,10 +108,10 @@ class Prometheus:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _write_config(self, jobs: dict[str, list[str]]) -> Path:
-        """The shipped prometheus.yml as in inline mode (this run has an inline listener, so a
-        relay), with this run's ports, a 1 s scrape and evaluation interval, and the shipped
+        """The shipped prometheus.yml as in inline mode with signed receipts (this run has an
+        inline listener, so a relay, and a receipt writer), with this run's ports, a 1 s scrape and evaluation interval, and the shipped
         rules by absolute path."""
-        config = scrape_config(inline=True)
+        config = scrape_config(inline=True, evidence=True)
         config["global"] = {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE}
         config["rule_files"] = [str(RULES)]
         for job in config["scrape_configs"]:
@@ -216,7 +216,7 @@ def _stage_config(
 ) -> tuple[Config, dict[str, int]]:
     ports = {
         name: free_port()
-        for name in ("smtp", "relay_smtp", "ingest", "journal", "delivery", "relay")
+        for name in ("smtp", "relay_smtp", "ingest", "journal", "delivery", "relay", "evidence")
     }
     directory = tmp / "directory.toml"
     directory.write_text(DIRECTORY)
@@ -254,11 +254,23 @@ def _stage_config(
             "expiry_seconds": 60,
             "dsn_from": "MAILER-DAEMON@corp.example",
         },
+        # signed receipts: `mailjournal run` starts the receipt writer (its panels and alerts)
+        "evidence": {
+            "enabled": True,
+            "signing_key_file": str(tmp / "evidence.key"),
+            "checkpoint_interval_seconds": 1,
+            "batch_max_ms": 50,
+            "sync_interval_seconds": 0.2,
+        },
         "kafka": {
             "properties": {"statistics.interval.ms": 1000},
             "relay_group": f"mailjournal-relay.{suffix}",
+            "evidence_group": f"mailjournal-evidence.{suffix}",
             "topics": {
-                "relay_retry": {"name": f"mailjournal.relay.retry.{suffix}", "partitions": 3}
+                "relay_retry": {"name": f"mailjournal.relay.retry.{suffix}", "partitions": 3},
+                "receipts": {"name": f"mailjournal.receipts.{suffix}", "partitions": 3},
+                "evidence": {"name": f"mailjournal.evidence.{suffix}"},
+                "receipts_state": {"name": f"mailjournal.receipts-state.{suffix}"},
             },
         },
         "metrics": {
@@ -267,6 +279,7 @@ def _stage_config(
             "journal_port": ports["journal"],
             "delivery_port": ports["delivery"],
             "relay_port": ports["relay"],
+            "evidence_port": ports["evidence"],
         },
     }
     return delivery_config(base, capture.port, overrides), ports
@@ -323,6 +336,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "mailjournal-journal": [f"{host}:{ports['journal']}"],
                 "mailjournal-delivery": [f"{host}:{ports['delivery']}"],
                 "mailjournal-relay": [f"{host}:{ports['relay']}"],
+                "mailjournal-evidence": [f"{host}:{ports['evidence']}"],
                 "mailjournal-audit": [f"{host}:{audit_port}"],
             },
         ).start()
@@ -332,7 +346,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         def ready() -> bool:
             for p in procs:
                 assert p.poll() is None, f"a process exited with {p.returncode}; logs in {tmp}"
-            stages = ("ingest", "journal", "delivery", "relay")
+            stages = ("ingest", "journal", "delivery", "relay", "evidence")
             for port in (*(ports[s] for s in stages), dead["metrics"]):
                 try:
                     with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=1):

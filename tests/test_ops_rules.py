@@ -61,8 +61,8 @@ def test_promtool_check_rules() -> None:
 def test_promtool_check_config(tmp_path: Path) -> None:
     res = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
-    # with the relay's job uncommented (inline mode), the rules by absolute path
-    inline = scrape_config(inline=True)
+    # with the relay's and the receipt writer's jobs uncommented, the rules by absolute path
+    inline = scrape_config(inline=True, evidence=True)
     inline["rule_files"] = [str(PROMETHEUS_DIR / path) for path in inline["rule_files"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(inline))
     res = promtool("check", "config", str(tmp_path / "prometheus.yml"))
