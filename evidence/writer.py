@@ -43,7 +43,7 @@ from evidence.state import Entry, Join, receipt_partition
 from evidence.verify import verify_chains
 from mailjournal.config import Config
 from mailjournal.faults import fault_point
-from mailjournal.kafka import make_admin, make_consumer, make_producer
+from mailjournal.kafka import close_clients, make_admin, make_consumer, make_producer
 from mailjournal.policy import canonical_json, policy_digest, policy_document
 from schemas import (
     DELIVERY_OUTCOME,
@@ -171,6 +171,7 @@ class ReceiptWriter:
         self.producer = make_producer(self.config, transactional_id=group, role="evidence")
         self.consumer = make_consumer(self.config, group, role="evidence")
         self.admin = make_admin(self.config, role="evidence")
+        failed = True  # until the loop ends by a stop
         try:
             # fences a previous writer and aborts its open transaction before anything is read
             self.producer.init_transactions(TXN_TIMEOUT)
@@ -185,12 +186,12 @@ class ReceiptWriter:
                 batch = [m for m in msgs if self._usable(m)]
                 self._sync()
                 self._process(batch)
+            failed = False
         except KafkaException as exc:
             raise FatalError(str(exc.args[0])) from None
         finally:
             self._ready.clear()
-            self.consumer.close()
-            self.producer.flush(5)
+            close_clients("receipt writer", self.consumer, self.producer, failed=failed)
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()

@@ -352,10 +352,12 @@ class ReplayWorker(JournalWorker):
         report.resumed_from = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
         if report.resumed_from:
             log.info("replay %s: resuming after %s", request.run, report.resumed_from)
+        failed = True
         try:
             self._loop(window, live, report)
+            failed = False
         finally:
-            self._close()
+            self._close(failed)
         return report
 
     def _loop(self, window: Window, live: list[int], report: ReplayReport) -> None:

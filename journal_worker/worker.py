@@ -32,7 +32,6 @@ committed until it is decided.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -61,7 +60,7 @@ from mailjournal.consumer.fetch import fetch
 from mailjournal.consumer.lag import partition_lag
 from mailjournal.directory import Directory, DirectoryUnavailable
 from mailjournal.faults import fault_point
-from mailjournal.kafka import make_consumer, make_producer, producer_config
+from mailjournal.kafka import close_clients, make_consumer, make_producer, producer_config
 from mailjournal.policy import policy_digest
 from schemas import (
     DEAD_LETTER,
@@ -213,6 +212,7 @@ class JournalWorker:
             self.config, transactional_id=self.transactional_id, role="journal"
         )
         self.consumer = make_consumer(self.config, self.config.kafka.journal_group, role="journal")
+        failed = True  # until the loop ends by a stop
         try:
             self._txn_call("init_transactions", self.producer.init_transactions, 30)
             self.consumer.subscribe(
@@ -238,16 +238,18 @@ class JournalWorker:
                 if batch:
                     self._process(batch)
                 self._update_lag()
+            failed = False
         except _AbortRequired as exc:  # only from init_transactions: nothing open to abort
             raise FatalError(str(exc)) from None
         except _Stopping:
+            failed = False
             log.info(
                 "stopped while waiting for Kafka; the open transaction (if any) is aborted "
                 "by the coordinator or by our successor"
             )
         finally:
             self._ready.clear()
-            self._close()
+            self._close(failed)
 
     def _next_batch(self) -> list[Message]:
         """What the consumer has buffered (up to ``batch_max``); when nothing is, wait up to
@@ -257,20 +259,11 @@ class JournalWorker:
         assert self.consumer is not None
         return fetch(self.consumer, self.batch_max, self.batch_timeout)
 
-    def _close(self) -> None:
+    def _close(self, failed: bool) -> None:
         # an open transaction here is one a fatal error interrupted: leave it to the broker's
         # timeout or to our successor's init_transactions, do not touch the dead producer
         self._in_transaction = False
-        if self.consumer is not None:
-            try:
-                self.consumer.close()  # leave the group now: partitions move without a timeout
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("closing the consumer: %s", exc)
-        if self.producer is not None:
-            # nothing of ours is pending after a commit; after a fatal error flushing would
-            # only raise again and hide the first error
-            with contextlib.suppress(KafkaException):
-                self.producer.flush(5)
+        close_clients("journal worker", self.consumer, self.producer, failed=failed)
         if self.directory is not None:
             self.directory.close()
 

@@ -8,6 +8,7 @@ part of a stage's correctness, not tunables.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from confluent_kafka.admin import AdminClient
 from mailjournal.config import Config
 from mailjournal.kafka_stats import stats_config
 from mailjournal.logs import librdkafka_logger
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 # room for a record's key, headers and framing on top of its value
@@ -35,6 +38,7 @@ __all__ = [
     "KafkaException",
     "admin_config",
     "client_id",
+    "close_clients",
     "consumer_config",
     "make_admin",
     "make_consumer",
@@ -191,3 +195,31 @@ def raise_on_error(err: KafkaError | None) -> None:
     (whose ``args[0]`` keeps the error, with ``retriable()`` / ``fatal()``)."""
     if err is not None:
         raise KafkaException(err)
+
+
+def close_clients(
+    name: str,
+    consumer: Consumer | None,
+    producer: Producer | None,
+    *,
+    failed: bool,
+    flush_seconds: float = 5.0,
+) -> None:
+    """Leave the group and hand what the producer still holds to Kafka, on the way out of a
+    stage. Never raises: a stage closing because of an error must exit with *that* error, not
+    with one from closing (after a fence, librdkafka's flush was seen to raise a SystemError).
+    After a failure the producer is not flushed: what it holds belongs to an aborted or
+    fenced transaction, or is produced again by whoever takes over."""
+    if consumer is not None:
+        try:
+            consumer.close()  # leave the group now: partitions move without a session timeout
+        except Exception as exc:  # any type: see the docstring
+            log.warning("%s: closing the consumer: %s: %s", name, type(exc).__name__, exc)
+    if producer is not None and not failed:
+        try:
+            left = producer.flush(flush_seconds)
+        except Exception as exc:  # any type: see the docstring
+            log.warning("%s: flushing the producer: %s: %s", name, type(exc).__name__, exc)
+        else:
+            if left:
+                log.warning("%s: %d records not acknowledged by Kafka at exit", name, left)
