@@ -8,16 +8,11 @@ state, 2 on an invalid configuration or key file.
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
-from types import FrameType
 
 from mailjournal.config import add_config_argument, load_config_or_report
-from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
+from mailjournal.exits import EXIT_CONFIG
 from mailjournal.logs import setup_logging
-
-log = logging.getLogger("mailjournal.receipts")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +32,8 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(config.logging, stage="receipts")
 
     from evidence.keys import KeyFileError
-    from evidence.writer import FatalError, ReceiptWriter
-    from mailjournal.metrics import serve_metrics
+    from evidence.writer import ReceiptWriter
+    from mailjournal.consumer.stage import run_until_stopped
 
     try:
         writer = ReceiptWriter(config)
@@ -46,21 +41,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"evidence: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: finishing the current batch and stopping", signum)
-        writer.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     port = config.metrics.evidence_port if args.metrics_port is None else args.metrics_port
-    server = serve_metrics(config.metrics.host, port, writer.ready)
-    try:
-        writer.run()
-    except FatalError as exc:
-        log.error("fatal: %s; exiting so that a fresh instance takes over", exc)
-        return EXIT_FATAL
-    finally:
-        if server is not None:
-            server.stop()
-    log.info("stopped")
-    return EXIT_OK
+    return run_until_stopped(
+        writer, name="receipt writer", ready=writer.ready, host=config.metrics.host, port=port
+    )

@@ -42,6 +42,7 @@ from evidence.read import TIMEOUT, decoded, last_records, read_all
 from evidence.state import Entry, Join, receipt_partition
 from evidence.verify import verify_chains
 from mailjournal.config import Config
+from mailjournal.consumer.stage import StageFatal
 from mailjournal.faults import fault_point
 from mailjournal.kafka import close_clients, make_admin, make_consumer, make_producer
 from mailjournal.policy import canonical_json, policy_digest, policy_document
@@ -64,7 +65,7 @@ BATCH_MAX = 500
 TXN_TIMEOUT = 30.0
 
 
-class FatalError(Exception):
+class FatalError(StageFatal):
     """The writer cannot go on (fenced, fatal Kafka error): exit non-zero, be restarted."""
 
 

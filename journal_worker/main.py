@@ -8,15 +8,10 @@ error (fenced, or a transaction that could not be completed) so the supervisor r
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-from types import FrameType
 
 from mailjournal.config import add_config_argument, load_config_or_report
-from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
+from mailjournal.exits import EXIT_CONFIG
 from mailjournal.logs import setup_logging
-
-log = logging.getLogger("mailjournal.journal")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -43,27 +38,12 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(config.logging, stage="journal")
 
     from journal_worker.watchdog import start_watchdog
-    from journal_worker.worker import FatalError, JournalWorker
-    from mailjournal.metrics import serve_metrics
+    from journal_worker.worker import JournalWorker
+    from mailjournal.consumer.stage import run_until_stopped
 
     worker = JournalWorker(config, instance_id=args.instance_id)
     start_watchdog(worker)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: finishing the current batch and stopping", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     port = config.metrics.journal_port if args.metrics_port is None else args.metrics_port
-    server = serve_metrics(config.metrics.host, port, worker.ready)
-    try:
-        worker.run()
-    except FatalError as exc:
-        log.error("fatal: %s; exiting so that a fresh instance takes over", exc)
-        return EXIT_FATAL
-    finally:
-        if server is not None:
-            server.stop()
-    log.info("stopped")
-    return EXIT_OK
+    return run_until_stopped(
+        worker, name="journal worker", ready=worker.ready, host=config.metrics.host, port=port
+    )

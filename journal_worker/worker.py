@@ -58,6 +58,7 @@ from journal_worker.lookups import make_directory, resolve
 from mailjournal.config import Config
 from mailjournal.consumer.fetch import fetch
 from mailjournal.consumer.lag import partition_lag
+from mailjournal.consumer.stage import StageFatal
 from mailjournal.directory import Directory, DirectoryUnavailable
 from mailjournal.faults import fault_point
 from mailjournal.kafka import close_clients, make_consumer, make_producer, producer_config
@@ -86,7 +87,7 @@ FATAL_REPLACEMENT_WINDOW_SECONDS = 600.0
 LAG_INTERVAL_SECONDS = 2.0
 
 
-class FatalError(Exception):
+class FatalError(StageFatal):
     """The worker cannot go on (fatal Kafka error, fenced); exit non-zero and be restarted."""
 
 

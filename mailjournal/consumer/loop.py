@@ -194,7 +194,6 @@ class TieredConsumer:
         close_clients(self.name, None, self._producer, failed=False, flush_seconds=30)
         self._producer = self._consumer = None  # librdkafka handles go now, not at GC
         self.handler.close()
-        log.info("%s: stopped", self.name)
 
     def _poll_producer(self) -> None:
         assert self._producer is not None

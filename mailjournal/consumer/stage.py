@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Protocol
 
 from confluent_kafka import KafkaException
 
 from mailjournal.config import Config
 from mailjournal.consumer.handler import Handler
 from mailjournal.consumer.loop import TieredConsumer
-from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL
+from mailjournal.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
 from mailjournal.kafka import make_admin
 from mailjournal.metrics import serve_metrics
 
@@ -29,22 +30,41 @@ def missing_topics(
     return [t for t in wanted if t not in existing]
 
 
-def run_until_stopped(worker: TieredConsumer, *, host: str, port: int) -> int:
-    """Run ``worker`` until SIGTERM/SIGINT, serving its metrics on ``port`` (0: none); the
-    worker's result (0 after a graceful stop, 1 after a fatal Kafka error)."""
+class StageFatal(Exception):
+    """A stage cannot go on (fatal Kafka error, fenced by a newer instance): it exits with
+    ``EXIT_FATAL`` and its supervisor starts a fresh instance from the committed state."""
+
+
+class Runnable(Protocol):
+    def run(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
+def run_until_stopped(
+    worker: Runnable, *, name: str, ready: Callable[[], bool], host: str, port: int
+) -> int:
+    """Run ``worker`` until SIGTERM/SIGINT (a graceful stop: the work in flight is finished),
+    serving its metrics and probes on ``port`` (0: none). The exit status is what ``run``
+    returns (0 when it returns nothing), ``EXIT_FATAL`` when it raises :class:`StageFatal`."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: %s received, stopping", worker.name, signal.Signals(signum).name)
+        log.info("%s: %s received, stopping", name, signal.Signals(signum).name)
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = serve_metrics(host, port, ready=lambda: worker.ready)
+    server = serve_metrics(host, port, ready=ready)
     try:
-        return worker.run()
+        status = worker.run()
+    except StageFatal as exc:
+        log.error("%s: fatal: %s; exiting so that a fresh instance takes over", name, exc)
+        return EXIT_FATAL
     finally:
         if server is not None:
             server.stop()
+    log.info("%s: stopped", name)
+    return EXIT_OK if status is None else status
 
 
 def serve(config: Config, handler: Handler, *, port: int) -> int:
@@ -73,4 +93,6 @@ def serve(config: Config, handler: Handler, *, port: int) -> int:
         )
         return EXIT_CONFIG
     worker = TieredConsumer(config, handler)
-    return run_until_stopped(worker, host=config.metrics.host, port=port)
+    return run_until_stopped(
+        worker, name=worker.name, ready=lambda: worker.ready, host=config.metrics.host, port=port
+    )
