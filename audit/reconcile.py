@@ -310,9 +310,10 @@ def read_window(
     """Every committed record of ``topic`` from ``since_ms`` (or the start) up to the end offsets
     as they were when the read began (a stable snapshot, so the audit terminates), each with
     where it is (``topic[partition]@offset``)."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from mailjournal.kafka import make_consumer
+    from mailjournal.topic_read import read_to_ends
 
     consumer = make_consumer(
         cfg,
@@ -335,41 +336,13 @@ def read_window(
             )
         else:
             starts = [TopicPartition(topic, tp.partition, OFFSET_BEGINNING) for tp in parts]
-        todo = []
-        for tp in starts:
-            if tp.offset < 0 and since_ms is not None:
-                continue  # nothing at or after since_ms in this partition
-            if ends[tp.partition] > 0:
-                todo.append(tp)
-        if not todo:
-            return
-        consumer.assign(todo)
-        remaining = {tp.partition for tp in todo}
-        idle_deadline = time.monotonic() + timeout
-        while remaining:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                if time.monotonic() > idle_deadline:
-                    raise TimeoutError(f"audit: no progress reading {topic} for {timeout:.0f} s")
-                continue
-            idle_deadline = time.monotonic() + timeout
-            err = msg.error()
-            partition = msg.partition()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF and partition is not None:
-                    remaining.discard(partition)
-                    continue
-                raise RuntimeError(f"reading {topic}: {err}")
-            offset = msg.offset()
-            if offset is None or partition is None:
-                continue
-            if offset >= ends[partition] - 1:
-                remaining.discard(partition)
-            if offset < ends[partition]:
-                raw = msg.headers() or []
-                pairs = raw.items() if isinstance(raw, dict) else raw
-                headers = {k: v for k, v in pairs if isinstance(v, bytes)}
-                yield headers, msg.value() or b"", f"{topic}[{partition}]@{offset}"
+        # offsets_for_times gives -1 where nothing is at or after since_ms: skip that partition
+        todo = [tp for tp in starts if tp.offset >= 0 or since_ms is None]
+        for msg in read_to_ends(consumer, topic, todo, ends, timeout):
+            raw = msg.headers() or []
+            pairs = raw.items() if isinstance(raw, dict) else raw
+            headers = {k: v for k, v in pairs if isinstance(v, bytes)}
+            yield headers, msg.value() or b"", f"{topic}[{msg.partition()}]@{msg.offset()}"
     finally:
         consumer.close()
 

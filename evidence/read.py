@@ -7,10 +7,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from mailjournal.config import Config
 from mailjournal.kafka import make_consumer
+from mailjournal.topic_read import read_to_ends
 from schemas import default_codec
 
 TIMEOUT = 30.0
@@ -41,37 +42,15 @@ def read_range(
         p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT)[1]
         for p in starts
     }
-    todo = [TopicPartition(topic, p, o) for p, o in starts.items() if ends[p] > max(o, 0)]
-    if not todo:
-        return
-    consumer.assign(todo)
-    remaining = {tp.partition for tp in todo}
-    idle = time.monotonic() + TIMEOUT
-    try:
-        while remaining:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if time.monotonic() > idle:
-                    raise TimeoutError(f"no progress reading {topic}")
-                continue
-            idle = time.monotonic() + TIMEOUT
-            err = msg.error()
-            p = msg.partition()
-            assert p is not None
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(p)
-                    continue
-                raise RuntimeError(f"reading {topic}: {err}")
-            offset = msg.offset()
-            assert offset is not None
-            if offset >= ends[p] - 1:
-                remaining.discard(p)
-            if offset < ends[p]:
-                key = msg.key()
-                yield p, offset, key if isinstance(key, bytes) else None, msg.value()
-    finally:
-        consumer.unassign()
+    todo = (TopicPartition(topic, p, o) for p, o in starts.items())
+    for msg in read_to_ends(consumer, topic, todo, ends, TIMEOUT):
+        key = msg.key()
+        yield (
+            msg.partition() or 0,
+            msg.offset() or 0,
+            key if isinstance(key, bytes) else None,
+            msg.value(),
+        )
 
 
 def read_all(config: Config, topic: str) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
