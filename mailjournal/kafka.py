@@ -39,7 +39,9 @@ __all__ = [
     "admin_config",
     "client_id",
     "close_clients",
+    "close_consumer",
     "consumer_config",
+    "flush_producer",
     "make_admin",
     "make_consumer",
     "make_producer",
@@ -197,29 +199,34 @@ def raise_on_error(err: KafkaError | None) -> None:
         raise KafkaException(err)
 
 
+def close_consumer(name: str, consumer: Consumer) -> None:
+    """Leave the group now (partitions move without a session timeout). Never raises: a stage
+    on its way out must exit with the error that stopped it, not one from closing."""
+    try:
+        consumer.close()
+    except Exception as exc:  # any type: see the docstring; offsets not committed are redone
+        log.warning("%s: closing the consumer: %s: %s", name, type(exc).__name__, exc)
+
+
+def flush_producer(name: str, producer: Producer, timeout: float) -> None:
+    """Hand what the producer holds to Kafka, up to ``timeout``. Never raises (after a fence,
+    librdkafka's flush was seen to raise a SystemError); records left unacknowledged are
+    logged -- the offsets of their inputs are not committed, so whoever takes over redoes them."""
+    try:
+        left = producer.flush(timeout)
+    except Exception as exc:  # any type: see the docstring
+        log.warning("%s: flushing the producer: %s: %s", name, type(exc).__name__, exc)
+    else:
+        if left:
+            log.warning("%s: %d records not acknowledged by Kafka at exit", name, left)
+
+
 def close_clients(
-    name: str,
-    consumer: Consumer | None,
-    producer: Producer | None,
-    *,
-    failed: bool,
-    flush_seconds: float = 5.0,
+    name: str, consumer: Consumer | None, producer: Producer | None, *, failed: bool
 ) -> None:
-    """Leave the group and hand what the producer still holds to Kafka, on the way out of a
-    stage. Never raises: a stage closing because of an error must exit with *that* error, not
-    with one from closing (after a fence, librdkafka's flush was seen to raise a SystemError).
-    After a failure the producer is not flushed: what it holds belongs to an aborted or
-    fenced transaction, or is produced again by whoever takes over."""
+    """A transactional stage's way out: the consumer closed, the producer flushed unless the
+    stage failed -- then what it holds belongs to a fenced or aborted transaction."""
     if consumer is not None:
-        try:
-            consumer.close()  # leave the group now: partitions move without a session timeout
-        except Exception as exc:  # any type: see the docstring
-            log.warning("%s: closing the consumer: %s: %s", name, type(exc).__name__, exc)
+        close_consumer(name, consumer)
     if producer is not None and not failed:
-        try:
-            left = producer.flush(flush_seconds)
-        except Exception as exc:  # any type: see the docstring
-            log.warning("%s: flushing the producer: %s: %s", name, type(exc).__name__, exc)
-        else:
-            if left:
-                log.warning("%s: %d records not acknowledged by Kafka at exit", name, left)
+        flush_producer(name, producer, 5.0)

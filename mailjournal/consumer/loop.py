@@ -49,7 +49,7 @@ from mailjournal.consumer.fetch import fetch
 from mailjournal.consumer.handler import Handler, Poison, Production, Record, Source
 from mailjournal.consumer.lag import partition_lag
 from mailjournal.consumer.partition import PartitionState
-from mailjournal.kafka import close_clients, make_consumer, make_producer
+from mailjournal.kafka import close_consumer, flush_producer, make_consumer, make_producer
 from schemas import from_millis, now_millis
 
 log = logging.getLogger(__name__)
@@ -185,13 +185,12 @@ class TieredConsumer:
             self._set_paused(set(self._assigned))
             self._wait_for(lambda: self._total_inflight() == 0, self.settings.drain_seconds)
         self._commit(self._assigned)
-        # leaves the group; on_revoke commits again (a no-op by now)
-        close_clients(self.name, consumer, None, failed=self._fatal is not None)
+        close_consumer(self.name, consumer)  # on_revoke commits again (a no-op by now)
         self._executor.shutdown(wait=self._fatal is None, cancel_futures=True)
         self._poller_stop.set()
         if self._poller is not None:
             self._poller.join()
-        close_clients(self.name, None, self._producer, failed=False, flush_seconds=30)
+        flush_producer(self.name, self._producer, 30)
         self._producer = self._consumer = None  # librdkafka handles go now, not at GC
         self.handler.close()
 

@@ -63,8 +63,10 @@ def run_until_stopped(
     finally:
         if server is not None:
             server.stop()
-    log.info("%s: stopped", name)
-    return EXIT_OK if status is None else status
+    status = EXIT_OK if status is None else status
+    if status == EXIT_OK:
+        log.info("%s: stopped", name)
+    return status
 
 
 def serve(config: Config, handler: Handler, *, port: int) -> int:
