@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,8 +73,16 @@ class Child:
             self.proc.wait()
 
 
-def _stage_argv(stage: str, config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "mailjournal", stage, "--config", str(config_path)]
+def _stage_argv(stage: str, config_path: Path, env: dict[str, str]) -> list[str]:
+    argv = [sys.executable, "-m", "mailjournal", stage, "--config", str(config_path)]
+    if stage == "journal" and not env.get("MAILJOURNAL_INSTANCE_ID"):
+        # the same transactional id for every restart of this run's worker: the new process's
+        # init_transactions fences a zombie and settles the transaction a crash left open at
+        # once, instead of leaving it to the coordinator's timeout (and read_committed readers
+        # stalled behind it); unique per supervisor, so two runs on one host never fence each
+        # other
+        argv += ["--instance-id", f"{socket.gethostname()}-run{os.getpid()}"]
+    return argv
 
 
 def banner(cfg: Config, capture: Path | None) -> str:
@@ -207,7 +216,9 @@ class Supervisor:
         # inline mode: the relay forwards the originals (before ingest, like the other consumers)
         stages = _stages(self.cfg)
         for stage in stages:
-            self.children.append(Child(stage, _stage_argv(stage, self.config_path), self.env))
+            self.children.append(
+                Child(stage, _stage_argv(stage, self.config_path, self.env), self.env)
+            )
 
     def loop(self) -> int:
         restarts = RestartLoop(

@@ -10,7 +10,8 @@ Transactional id: ``<journal group>-<instance id>``. Give each replica a stable 
 (``--instance-id``, ``MAILJOURNAL_INSTANCE_ID``; e.g. a StatefulSet pod name) and a restarted
 replica fences its zombie and aborts its open transaction at once in ``init_transactions``.
 Without one it is ``<host>-<pid>``: stable across container restarts in a pod (pid 1), unique
-per process on a plain host. Correctness never depends on it: with the KIP-447 model the group
+per process on a plain host; ``mailjournal run`` passes ``<host>-run<its pid>``, the same for
+every restart of its worker. Correctness never depends on it: with the KIP-447 model the group
 coordinator refuses offsets from a member of an old generation, and a new partition owner waits
 for a pending transaction's offsets; a unique id only means a crashed process's open
 transaction holds back read_committed readers until ``transaction.timeout.ms``.

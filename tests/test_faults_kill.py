@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -121,3 +122,10 @@ def test_sigkill_every_stage_several_times_under_load(
     assert figures["ndrs"] == 0
     # a message is in Kafka only if its client got 250, or lost the reply after sending it
     assert total <= figures["messages_in_kafka"] <= total + load.unacknowledged
+    # every journal worker the supervisor started had the run's one transactional id: each
+    # fenced its killed predecessor and settled the transaction it left open at once (a worker
+    # killed before it logged is not counted)
+    ids = re.findall(
+        r"journal worker \S+ consuming \S+ \(transactional\.id (\S+)\)", p.log_tail(10**6)
+    )
+    assert len(ids) >= 2 and len(set(ids)) == 1, ids
