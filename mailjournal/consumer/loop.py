@@ -12,9 +12,15 @@ Threads:
 Crash safety (at-least-once, never a lost record): a record's offset becomes committable only
 once every record it gave rise to -- the outcome, the retry record, the NDR, the dead letter --
 has been acknowledged by Kafka (``acks=all``, idempotent producer). Commits cover, per
-partition, the records below the lowest one not yet final, so a crash anywhere repeats at most
-the records after the last commit: a duplicate send (same Message-ID) or a duplicate retry
-record, never a gap.
+partition, the records below the lowest one not yet final, and the commit's progress note
+(:mod:`mailjournal.consumer.partition`) the final ones past it, which the partition's next owner
+skips; so a crash anywhere repeats at most the records in flight and those finished since the
+last commit: a duplicate send (same Message-ID) or a duplicate retry record, never a gap.
+
+Head of line: ``max_inflight`` bounds that work (in flight + finished since the last commit), not
+the span behind the oldest record in flight, so a copy stuck at a partition's head (an archive
+hanging until the command timeout) does not stop the copies behind it to other destinations.
+The span kept in memory (one offset per record) is bounded by :data:`MAX_SPAN_RECORDS`.
 
 Retry tiers: a partition whose head record is not yet due is paused and rewound to that record
 (it is re-fetched when due); the record is not kept in memory, and nothing polls in a loop. The
@@ -48,7 +54,7 @@ from mailjournal.consumer.dead_letter import dead_letter
 from mailjournal.consumer.fetch import fetch
 from mailjournal.consumer.handler import Handler, Poison, Production, Record, Source
 from mailjournal.consumer.lag import partition_lag
-from mailjournal.consumer.partition import PartitionState
+from mailjournal.consumer.partition import PartitionState, parse_note
 from mailjournal.kafka import close_consumer, flush_producer, make_consumer, make_producer
 from schemas import from_millis, now_millis
 
@@ -62,6 +68,10 @@ POLL_SECONDS = 0.1
 PAUSE_WHEN_FULL_SECONDS = 1.0  # full this long: pause the partitions too (_apply_backpressure)
 WAITING_GAUGE_INTERVAL_SECONDS = 5.0
 MAX_BATCH = 500
+# offsets kept behind the oldest record in flight, over all partitions (a few MB): at 1,000
+# records/s a head may be stuck 100 s before the stage holds off
+MAX_SPAN_RECORDS = 100_000
+COMMITTED_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass
@@ -211,9 +221,11 @@ class TieredConsumer:
         # but not yet committed; commit as soon as half of it is finished work, not only at the
         # interval, so a fast smart host is not held back by the commit cadence
         max_inflight = self.settings.max_inflight
-        if self._uncommitted() - self._total_inflight() >= max_inflight // 2:
+        unrecorded, working = self._window()
+        if unrecorded - working >= max_inflight // 2:
             self._commit(self._assigned)
-        room = max_inflight - self._uncommitted()
+            unrecorded, working = self._window()
+        room = min(max_inflight - unrecorded, MAX_SPAN_RECORDS - self._span())
         if room <= 0:
             with self._cond:
                 self._cond.wait(0.05)
@@ -240,11 +252,47 @@ class TieredConsumer:
     def _total_inflight(self) -> int:
         return sum(self._inflight.values())
 
-    def _uncommitted(self) -> int:
+    def _window(self) -> tuple[int, int]:
+        """(records a crash would hand over again, records in flight) of the assignment."""
         with self._cond:
-            return sum(
-                state.uncommitted for tp, state in self._states.items() if tp in self._assigned
+            states = [s for tp, s in self._states.items() if tp in self._assigned]
+            return sum(s.unrecorded for s in states), sum(s.working for s in states)
+
+    def _span(self) -> int:
+        with self._cond:
+            return sum(s.uncommitted for tp, s in self._states.items() if tp in self._assigned)
+
+    def _restore(self) -> None:
+        """Read the committed progress notes of the partitions assigned since the last call: the
+        records they say are final are skipped, not handled again."""
+        consumer = self._consumer
+        assert consumer is not None
+        fresh = [tp for tp in self._assigned if not self._states[tp].restored]
+        if not fresh:
+            return
+        for tp in fresh:
+            self._states[tp].restored = True
+        try:
+            committed = consumer.committed(
+                [TopicPartition(t, p) for t, p in fresh], timeout=COMMITTED_TIMEOUT_SECONDS
             )
+        except KafkaException as exc:  # nothing skipped: handled again, never lost
+            log.warning("%s: reading committed progress notes: %s", self.name, exc)
+            return
+        for c in committed:
+            state = self._states.get((c.topic, c.partition))
+            if state is None or c.error is not None or c.offset < 0:
+                continue
+            state.recorded = parse_note(c.metadata, c.offset)
+            if state.recorded is not None:
+                log.info(
+                    "%s: %s[%d] resumes at %d; final records after it up to %d are skipped",
+                    self.name,
+                    c.topic,
+                    c.partition,
+                    c.offset,
+                    state.recorded.end,
+                )
 
     def _on_message(self, msg: Message) -> None:
         err = msg.error()
@@ -264,6 +312,13 @@ class TieredConsumer:
         if tp in self._held:
             return  # behind a retry head that is not due: fetched again after it
         state = self._states.setdefault(tp, PartitionState())
+        if not state.restored:
+            self._restore()
+        if state.finished_before(offset):
+            with self._cond:
+                state.skip(offset)
+            metrics.SKIPPED_FINAL.inc()
+            return
         source = self._source.get(topic, Source.INPUT)
         record = Record(
             source, topic, partition, offset, msg.key(), msg.value() or b"", _headers(msg)
@@ -333,8 +388,10 @@ class TieredConsumer:
     # -- pausing -----------------------------------------------------------------------------
 
     def _apply_backpressure(self) -> None:
-        total, retry = self._uncommitted(), self._inflight[Source.RETRY]
+        retry = self._inflight[Source.RETRY]
         cap = self.settings.max_inflight
+        # the span counts at the same scale: full when it is, half empty when it is half empty
+        total = max(self._window()[0], self._span() * cap // MAX_SPAN_RECORDS)
         retry_cap = max(1, cap // 2)
         # Full: the main loop stops taking records. Pausing the partitions as well drops what
         # librdkafka has prefetched (bounded by queued.max.messages.kbytes) and resuming fetches
@@ -430,12 +487,16 @@ class TieredConsumer:
         consumer = self._consumer
         assert consumer is not None
         offsets: list[TopicPartition] = []
+        finished: dict[TP, int] = {}
         with self._cond:
             for tp in tps:
                 state = self._states.get(tp)
                 pos = state.position() if state is not None else None
-                if state is not None and pos is not None and pos != state.committed:
-                    offsets.append(TopicPartition(tp[0], tp[1], pos))
+                if state is None or pos is None:
+                    continue
+                if pos != state.committed or state.finished != state.recorded_finished:
+                    offsets.append(TopicPartition(tp[0], tp[1], pos, metadata=state.note() or ""))
+                    finished[tp] = state.finished
         if not offsets:
             return
         try:
@@ -450,6 +511,7 @@ class TieredConsumer:
                 state = self._states.get((o.topic, o.partition))
                 if state is not None:
                     state.committed = o.offset
+                    state.recorded_finished = finished[(o.topic, o.partition)]
 
     def _update_waiting_gauge(self) -> None:
         consumer = self._consumer

@@ -30,3 +30,8 @@ PRODUCED_AGAIN = Counter(
     "Results produced again after their delivery failed retriably (Kafka away past "
     "delivery.timeout.ms): the stage stays up through an outage of any length",
 )
+SKIPPED_FINAL = Counter(
+    "mailjournal_delivery_skipped_final_total",
+    "Records a new partition owner skipped because the committed progress note says they were "
+    "final already (finished behind a stuck head before a crash or a rebalance)",
+)
