@@ -681,8 +681,9 @@ class DeliveryConfig(Strict):
     concurrency: int = Field(default=16, ge=1)
     """Parallel SMTP sessions."""
     max_inflight: int = Field(default=256, ge=1)
-    """Records taken from Kafka and not yet committed (in flight, or final but not committed):
-    what a crash would send again."""
+    """Records taken from Kafka and not yet recorded as final by a commit (in flight, or final
+    since the last commit): what a crash would send again. Records finished behind a stuck one
+    are recorded in the commit's progress note and do not count."""
     connect_timeout_seconds: float = Field(default=10, gt=0)
     command_timeout_seconds: float = Field(default=60, gt=0)
     # one retry topic per delay ("<topics.retry.name>.<i>"): a topic holds records of one delay,
