@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.kafka_local import free_ports
 from mailjournal.config import Config
 from mailjournal.kafka import make_admin, make_producer
 from mailjournal.topics import topic_specs
@@ -100,9 +101,9 @@ journalAddress = "not an address"
 class Prometheus:
     """``/usr/bin/prometheus`` on a free loopback port with its own TSDB directory."""
 
-    def __init__(self, workdir: Path, jobs: dict[str, list[str]]):
+    def __init__(self, workdir: Path, jobs: dict[str, list[str]], port: int | None = None):
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = self._write_config(jobs)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -214,10 +215,11 @@ class Live:
 def _stage_config(
     tmp: Path, bootstrap: str, capture: CaptureServer
 ) -> tuple[Config, dict[str, int]]:
-    ports = {
-        name: free_port()
-        for name in ("smtp", "relay_smtp", "ingest", "journal", "delivery", "relay", "evidence")
-    }
+    # every port of the module's processes from one call: held together, so all distinct (one
+    # at a time, the kernel handed out the same port twice and two stages fought over it)
+    names = ("smtp", "relay_smtp", "ingest", "journal", "delivery", "relay", "evidence")
+    extra = ("dead_smtp", "dead_metrics", "dead_kafka", "audit", "prometheus")
+    ports = dict(zip(names + extra, free_ports(len(names) + len(extra)), strict=True))
     directory = tmp / "directory.toml"
     directory.write_text(DIRECTORY)
     suffix = unique_suffix("ops-prometheus")
@@ -300,11 +302,11 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         config_file = write_toml(config, tmp / "mailjournal.toml")
 
         # an ingest whose Kafka is gone: nothing listens on its bootstrap port
-        dead = {"smtp": free_port(), "metrics": free_port()}
+        dead = {"smtp": ports["dead_smtp"], "metrics": ports["dead_metrics"]}
         broken = deep_merge(
             config.model_dump(mode="json", exclude_none=True),
             {
-                "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"},
+                "kafka": {"bootstrap_servers": f"127.0.0.1:{ports['dead_kafka']}"},
                 "ingest": {
                     "listeners": [{"name": "mx", "host": "127.0.0.1", "port": dead["smtp"]}],
                     "kafka_ack_timeout_seconds": 2,
@@ -313,7 +315,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             },
         )
         broken_file = write_toml(Config.model_validate(broken), tmp / "broken-ingest.toml")
-        audit_port = free_port()
+        audit_port = ports["audit"]
 
         def spawn(name: str, *args: str) -> None:
             with open(tmp / f"{name}.log", "wb") as log:
@@ -339,6 +341,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "mailjournal-evidence": [f"{host}:{ports['evidence']}"],
                 "mailjournal-audit": [f"{host}:{audit_port}"],
             },
+            port=ports["prometheus"],
         ).start()
         spawn("run", "run", "--config", str(config_file), "--no-restart")
         spawn("broken-ingest", "ingest", "--config", str(broken_file))
