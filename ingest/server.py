@@ -122,6 +122,14 @@ def _utf8(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+async def sleep_at_least(seconds: float) -> None:
+    """Sleep no less than ``seconds``: uvloop's timers count whole milliseconds and fire up to
+    one early, and an error delay is a promise (a client must not see it shortened)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(left + 0.001)
+
+
 @dataclass(slots=True)
 class Transaction:
     sender: str
@@ -440,7 +448,7 @@ class IngestSMTP(SmtpConnection):
         self.send(data)
 
     async def _delayed(self, data: bytes, delay: float) -> None:
-        await asyncio.sleep(delay)
+        await sleep_at_least(delay)
         self.send(data)
 
     async def push(self, status: Reply | str | bytes) -> None:
@@ -451,7 +459,7 @@ class IngestSMTP(SmtpConnection):
             return
         if delay:
             self.flush()
-            await asyncio.sleep(delay)
+            await sleep_at_least(delay)
         self.send(data)
         self.flush()
 
