@@ -17,7 +17,7 @@ from typing import Any
 
 from delivery import metrics
 from delivery.ndr import build_ndr, make_ndr_copy
-from delivery.report import build_message, envelope_sender
+from delivery.report import envelope_sender, outgoing_message
 from delivery.retry import tier_topics
 from delivery.routes import Route, Routes, pool_size
 from mailjournal.config import Config
@@ -42,6 +42,7 @@ from mailjournal.smtp.outcomes import (
     decide,
     retry_copy,
 )
+from mailjournal.smtp.wire import Outgoing
 from schemas import now_millis
 from schemas.events import JournalCopyKind, to_millis
 
@@ -90,7 +91,7 @@ class DeliveryHandler:
         """One attempt of a journal copy or NDR."""
         copy = value
         kind = str(copy.get("kind") or "JOURNAL")
-        message = build_message(copy, self.config)
+        message = outgoing_message(copy, self.config)
         address = str(copy["journal_address"])
         route = self.routes.route_for(address)
         with route.gate.enter() as admitted:
@@ -168,7 +169,7 @@ class DeliveryHandler:
         self,
         record: Record,
         copy: dict[str, Any],
-        message: bytes,
+        message: Outgoing,
         result: SmtpResult,
         decision: Decision,
         now: int,
@@ -199,7 +200,7 @@ class DeliveryHandler:
         )
         ndr = make_ndr_copy(
             copy,
-            build_ndr(copy, message, failure, self.config, now_ms=now),
+            build_ndr(copy, message.data(), failure, self.config, now_ms=now),
             self.config,
             now_ms=now,
         )

@@ -26,7 +26,6 @@ from mailjournal.config import Config
 from mailjournal.mime import (
     CRLF,
     RENDER_FALLBACKS,
-    body_transfer_encoding,
     choose_boundary,
     clean_text,
     combine_encodings,
@@ -39,9 +38,10 @@ from mailjournal.mime import (
     simple_header,
     text_part,
 )
+from mailjournal.smtp.wire import BodyFacts, Outgoing, Part
 from mailjournal.stamp import HEADER as STAMP_HEADER
 from mailjournal.stamp import PLACEHOLDER as STAMP_PLACEHOLDER
-from mailjournal.stamp import StampKeyError, stamp_message
+from mailjournal.stamp import StampKeyError, make_stamp_of_parts, stamp_head, stamp_message
 from schemas.events import to_millis
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,33 @@ def journal_headers(
     ]
 
 
-def seal(message: bytes, config: Config, *, copy_id: str, to: str, date_ms: int) -> bytes:
-    """``message`` (a report or NDR we built) with our loop-guard stamp: bound to its body, its
-    destination ``to`` and its Date, so it exempts this message to that address only."""
+def _stamp_key(config: Config) -> bytes:
     key = config.journal.stamp_key()
     if key is None:
         raise StampKeyError("journal.stamp_secret_file: not set; reports cannot be stamped")
+    return key
+
+
+def seal(message: bytes, config: Config, *, copy_id: str, to: str, date_ms: int) -> bytes:
+    """``message`` (a report or NDR we built) with our loop-guard stamp: bound to its body, its
+    destination ``to`` and its Date, so it exempts this message to that address only."""
+    key = _stamp_key(config)
     return stamp_message(message, copy_id=copy_id, destination=to, created_ms=date_ms, key=key)
+
+
+def seal_head(
+    head: bytes,
+    body: Iterable[bytes],
+    config: Config,
+    *,
+    copy_id: str,
+    to: str,
+    date_ms: int,
+) -> bytes:
+    """:func:`seal` of a message built as its header section ``head`` (ending with the blank
+    line) and the parts of its body: the stamped header section, the body left unjoined."""
+    value = make_stamp_of_parts(copy_id, to, date_ms, body, _stamp_key(config))
+    return stamp_head(head, value)
 
 
 def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
@@ -131,15 +151,24 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
 
     A pure function of the copy record and the configuration (the Date is the time the original
     was received), so every attempt and every duplicate send carries the same bytes."""
+    return report_parts(copy, config).data()
+
+
+def report_parts(copy: Mapping[str, Any], config: Config) -> Outgoing:
+    """:func:`build_report` as the parts delivery sends unjoined: the stamped header section,
+    the summary part with the attachment's part header, the original, the closing delimiter.
+    The original is scanned once (:class:`BodyFacts`), for its transfer encoding and its send."""
     original: bytes = bytes(copy["original"])
+    original_facts = BodyFacts.of(original)
     text, text_cte = text_part(report_lines(copy))
-    original_cte = body_transfer_encoding(original)
+    original_cte = original_facts.transfer_encoding()
     boundary = choose_boundary(str(copy["copy_id"]), original, text)
+    date_ms = to_millis(copy.get("received_at"))
     headers = journal_headers(
         copy,
         config,
         subject=render_field(decode_header_text, copy.get("subject")),
-        date_ms=to_millis(copy.get("received_at")),
+        date_ms=date_ms,
     )
     headers[6:6] = [
         simple_header("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
@@ -149,10 +178,8 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
     delimiter = b"--" + boundary.encode("ascii")
     # The CRLF before each delimiter belongs to the delimiter (RFC 2046 §5.1.1): the attached
     # part's body is exactly ``original``, whether or not it ends with a line break.
-    message = b"".join(
+    summary = b"".join(
         [
-            *headers,
-            CRLF,
             delimiter,
             CRLF,
             b"Content-Type: text/plain; charset=utf-8\r\n",
@@ -164,38 +191,43 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
             b"Content-Type: message/rfc822\r\n",
             b"Content-Transfer-Encoding: " + original_cte.encode("ascii") + CRLF,
             CRLF,
-            original,
-            CRLF,
-            delimiter,
-            b"--",
-            CRLF,
         ]
     )
-    date_ms = to_millis(copy.get("received_at"))
-    return seal(
-        message,
+    closing = CRLF + delimiter + b"--" + CRLF
+    # the loop-guard stamp covers the body (everything after the header section)
+    head = seal_head(
+        b"".join([*headers, CRLF]),
+        (summary, original, closing),
         config,
         copy_id=str(copy["copy_id"]),
         to=str(copy["journal_address"]),
         date_ms=date_ms,
     )
+    return Outgoing(
+        [Part.of(head), Part.of(summary), Part(original, original_facts), Part.of(closing)]
+    )
 
 
 def build_message(copy: Mapping[str, Any], config: Config) -> bytes:
-    """The bytes delivery sends for ``copy``: an NDR as built, a ``copy`` unaltered, else the
-    journal report -- or, when building the report raises (it should not: every field has a
-    fallback), the original unaltered as in the ``copy`` format: a copy always goes out."""
+    """The bytes delivery sends for ``copy`` (:func:`outgoing_message`, joined)."""
+    return outgoing_message(copy, config).data()
+
+
+def outgoing_message(copy: Mapping[str, Any], config: Config) -> Outgoing:
+    """What delivery sends for ``copy``: an NDR as built, a ``copy`` unaltered, else the journal
+    report -- or, when building the report raises (it should not: every field has a fallback),
+    the original unaltered as in the ``copy`` format: a copy always goes out."""
     if copy.get("kind") == "NDR" or copy.get("format") == "COPY":
-        return bytes(copy["original"])
+        return Outgoing.of(bytes(copy["original"]))
     try:
-        return build_report(copy, config)
+        return report_parts(copy, config)
     except Exception:
         log.exception(
             "report for copy %s failed to build; sending the original as a copy",
             safe_ascii(copy.get("copy_id")),
         )
         RENDER_FALLBACKS.labels("report").inc()
-        return bytes(copy["original"])
+        return Outgoing.of(bytes(copy["original"]))
 
 
 def envelope_sender(copy: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from mailjournal.config import DeliveryConfig, SmartHostConfig
 from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.mx import MxError, Resolver, mx_hosts
 from mailjournal.smtp.outcomes import SESSION_STAGES, SmtpResult
+from mailjournal.smtp.wire import Outgoing
 
 DEFAULT_ROUTE = "default"
 MAX_CACHED_ADDRESSES = 100_000
@@ -134,7 +135,7 @@ class Routes:
                     self._by_address[address] = route
         return route
 
-    def send(self, route: Route, mail_from: str, rcpt: str, data: bytes) -> SmtpResult:
+    def send(self, route: Route, mail_from: str, rcpt: str, data: bytes | Outgoing) -> SmtpResult:
         """One attempt on ``route`` (inside its gate): its server, or its MX hosts in order
         while a host cannot be reached."""
         if route.mx:

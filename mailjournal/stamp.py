@@ -21,7 +21,7 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -87,16 +87,29 @@ def body_of(message: bytes) -> bytes:
 
 
 def _mac(key: bytes, copy_id: str, destination: str, created_ms: int, body: bytes) -> str:
-    digest = hashlib.sha256(body).hexdigest()
+    return _mac_of_digest(key, copy_id, destination, created_ms, hashlib.sha256(body).hexdigest())
+
+
+def _mac_of_digest(key: bytes, copy_id: str, destination: str, created_ms: int, digest: str) -> str:
     text = "\0".join((_VERSION, copy_id, destination.casefold(), str(created_ms), digest))
     return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def make_stamp(copy_id: str, destination: str, created_ms: int, body: bytes, key: bytes) -> str:
     """The header value stamping a message with this body for ``destination``."""
+    return make_stamp_of_parts(copy_id, destination, created_ms, (body,), key)
+
+
+def make_stamp_of_parts(
+    copy_id: str, destination: str, created_ms: int, body: Iterable[bytes], key: bytes
+) -> str:
+    """:func:`make_stamp` of the body that ``body``'s parts make joined (hashed part by part)."""
     if key_problem(key):
         raise StampKeyError(f"stamp key: {key_problem(key)}")
-    mac = _mac(key, copy_id, destination, created_ms, body)
+    digest = hashlib.sha256()
+    for part in body:
+        digest.update(part)
+    mac = _mac_of_digest(key, copy_id, destination, created_ms, digest.hexdigest())
     # percent-encoded: a quoted local part may hold ";" or blanks, and the field stays ASCII
     to = quote(destination, safe="@.-_+")
     return f"{_VERSION}; copy={copy_id}; to={to}; t={created_ms}; mac={mac}"
@@ -108,19 +121,24 @@ PLACEHOLDER = "pending"
 _PLACEHOLDER_FIELD = f"{HEADER}: {PLACEHOLDER}\r\n".encode("ascii")
 
 
+def stamp_head(head: bytes, value: str) -> bytes:
+    """The header section ``head`` of a message we built with the stamp ``value`` in place of
+    its :data:`PLACEHOLDER` field (or as its first field when it has none)."""
+    field = f"{HEADER}: {value}\r\n".encode("ascii")
+    at = head.find(_PLACEHOLDER_FIELD)
+    if at == 0 or (at > 0 and head[at - 1 : at] == b"\n"):
+        return head[:at] + field + head[at + len(_PLACEHOLDER_FIELD) :]
+    return field + head
+
+
 def stamp_message(
     message: bytes, *, copy_id: str, destination: str, created_ms: int, key: bytes
 ) -> bytes:
     """``message`` with our stamp in place of its :data:`PLACEHOLDER` field (or as its first
     field when it has none); its body, which the MAC covers, unchanged."""
-    value = make_stamp(copy_id, destination, created_ms, body_of(message), key)
-    field = f"{HEADER}: {value}\r\n".encode("ascii")
     body = body_of(message)
     head = message[: len(message) - len(body)]
-    at = head.find(_PLACEHOLDER_FIELD)
-    if at == 0 or (at > 0 and head[at - 1 : at] == b"\n"):
-        return head[:at] + field + head[at + len(_PLACEHOLDER_FIELD) :] + body
-    return field + message
+    return stamp_head(head, make_stamp(copy_id, destination, created_ms, body, key)) + body
 
 
 def parse_stamp(value: str) -> dict[str, str]:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mailjournal.smtp.client import SmtpClient, dot_stuffed
+from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.outcomes import ResultClass
+from mailjournal.smtp.wire import dot_stuffed
 from tests.fixtures.smtp import CaptureServer, SmtpSink, free_port, wait_until
 from tests.test_delivery_smtp import MAIL_FROM, RCPT, delivery_cfg
 

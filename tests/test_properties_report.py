@@ -27,7 +27,8 @@ from delivery.report import build_message, build_report
 from ingest.headers import selected_headers
 from mailjournal.config import Config
 from mailjournal.dsn import Failure, diagnostic_code
-from mailjournal.mime import MAX_LINE, has_long_line, header_block
+from mailjournal.mime import MAX_LINE, header_block
+from mailjournal.smtp.wire import has_long_line
 from schemas.events import JournalCopyKind, JournalSource, ReportFormat
 from schemas.records import journal_copy
 from tests.fixtures.config import PREVIOUS_STAMP_KEY_FILE, make_config

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import logging
 import queue
-import re
 import smtplib
 import socket
 import ssl
@@ -39,17 +38,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailjournal.config import DeliveryConfig, SmartHostConfig
-from mailjournal.mime import has_bare_eol
 from mailjournal.smtp import metrics
 from mailjournal.smtp.outcomes import SmtpResult
+from mailjournal.smtp.wire import Outgoing
 
 log = logging.getLogger(__name__)
 
 # a server drops an idle session after its own timeout (Postfix: 300 s); renew ours before
 REUSE_TIME_LIMIT_SECONDS = 240.0
 REUSE_IDLE_LIMIT_SECONDS = 60.0
-
-_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 class SessionError(Exception):
@@ -58,24 +55,6 @@ class SessionError(Exception):
     def __init__(self, stage: str, code: int | None, text: str):
         super().__init__(f"{stage}: {code or ''} {text}".strip())
         self.stage, self.code, self.text = stage, code, text
-
-
-def wire_bytes(data: bytes) -> bytes:
-    """SMTP DATA is CRLF lines (RFC 5321 §2.3.8): a bare CR or LF goes out as CRLF. Originals
-    accepted by ingest have none (it refuses them), so they pass unaltered."""
-    return _BARE_EOL.sub(b"\r\n", data) if has_bare_eol(data) else data
-
-
-def dot_stuffed(data: bytes) -> bytes:
-    """The DATA payload of CRLF-line ``data`` (:func:`wire_bytes`): a dot that starts a line is
-    doubled, a final CRLF ensured, the ``.`` terminator appended (RFC 5321 §4.5.2). The same
-    bytes as ``smtplib.SMTP.data`` sends, with two ``bytes`` scans instead of two regex passes."""
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
 
 
 class _StaleSession(Exception):
@@ -356,7 +335,7 @@ class SmtpClient:
 
     # -- transactions ------------------------------------------------------------------------
 
-    def send(self, mail_from: str, rcpt: str, data: bytes) -> SmtpResult:
+    def send(self, mail_from: str, rcpt: str, data: bytes | Outgoing) -> SmtpResult:
         """One mail transaction of a journal copy: its ESMTP parameters follow from its bytes
         (:class:`_CopyParameters`). Never raises for SMTP or network trouble: the result says
         what happened (``code`` None for errors without a reply)."""
@@ -367,7 +346,7 @@ class SmtpClient:
         mail_from: str,
         mail_params: Sequence[str],
         rcpts: Sequence[tuple[str, Sequence[str]]],
-        data: bytes,
+        data: bytes | Outgoing,
     ) -> list[SmtpResult]:
         """One transaction for several recipients of one next hop, with the original ESMTP
         parameters (``mail_params``: e.g. ``BODY=8BITMIME``, ``SMTPUTF8``, ``RET=HDRS``,
@@ -381,12 +360,13 @@ class SmtpClient:
         self,
         mail_from: str,
         rcpts: Sequence[tuple[str, Sequence[str]]],
-        data: bytes,
+        data: bytes | Outgoing,
         parameters: _Parameters,
     ) -> list[SmtpResult]:
         """The transaction on a borrowed session, one result per recipient, each with the
         transaction's seconds. A reused session that fails its pipelined RSET is replaced and the
         transaction starts again on the new one (its seconds counted from there)."""
+        message = data if isinstance(data, Outgoing) else Outgoing.of(data)
         while True:
             try:
                 session = self._borrow()
@@ -395,7 +375,7 @@ class SmtpClient:
             started = time.monotonic()
             keep = True
             try:
-                results = self._transaction(session, mail_from, rcpts, data, parameters)
+                results = self._transaction(session, mail_from, rcpts, message, parameters)
                 last = results[-1] if results else None
                 # the server closes (421), or the connection broke: do not reuse the session
                 if last is not None and (
@@ -422,7 +402,7 @@ class SmtpClient:
         session: Session,
         mail_from: str,
         rcpts: Sequence[tuple[str, Sequence[str]]],
-        data: bytes,
+        message: Outgoing,
         parameters: _Parameters,
     ) -> list[SmtpResult]:
         """MAIL FROM with its parameters, a RCPT TO with its own per recipient, DATA: pipelined
@@ -434,18 +414,18 @@ class SmtpClient:
         try:
             if any(c in a for a in addresses for c in "\r\n<>"):
                 raise _Refusal(553, "5.1.3 invalid characters in an envelope address")
-            data = wire_bytes(data)
+            message = message.wire_form()
+            size = message.size
             params: list[str] = []
             if "size" in feats:
                 limit = feats["size"].strip()
-                if limit.isdigit() and int(limit) and len(data) > int(limit):
+                if limit.isdigit() and int(limit) and size > int(limit):
                     raise _Refusal(
                         552,
-                        f"5.3.4 message of {len(data)} bytes exceeds {parameters.size_limit} "
-                        f"of {limit}",
+                        f"5.3.4 message of {size} bytes exceeds {parameters.size_limit} of {limit}",
                     )
-                params.append(f"SIZE={len(data)}")
-            extensions, utf8 = parameters.mail(feats, addresses, data)
+                params.append(f"SIZE={size}")
+            extensions, utf8 = parameters.mail(feats, addresses, message)
         except _Refusal as refusal:
             local = SmtpResult(refusal.code, refusal.text, "local", addr, permanent_local=True)
             return [local] * len(rcpts)
@@ -462,13 +442,13 @@ class SmtpClient:
         smtp.command_encoding = "utf-8" if utf8 else "ascii"
         try:
             if "pipelining" in feats:
-                return self._pipelined(session, mail_args, rcpt_args, data)
-            return self._lockstep(smtp, mail_args, rcpt_args, data)
+                return self._pipelined(session, mail_args, rcpt_args, message)
+            return self._lockstep(smtp, mail_args, rcpt_args, message)
         finally:
             smtp.command_encoding = "ascii"
 
     def _lockstep(
-        self, smtp: smtplib.SMTP, mail_args: str, rcpt_args: Sequence[str], data: bytes
+        self, smtp: smtplib.SMTP, mail_args: str, rcpt_args: Sequence[str], message: Outgoing
     ) -> list[SmtpResult]:
         """Without PIPELINING: each command waits for its reply. One result per recipient: the
         MAIL refusal, its RCPT refusal, or the reply to DATA or the body. When no recipient is
@@ -487,13 +467,13 @@ class SmtpClient:
             return [f for f in failed if f is not None]
         code, msg = smtp.docmd("DATA")
         if code == 354:  # else the reply to DATA itself is the result
-            smtp.send(dot_stuffed(data))
+            smtp.send(message.payload())
             code, msg = smtp.getreply()
         final = SmtpResult(code, _decode_reply(msg), "data", addr)
         return [f or final for f in failed]
 
     def _pipelined(
-        self, session: Session, mail_args: str, rcpt_args: Sequence[str], data: bytes
+        self, session: Session, mail_args: str, rcpt_args: Sequence[str], message: Outgoing
     ) -> list[SmtpResult]:
         """RFC 2920: [RSET,] MAIL, every RCPT and DATA in one write, their replies read in
         order, then the body: two round trips per transaction instead of 4 + recipients. One
@@ -533,7 +513,7 @@ class SmtpClient:
             smtp.send(b".\r\n")
             smtp.getreply()
             return [f for f in failed if f is not None]
-        smtp.send(dot_stuffed(data))
+        smtp.send(message.payload())
         code, msg = smtp.getreply()
         final = SmtpResult(code, _decode_reply(msg), "data", addr)
         return [f or final for f in failed]
@@ -560,7 +540,7 @@ class _Parameters(Protocol):
         ...
 
     def mail(
-        self, features: dict[str, str], addresses: Sequence[str], data: bytes
+        self, features: dict[str, str], addresses: Sequence[str], message: Outgoing
     ) -> tuple[list[str], bool]:
         """The MAIL parameters for a server with ``features`` and whether the commands need
         UTF-8 (SMTPUTF8); raises :class:`_Refusal` when the server cannot take the message."""
@@ -578,11 +558,11 @@ class _CopyParameters:
     size_limit: str = "the smart host's limit"
 
     def mail(
-        self, features: dict[str, str], addresses: Sequence[str], data: bytes
+        self, features: dict[str, str], addresses: Sequence[str], message: Outgoing
     ) -> tuple[list[str], bool]:
         ascii_addresses = all(a.isascii() for a in addresses)
-        utf8_header = has_utf8_header_fields(data)
-        if not data.isascii() and "8bitmime" not in features:
+        utf8_header = has_utf8_header_fields(message.header_section())
+        if message.eight_bit and "8bitmime" not in features:
             raise _Refusal(554, "5.6.3 8-bit content and the smart host does not offer 8BITMIME")
         if "smtputf8" not in features:
             if not ascii_addresses:
@@ -595,7 +575,7 @@ class _CopyParameters:
                     "5.6.9 UTF-8 header fields (RFC 6532) and the smart host does not offer"
                     " SMTPUTF8; journal format 'report' carries such a message without SMTPUTF8",
                 )
-        params = [] if data.isascii() else ["BODY=8BITMIME"]
+        params = ["BODY=8BITMIME"] if message.eight_bit else []
         if not ascii_addresses or utf8_header:
             params.append("SMTPUTF8")
         return params, not ascii_addresses
@@ -612,7 +592,7 @@ class _RelayedParameters:
     size_limit: str = "the limit"
 
     def mail(
-        self, features: dict[str, str], addresses: Sequence[str], data: bytes
+        self, features: dict[str, str], addresses: Sequence[str], message: Outgoing
     ) -> tuple[list[str], bool]:
         params: list[str] = []
         utf8 = not all(a.isascii() for a in addresses)

@@ -1,0 +1,96 @@
+"""Property tests of the wire form (mailjournal/smtp/wire.py): a message sent as unjoined parts,
+each scanned once, puts on the wire exactly what the single-buffer functions make of the joined
+message, for any bytes and any way of cutting them into parts -- the cuts included that split a
+CRLF, fall before a dot or between a dot line's CRLF and its dot.
+
+The facts are checked against an oracle that splits the message into lines (no counting tricks,
+no block probes): what a reader of RFC 5321/5322 would do by hand.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from delivery.report import build_report, outgoing_message, report_parts
+from mailjournal.smtp.wire import BodyFacts, Outgoing, Part, dot_stuffed, wire_bytes
+from tests.fixtures.config import make_config
+from tests.fixtures.delivery import make_copy
+from tests.strategies import arbitrary_message
+
+SETTINGS = settings(max_examples=400, deadline=None)
+
+# bytes where line endings, dots, long lines and 8-bit octets are likely
+WIRE_ALPHABET = st.sampled_from(
+    [b"\r", b"\n", b"\r\n", b".", b"x", b"\x00", b"\xc3\xa4", b"a" * 500]
+)
+WIRE_BYTES = st.lists(WIRE_ALPHABET, max_size=40).map(b"".join)
+
+
+def oracle_facts(data: bytes) -> BodyFacts:
+    """The facts by hand: split at every line ending (CRLF, then a lone CR or LF)."""
+    bare = re.search(rb"\r(?!\n)|(?<!\r)\n", data) is not None
+    lines = re.split(rb"\r\n|\r|\n", data)
+    return BodyFacts(
+        bare_eol=bare,
+        nul=0 in data,
+        long_line=any(len(line) > 998 for line in re.split(rb"\n", data.replace(b"\r\n", b"\n"))),
+        eight_bit=any(b > 127 for b in data),
+        dot_line=any(line.startswith(b".") for line in lines),
+    )
+
+
+@SETTINGS
+@given(WIRE_BYTES)
+def test_facts_match_the_line_by_line_oracle(data: bytes) -> None:
+    facts, oracle = BodyFacts.of(data), oracle_facts(data)
+    assert facts.bare_eol == oracle.bare_eol
+    assert facts.nul == oracle.nul
+    assert facts.eight_bit == oracle.eight_bit
+    assert facts.transfer_encoding() == oracle.transfer_encoding()
+    if not facts.bare_eol:  # with a bare LF the octet count of a line is moot: binary anyway
+        assert facts.long_line == oracle.long_line
+        assert facts.dot_line == oracle.dot_line
+
+
+@SETTINGS
+@given(st.lists(WIRE_BYTES, min_size=1, max_size=6))
+def test_payload_of_parts_is_the_payload_of_the_joined_message(parts: list[bytes]) -> None:
+    joined = b"".join(parts)
+    outgoing = Outgoing(Part.of(p) for p in parts)
+    assert outgoing.data() == joined
+    assert outgoing.size == len(joined)
+    assert outgoing.eight_bit == (not joined.isascii())
+    assert outgoing.payload() == dot_stuffed(wire_bytes(joined))
+
+
+@SETTINGS
+@given(arbitrary_message())
+def test_a_report_sent_as_parts_is_the_report_joined(original: bytes) -> None:
+    config = make_config({})
+    copy = make_copy(original=original)
+    parts = report_parts(copy, config)
+    assert len(parts.parts) == 4 and parts.parts[2].data is copy["original"]
+    assert parts.data() == build_report(copy, config)
+    assert parts.payload() == dot_stuffed(wire_bytes(build_report(copy, config)))
+    # the small parts are ours: CRLF lines, no dot line to stuff
+    for part in (parts.parts[0], parts.parts[1], parts.parts[3]):
+        assert not part.facts.bare_eol and not part.facts.dot_line
+
+
+def test_copy_format_and_ndr_go_out_as_the_original_unchanged() -> None:
+    config = make_config({})
+    original = b"Subject: s\r\n\r\n.dot\r\n"
+    for copy in (
+        make_copy(original=original, format="COPY"),
+        make_copy(original=original, kind="NDR"),
+    ):
+        out = outgoing_message(copy, config)
+        assert out.data() == original
+        assert out.payload() == b"Subject: s\r\n\r\n..dot\r\n.\r\n"
+
+
+def test_empty_message_payload() -> None:
+    assert Outgoing.of(b"").payload() == dot_stuffed(b"") == b"\r\n.\r\n"
