@@ -18,6 +18,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from delivery.report import build_message, outgoing_message
+from mailjournal.config import Config
 from mailjournal.smtp.wire import dot_stuffed, wire_bytes
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import make_copy
@@ -28,6 +29,10 @@ LINE = b"La de da de da 1.\r\n"  # smtp-source's body line, as in make bench
 def copy_of(size: int) -> dict[str, Any]:
     head = b"Subject: bench\r\nFrom: a@ext.example\r\nTo: b@corp.example\r\n\r\n"
     return make_copy(original=head + LINE * max(1, (size - len(head)) // len(LINE)))
+
+
+def payload_of(copy: dict[str, Any], config: Config) -> bytes:
+    return outgoing_message(copy, config).payload()
 
 
 def ms(fn: Callable[[], object], repeats: int) -> float:
@@ -52,7 +57,7 @@ def main() -> None:
         build = ms(functools.partial(build_message, copy, config), repeats)
         wire = ms(functools.partial(wire_bytes, message), repeats)
         stuff = ms(functools.partial(dot_stuffed, message), repeats)
-        parts = ms(lambda c=copy: outgoing_message(c, config).payload(), repeats)
+        parts = ms(functools.partial(payload_of, copy, config), repeats)
         print(
             f"{size // 1024:>7}KB {build:>9.3f} {wire:>8.3f} {stuff:>9.3f}"
             f" {build + wire + stuff:>10.3f} {parts:>9.3f}"
