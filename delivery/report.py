@@ -159,7 +159,7 @@ def report_parts(copy: Mapping[str, Any], config: Config) -> Outgoing:
     the summary part with the attachment's part header, the original, the closing delimiter.
     The original is scanned once (:class:`BodyFacts`), for its transfer encoding and its send."""
     original: bytes = bytes(copy["original"])
-    original_facts = BodyFacts.of(original)
+    original_facts = original_body_facts(copy)
     text, text_cte = text_part(report_lines(copy))
     original_cte = original_facts.transfer_encoding()
     boundary = choose_boundary(str(copy["copy_id"]), original, text)
@@ -208,6 +208,12 @@ def report_parts(copy: Mapping[str, Any], config: Config) -> Outgoing:
     )
 
 
+def original_body_facts(copy: Mapping[str, Any]) -> BodyFacts:
+    """The facts of the copy's original: as ingest learnt them (``body_facts``, JournalCopy
+    v4), else learnt here."""
+    return BodyFacts.from_record(copy.get("body_facts")) or BodyFacts.of(bytes(copy["original"]))
+
+
 def build_message(copy: Mapping[str, Any], config: Config) -> bytes:
     """The bytes delivery sends for ``copy`` (:func:`outgoing_message`, joined)."""
     return outgoing_message(copy, config).data()
@@ -218,7 +224,7 @@ def outgoing_message(copy: Mapping[str, Any], config: Config) -> Outgoing:
     report -- or, when building the report raises (it should not: every field has a fallback),
     the original unaltered as in the ``copy`` format: a copy always goes out."""
     if copy.get("kind") == "NDR" or copy.get("format") == "COPY":
-        return Outgoing.of(bytes(copy["original"]))
+        return Outgoing.of(bytes(copy["original"]), original_body_facts(copy))
     try:
         return report_parts(copy, config)
     except Exception:

@@ -31,6 +31,8 @@ import functools
 import re
 from collections.abc import Callable
 
+from mailjournal.smtp.wire import BodyFacts, has_long_line
+
 # a line starting with "."; the terminator and dot-stuffed lines are among them
 _DOT_LINE = re.compile(rb"\n\.")
 # a CR not followed by LF (within a region that ends with a LF)
@@ -249,6 +251,22 @@ class DataParser:
         if self._bare:  # only reachable in "normalize" mode
             data = _NEWLINES.sub(b"\r\n", data)
         self.message = data
+
+    def facts(self) -> BodyFacts:
+        """The facts of :attr:`message` (status OK), mostly from what the read learnt: no bare
+        line ending (refused, or normalised), a line starting with "." only if the wire had a
+        stuffed line or a bare LF (normalised into a CRLF), so clean mail is not searched for
+        one; the NUL, 8-bit and long-line checks are C-speed probes."""
+        data = self.message
+        if data is None:
+            raise RuntimeError("no message")
+        return BodyFacts(
+            bare_eol=False,
+            nul=b"\x00" in data,
+            long_line=has_long_line(data),
+            eight_bit=not data.isascii(),
+            dot_line=(self._stuffed or self._bare) and (data.startswith(b".") or b"\r\n." in data),
+        )
 
 
 @functools.lru_cache(maxsize=8)

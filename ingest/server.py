@@ -973,6 +973,7 @@ class IngestSMTP(SmtpConnection):
             headers=selected_headers(raw),
             sha256=sha256,
             raw=raw,
+            body_facts=parser.facts().record(),
         )
         # our Received: (and a Message-ID: when missing) before the bytes as received
         if len(raw) >= THREAD_HASH_BYTES:

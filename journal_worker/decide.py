@@ -616,5 +616,6 @@ def journal_copy_record(
         message_id=headers.get("message_id"),
         subject=headers.get("subject"),
         original=event["raw"],
+        body_facts=event.get("body_facts"),
         policy_digest=policy_digest,
     )

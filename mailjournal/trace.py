@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
+from mailjournal.smtp.wire import BodyFacts
+
 # CR, LF and the other controls must not reach a header line from client-supplied text
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 
@@ -71,8 +73,10 @@ def traced(event: Mapping[str, Any], hostname: str) -> dict[str, Any]:
         headers["message_id"] = message_id_for(str(event["event_id"]), domain)
         prefix += f"Message-ID: {headers['message_id']}\r\n".encode("ascii", "replace")
     raw = prefix + received
+    facts = BodyFacts.from_record(event.get("body_facts"))
     return {
         **event,
+        "body_facts": BodyFacts.of(prefix).followed_by(facts).record() if facts else None,
         "headers": headers,
         "size": len(raw),
         "sha256": hashlib.sha256(raw).hexdigest(),

@@ -22,6 +22,7 @@ from typing import Any
 
 from mailjournal.addresses import domain_of
 from mailjournal.config import Config, NextHopConfig
+from mailjournal.smtp.wire import BodyFacts
 from mailjournal.trace import received_field
 from schemas.events import JournalCopyKind, ReportFormat, make_copy_id
 from schemas.records import (
@@ -109,9 +110,13 @@ def received_header(event: Mapping[str, Any], config: Config) -> bytes:
 def relay_copies(event: Mapping[str, Any], config: Config) -> list[dict[str, Any]]:
     """One RELAY copy per destination of a ``MessageReceived`` from a relay listener."""
     raw: bytes = event["raw"]
+    facts = BodyFacts.from_record(event.get("body_facts"))
     # ingest prepends the same field to events since MessageReceived v2: one of ours per hop
     if config.relay.add_received and not event.get("prepended_length"):
-        raw = received_header(event, config) + raw
+        prefix = received_header(event, config)
+        raw = prefix + raw
+        facts = BodyFacts.of(prefix).followed_by(facts) if facts else None
+    body_facts = facts.record() if facts else None
     headers = event.get("headers") or {}
     sender = event.get("mail_from") or ""
     return [
@@ -134,6 +139,7 @@ def relay_copies(event: Mapping[str, Any], config: Config) -> list[dict[str, Any
                     key,
                 ),
                 original=raw,
+                body_facts=body_facts,
             )
         )
         for key, rcpts in group_recipients(event.get("recipients") or [], config).items()

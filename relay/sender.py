@@ -10,6 +10,7 @@ from typing import Any
 from mailjournal.config import Config, DeliveryConfig, NextHopConfig, SmartHostConfig
 from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.outcomes import SmtpResult
+from mailjournal.smtp.wire import BodyFacts, Outgoing
 from relay.mx import MxError, Resolver, mx_hosts
 from relay.routing import hop_for_key, mail_args, rcpt_args
 
@@ -81,7 +82,7 @@ class RelaySender:
                 str(copy.get("original_sender") or ""),
                 mail_args(env.get("mail_params") or {}),
                 args,
-                bytes(copy["original"]),
+                Outgoing.of(bytes(copy["original"]), BodyFacts.from_record(copy.get("body_facts"))),
             )
             # a host that cannot be reached says nothing about the message: try the next MX
             if not all(r.code is None or r.stage in SESSION_FAILURE_STAGES for r in results):

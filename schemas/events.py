@@ -138,6 +138,16 @@ class SelectedHeaders(TypedDict):
     ms_journal_report: str | None
 
 
+class BodyFacts(TypedDict):
+    """What a message's bytes are (mailjournal.smtp.wire.BodyFacts), learnt by ingest."""
+
+    bare_eol: bool
+    nul: bool
+    long_line: bool
+    eight_bit: bool
+    dot_line: bool
+
+
 class MessageReceived(TypedDict):
     event_id: str
     received_at: Timestamp
@@ -156,6 +166,7 @@ class MessageReceived(TypedDict):
     prepended_length: NotRequired[int]  # v2: ingest's fields at the start of raw
     received_sha256: NotRequired[str | None]  # v2: digest of raw[prepended_length:]
     message_id_added: NotRequired[bool]  # v2
+    body_facts: NotRequired[BodyFacts | None]  # v3: the facts of raw
     raw: bytes
 
 
@@ -195,6 +206,7 @@ class JournalCopy(TypedDict):
     relay: RelayEnvelope | None
     policy_digest: NotRequired[str | None]  # v3
     replay_run: str | None  # v3, set by `mailjournal replay`: the run's id
+    body_facts: NotRequired[BodyFacts | None]  # v4: the facts of original
     original: bytes
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from schemas.events import (
+    BodyFacts,
     CheckpointHead,
     ClientInfo,
     CoveredRecipient,
@@ -92,6 +93,7 @@ def message_received(
     headers: SelectedHeaders,
     sha256: str,
     raw: bytes,
+    body_facts: BodyFacts | None = None,
 ) -> MessageReceived:
     """A ``MessageReceived`` as the SMTP transaction delivered it (``raw`` the bytes as received,
     ``sha256`` their digest, computed by the caller as it may hash off the event loop). The v2
@@ -111,6 +113,7 @@ def message_received(
         "headers": headers,
         "size": len(raw),
         "sha256": sha256,
+        "body_facts": body_facts,
         "raw": raw,
     }
 
@@ -158,6 +161,7 @@ def journal_copy(
     relay: RelayEnvelope | None = None,
     replay_run: str | None = None,
     policy_digest: str | None = None,
+    body_facts: BodyFacts | None = None,
 ) -> JournalCopy:
     """A new ``JournalCopy`` of any kind, before its first attempt: deliverable now
     (``not_before`` 0), no attempt or reply yet. Retries update the attempt fields of the copy
@@ -184,6 +188,7 @@ def journal_copy(
         "relay": relay,
         "replay_run": replay_run,
         "policy_digest": policy_digest,
+        "body_facts": body_facts,
         "original": original,
     }
 

@@ -237,9 +237,13 @@ def test_a_report_that_cannot_build_goes_out_as_the_unchanged_original(
     def broken(*_: Any, **__: Any) -> bytes:
         raise MemoryError
 
-    monkeypatch.setattr(report_module, "build_report", broken)
+    # report_parts builds what delivery sends (build_report joins its parts)
+    monkeypatch.setattr(report_module, "report_parts", broken)
     copy = copy_record()
     assert build_message(copy, CONFIG) == copy["original"]
+    assert (
+        report_module.outgoing_message(copy, CONFIG).payload() == b"Subject: x\r\n\r\nbody\r\n.\r\n"
+    )
 
 
 def test_an_ndr_that_cannot_build_is_sent_minimal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from mailjournal.smtp.wire import BodyFacts
 from tests.fixtures.ingest import RawSMTP, RunningIngest, message_events
 from tests.fixtures.smtp import wait_until
 from tests.fixtures.trace import assert_event_of
@@ -92,6 +93,10 @@ def test_smtplib_message_lands_byte_identical_with_envelope(ingest: RunningInges
     # (was: size and sha256 of MESSAGE itself; raw now starts with our Received: field)
     assert event["size"] == len(event["raw"]) == event["prepended_length"] + len(MESSAGE)
     assert event["received_sha256"] == hashlib.sha256(MESSAGE).hexdigest()
+    # what ingest learnt of the bytes travels with them: exactly what a scan of raw says
+    facts = BodyFacts.from_record(event["body_facts"])
+    assert facts == BodyFacts.of(event["raw"])
+    assert facts is not None and facts.dot_line and facts.eight_bit and not facts.bare_eol
     assert event["mail_from"] == "alice@example.org"
     assert event["mail_params"] == {
         "size": len(MESSAGE),

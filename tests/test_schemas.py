@@ -23,6 +23,7 @@ import fastavro
 import pytest
 
 import schemas
+from mailjournal.smtp.wire import BodyFacts
 from schemas import codec, events, records
 from schemas.codec import MAGIC, Codec, SchemaError, fingerprint64
 from tests.fixtures.smtp import wait_until
@@ -95,6 +96,7 @@ def message_received(raw: bytes | None = None, **overrides: Any) -> dict[str, An
         "prepended_length": 0,
         "received_sha256": hashlib.sha256(raw).hexdigest(),
         "message_id_added": False,
+        "body_facts": BodyFacts.of(raw).record(),
         "raw": raw,
     }
     record.update(overrides)
@@ -130,6 +132,7 @@ def journal_copy(original: bytes | None = None, **overrides: Any) -> dict[str, A
         "first_attempt_at": NOW,
         "last_reply": "451 4.3.0 Try again later",
         "original": raw_message() if original is None else original,
+        "body_facts": None,  # a copy whose facts were not carried (delivery learns them)
         "about_copy_id": None,
         "relay": None,
         "replay_run": None,

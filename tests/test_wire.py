@@ -10,14 +10,20 @@ no block probes): what a reader of RFC 5321/5322 would do by hand.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delivery.report import build_report, outgoing_message, report_parts
+from delivery.report import build_report, original_body_facts, outgoing_message, report_parts
+from journal_worker.decide import PlannedCopy, journal_copy_record
 from mailjournal.smtp.wire import BodyFacts, Outgoing, Part, dot_stuffed, wire_bytes
+from mailjournal.trace import traced
+from relay.routing import relay_copies
+from schemas import JOURNAL_COPY, Direction, JournalSource, ReportFormat, decode, encode
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import make_copy
+from tests.fixtures.journal import make_event
 from tests.strategies import arbitrary_message
 
 SETTINGS = settings(max_examples=400, deadline=None)
@@ -94,3 +100,47 @@ def test_copy_format_and_ndr_go_out_as_the_original_unchanged() -> None:
 
 def test_empty_message_payload() -> None:
     assert Outgoing.of(b"").payload() == dot_stuffed(b"") == b"\r\n.\r\n"
+
+
+# -- the facts travel: ingest -> trace -> journal copy / relay copy -> delivery ----------------
+
+
+def _event_with_facts(body: bytes) -> dict[str, Any]:
+    event = make_event("alice@ext.example", ["bob@corp.example"], body=body)
+    event["body_facts"] = BodyFacts.of(event["raw"]).record()
+    return event
+
+
+@SETTINGS
+@given(arbitrary_message())
+def test_facts_stay_true_through_ingest_trace_and_every_copy(body: bytes) -> None:
+    body = wire_bytes(body)  # ingest stores CRLF lines only
+    config = make_config({})
+    event = traced(_event_with_facts(body), "mx.corp.example")
+    assert BodyFacts.from_record(event["body_facts"]) == BodyFacts.of(event["raw"])
+    planned = PlannedCopy(
+        copy_id="c1",
+        journal_address="journal@corp.example",
+        ndr_address="ndr@corp.example",
+        directions=(Direction.INBOUND,),
+        sources=(JournalSource.GLOBAL,),
+        format=ReportFormat.REPORT,
+        recipients=(),
+    )
+    copy = decode(encode(JOURNAL_COPY, journal_copy_record(event, planned)), JOURNAL_COPY)
+    assert copy["body_facts"] == event["body_facts"]
+    assert report_parts(copy, config).payload() == dot_stuffed(build_report(copy, config))
+    # an event without our trace field (before MessageReceived v2): the relay prepends it
+    old = _event_with_facts(body)
+    hop = {"host": "127.0.0.1", "port": 25}
+    relay_cfg = make_config({"relay": {"inbound": hop, "outbound": hop, "add_received": True}})
+    relayed_copies = relay_copies({**old, "listener_role": "relay"}, relay_cfg)
+    assert relayed_copies
+    for relayed in relayed_copies:
+        assert BodyFacts.from_record(relayed["body_facts"]) == BodyFacts.of(relayed["original"])
+
+
+def test_a_copy_without_facts_learns_them() -> None:
+    copy = make_copy()
+    assert copy.get("body_facts") is None
+    assert original_body_facts(copy) == BodyFacts.of(copy["original"])

@@ -16,8 +16,11 @@ joined report. The DATA payload stuffs only the parts that have a line starting 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from schemas.events import BodyFacts as BodyFactsRecord
 
 CRLF = b"\r\n"
 # RFC 5322 §2.1.1: 998 characters per line at most, CRLF excluded
@@ -95,6 +98,39 @@ class BodyFacts:
             eight_bit=not data.isascii(),
             # without a bare LF every line start after the first follows a CRLF
             dot_line=data.startswith(b".") or (b"\n." in data if bare else b"\r\n." in data),
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None) -> BodyFacts | None:
+        """The facts an event carries (``body_facts``), None when it carries none."""
+        if not record:
+            return None
+        return cls(
+            bare_eol=bool(record["bare_eol"]),
+            nul=bool(record["nul"]),
+            long_line=bool(record["long_line"]),
+            eight_bit=bool(record["eight_bit"]),
+            dot_line=bool(record["dot_line"]),
+        )
+
+    def record(self) -> BodyFactsRecord:
+        return {
+            "bare_eol": self.bare_eol,
+            "nul": self.nul,
+            "long_line": self.long_line,
+            "eight_bit": self.eight_bit,
+            "dot_line": self.dot_line,
+        }
+
+    def followed_by(self, other: BodyFacts) -> BodyFacts:
+        """The facts of this part's bytes followed by ``other``'s, when this part ends with a
+        CRLF (a prefix of whole header lines): no line ending or line spans the two."""
+        return BodyFacts(
+            bare_eol=self.bare_eol or other.bare_eol,
+            nul=self.nul or other.nul,
+            long_line=self.long_line or other.long_line,
+            eight_bit=self.eight_bit or other.eight_bit,
+            dot_line=self.dot_line or other.dot_line,
         )
 
     def transfer_encoding(self) -> str:
