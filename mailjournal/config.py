@@ -684,6 +684,10 @@ class DeliveryConfig(Strict):
     """Records taken from Kafka and not yet recorded as final by a commit (in flight, or final
     since the last commit): what a crash would send again. Records finished behind a stuck one
     are recorded in the commit's progress note and do not count."""
+    max_inflight_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes of the records taken and not yet finished (their copies are held in memory while
+    they are sent): with 1 MB copies this, not ``max_inflight``, bounds the worker's memory. One
+    record larger than it is still taken when nothing else is in flight."""
     connect_timeout_seconds: float = Field(default=10, gt=0)
     command_timeout_seconds: float = Field(default=60, gt=0)
     # one retry topic per delay ("<topics.retry.name>.<i>"): a topic holds records of one delay,
@@ -743,6 +747,8 @@ class RelayConfig(Strict):
     concurrency: int = Field(default=16, ge=1)
     """Parallel SMTP sessions of the relay worker."""
     max_inflight: int = Field(default=256, ge=1)
+    max_inflight_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """As ``delivery.max_inflight_bytes``, for the originals the relay holds while it sends."""
     retry_delays_seconds: list[Delay] = Field(
         default=[60, 300, 900, 1800, 3600, 7200], min_length=1
     )

@@ -16,6 +16,7 @@ def relay_delivery_config(config: Config) -> DeliveryConfig:
         update={
             "concurrency": r.concurrency,
             "max_inflight": r.max_inflight,
+            "max_inflight_bytes": r.max_inflight_bytes,
             "retry_delays_seconds": list(r.retry_delays_seconds),
             "expiry_seconds": r.expiry_seconds,
         }

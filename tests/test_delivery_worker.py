@@ -410,3 +410,46 @@ def test_a_second_worker_joining_takes_over_partitions_without_duplicates(
     assert first.handler.stats.delivered + second.handler.stats.delivered == len(copies)
     ids = [email.message_from_bytes(m.data)["X-MailJournal-Copy-Id"] for m in smtp_capture.messages]
     assert sorted(ids) == sorted(c["copy_id"] for c in copies)  # each exactly once
+
+
+def test_the_byte_budget_bounds_the_copies_held_while_the_archive_hangs(
+    kafka_config: Config, worker_threads, smtp_capture
+):
+    """max_inflight_bytes, not max_inflight, bounds memory with large copies: with the archive
+    hung at DATA, a 1 MiB budget holds two 400 KB copies (the second taken while one was held)
+    and takes no third though 16 sessions and a window of 256 are free; once the archive
+    answers, every copy is delivered once."""
+    size = 400 * 1024
+    config = delivery_config(
+        kafka_config,
+        smtp_capture.port,
+        {
+            "delivery": {
+                "max_inflight_bytes": 1024 * 1024,
+                "concurrency": 16,
+                "command_timeout_seconds": 300,  # hung, not failed: no attempt ends meanwhile
+            }
+        },
+    )
+    head = b"Subject: big\r\nFrom: a@ext.example\r\n\r\n"
+    copies = [make_copy(original=head + (b"x" * 76 + b"\r\n") * (size // 78)) for _ in range(10)]
+    smtp_capture.data_gate.clear()
+    produce_copies(config, copies)
+    worker = worker_threads(config)
+    try:
+        # full for a second (it pauses its partitions): what it holds now is what it took
+        wait_until(
+            lambda: worker.worker.stats.full and smtp_capture.data_waiting == 2,
+            60,
+            "two copies at the hung archive and the worker full",
+        )
+        assert metric("mailjournal_delivery_inflight", source="journal") == 2
+        held = metric("mailjournal_delivery_inflight_bytes")
+        assert 2 * size < held < 3 * size
+        assert smtp_capture.data_waiting == 2
+    finally:
+        smtp_capture.data_gate.set()
+    got = smtp_capture.wait_for(len(copies), timeout=60)
+    assert sorted(m.data for m in got) == sorted(build_report(c, config) for c in copies)
+    assert worker.stop() == 0
+    assert metric("mailjournal_delivery_inflight_bytes") == 0

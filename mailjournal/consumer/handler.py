@@ -86,6 +86,8 @@ class Settings:
     concurrency: int  # worker threads (each with its own reused SMTP session)
     max_inflight: int  # records taken and not yet committed: what a crash would hand over again
     drain_seconds: float  # the longest one record may take, waited for at a revocation and a stop
+    # bytes of records taken and not finished: what bounds memory when records are large
+    max_inflight_bytes: int = 64 * 1024 * 1024
 
 
 class Handler(Protocol):

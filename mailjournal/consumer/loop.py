@@ -22,6 +22,11 @@ the span behind the oldest record in flight, so a copy stuck at a partition's he
 hanging until the command timeout) does not stop the copies behind it to other destinations.
 The span kept in memory (one offset per record) is bounded by :data:`MAX_SPAN_RECORDS`.
 
+Memory: ``max_inflight_bytes`` bounds the bytes of the records taken and not yet finished (each
+is held, raw and decoded, until it is): with 1 MB copies 256 records were a gigabyte. A fetch
+takes only as many records as the last one's size says still fit, and one record when nothing is
+held, so the budget is kept to within one record, and a record larger than the budget still goes.
+
 Retry tiers: a partition whose head record is not yet due is paused and rewound to that record
 (it is re-fetched when due); the record is not kept in memory, and nothing polls in a loop. The
 input topic and the retry tiers are fetched by the same consumer, but each partition pauses on
@@ -89,6 +94,7 @@ class Stats:
 
     finished: int = 0  # records whose results Kafka acknowledged (final or handed to a retry)
     dead_letters: int = 0
+    full: bool = False  # full (max_inflight or max_inflight_bytes) long enough to pause
 
 
 class TieredConsumer:
@@ -112,6 +118,8 @@ class TieredConsumer:
         self._fatal: str | None = None
         self._states: dict[TP, PartitionState] = {}
         self._inflight = dict.fromkeys(Source, 0)
+        self._bytes = 0  # of the records taken and not finished (max_inflight_bytes)
+        self._record_bytes = 1  # the size of the last record taken: what a fetch may bring
         self._assigned: set[TP] = set()
         self._paused: set[TP] = set()
         self._held: dict[TP, int] = {}  # retry partition -> due time (ms) of its head
@@ -225,7 +233,7 @@ class TieredConsumer:
         if unrecorded - working >= max_inflight // 2:
             self._commit(self._assigned)
             unrecorded, working = self._window()
-        room = min(max_inflight - unrecorded, MAX_SPAN_RECORDS - self._span())
+        room = min(max_inflight - unrecorded, MAX_SPAN_RECORDS - self._span(), self._byte_room())
         if room <= 0:
             with self._cond:
                 self._cond.wait(0.05)
@@ -242,6 +250,15 @@ class TieredConsumer:
             return
         for msg in messages:
             self._on_message(msg)
+
+    def _byte_room(self) -> int:
+        """How many more records of the last one's size fit in max_inflight_bytes; one when
+        nothing is in flight, however large (a record bigger than the budget still goes)."""
+        with self._cond:
+            held = self._bytes
+        if held == 0:  # one first: its size says how many of the next batch fit
+            return 1
+        return (self.settings.max_inflight_bytes - held) // self._record_bytes
 
     def _poll_timeout(self) -> float:
         if self._due:
@@ -352,9 +369,13 @@ class TieredConsumer:
     def _submit(self, job: _Job, work: dict[str, Any] | Poison) -> None:
         assert self._executor is not None
         source = job.record.source
+        size = len(job.record.value)
         with self._cond:
             job.state.add(job.record.offset)
             self._inflight[source] += 1
+            self._bytes += size
+        self._record_bytes = max(1, size)
+        metrics.INFLIGHT_BYTES.inc(size)
         metrics.INFLIGHT.labels(source.value).inc()
         self._executor.submit(self._run_job, job, work)
 
@@ -390,8 +411,17 @@ class TieredConsumer:
     def _apply_backpressure(self) -> None:
         retry = self._inflight[Source.RETRY]
         cap = self.settings.max_inflight
-        # the span counts at the same scale: full when it is, half empty when it is half empty
-        total = max(self._window()[0], self._span() * cap // MAX_SPAN_RECORDS)
+        # the span and the bytes count at the same scale: full when either is (for the bytes:
+        # when one more record of the last one's size would not fit), half empty when all are
+        with self._cond:
+            held = self._bytes
+        if held:
+            held += self._record_bytes
+        total = max(
+            self._window()[0],
+            self._span() * cap // MAX_SPAN_RECORDS,
+            held * cap // self.settings.max_inflight_bytes,
+        )
         retry_cap = max(1, cap // 2)
         # Full: the main loop stops taking records. Pausing the partitions as well drops what
         # librdkafka has prefetched (bounded by queued.max.messages.kbytes) and resuming fetches
@@ -404,7 +434,7 @@ class TieredConsumer:
                 self._full_since = now
         elif total <= cap // 2:
             self._full_since = None
-        self._full["all"] = (
+        self._full["all"] = self.stats.full = (
             self._full_since is not None and now - self._full_since >= PAUSE_WHEN_FULL_SECONDS
         )
         if retry >= retry_cap:
@@ -659,8 +689,10 @@ class TieredConsumer:
         with self._cond:
             job.state.finish(job.record.offset)
             self._inflight[source] -= 1
+            self._bytes -= len(job.record.value)
             self.stats.finished += 1
             self._cond.notify_all()
+        metrics.INFLIGHT_BYTES.dec(len(job.record.value))
         metrics.INFLIGHT.labels(source.value).dec()
 
     def _fail(self, reason: str) -> None:

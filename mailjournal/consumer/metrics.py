@@ -12,6 +12,12 @@ INFLIGHT = Gauge(
     ["source"],  # journal, retry
     multiprocess_mode="livesum",
 )
+INFLIGHT_BYTES = Gauge(
+    "mailjournal_delivery_inflight_bytes",
+    "Bytes of the records consumed and not yet finished: held in memory, bounded by "
+    "max_inflight_bytes",
+    multiprocess_mode="livesum",
+)
 COMMITS = Counter("mailjournal_delivery_commits_total", "Offset commits by result", ["result"])
 RETRY_WAITING = Gauge(
     "mailjournal_delivery_retry_waiting",

@@ -32,6 +32,7 @@ def consumer_settings(
         tiers=RetryTiers(tuple(tier_topics), tuple(cfg.retry_delays_seconds), cfg.retry_jitter),
         concurrency=cfg.concurrency,
         max_inflight=cfg.max_inflight,
+        max_inflight_bytes=cfg.max_inflight_bytes,
         # worst case for one attempt and its NDR or DSN: connect plus a few commands, twice
         drain_seconds=2 * (cfg.connect_timeout_seconds + 4 * cfg.command_timeout_seconds) + 30,
     )
