@@ -8,7 +8,7 @@ consumer group join) and in steady state (first to last delivery), MB/s of repor
 and peak RSS of this process.
 
     .venv/bin/python bench/bench_delivery.py [--count-1k 20000] [--count-100k 3000]
-                                             [--concurrency 16] [--kafka-dir DIR]
+                                             [--count-1m 0] [--concurrency 16] [--kafka-dir DIR]
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ def main() -> int:
     )
     p.add_argument("--count-1k", type=int, default=20000)
     p.add_argument("--count-100k", type=int, default=3000)
+    p.add_argument("--count-1m", type=int, default=0, help="1 MB originals (0: none)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--kafka-dir", type=Path, default=None)
     args = p.parse_args()
@@ -145,8 +146,13 @@ def main() -> int:
             with SmtpSink(log_path=Path(tmp) / "sink.log") as sink:
                 print(f"kafka {bootstrap}, smtp-sink {sink.address}, {args.concurrency} sessions")
                 results = [
-                    run_size(bootstrap, sink, 1024, args.count_1k, args.concurrency),
-                    run_size(bootstrap, sink, 100 * 1024, args.count_100k, args.concurrency),
+                    run_size(bootstrap, sink, size, count, args.concurrency)
+                    for size, count in (
+                        (1024, args.count_1k),
+                        (100 * 1024, args.count_100k),
+                        (1024 * 1024, args.count_1m),
+                    )
+                    if count
                 ]
         finally:
             kafka.down()
