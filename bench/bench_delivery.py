@@ -52,6 +52,9 @@ def original_of(size: int, rng: random.Random) -> bytes:
     return head + bytes(body[: size - len(head)])
 
 
+CONSUMER_EXTRA: dict[str, Any] = {}  # --consumer KEY=VALUE: librdkafka settings of the worker
+
+
 def bench_config(bootstrap: str, suffix: str, smtp_port: int, concurrency: int) -> Config:
     topics = {
         k: {"name": f"bench.{k}.{suffix}", "partitions": 6}
@@ -63,6 +66,7 @@ def bench_config(bootstrap: str, suffix: str, smtp_port: int, concurrency: int) 
                 "bootstrap_servers": bootstrap,
                 "topics": topics,
                 "delivery_group": f"bench-delivery-{suffix}",
+                "consumer": CONSUMER_EXTRA,
             },
             "delivery": {
                 "smart_host": {"host": "127.0.0.1", "port": smtp_port},
@@ -137,7 +141,11 @@ def main() -> int:
     p.add_argument("--count-1m", type=int, default=0, help="1 MB originals (0: none)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--kafka-dir", type=Path, default=None)
+    p.add_argument("--consumer", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
+    for item in args.consumer:
+        key, _, value = item.partition("=")
+        CONSUMER_EXTRA[key] = int(value) if value.isdigit() else value
 
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
         kafka = KafkaLocal(args.kafka_dir or Path(tmp) / "kafka", brokers=1, die_with_parent=True)
