@@ -743,7 +743,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME:KEY=JSON,KEY=JSON",
         help="also run mailjournal-NAME with these overrides (A/B in the same invocation)",
     )
-    ap.add_argument("--baseline", metavar="REF", help="also run mailjournal@REF (git archive)")
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run mailjournal@REF (git archive; with --relay also mailjournal+relay@REF)",
+    )
     ap.add_argument("--relay", action="store_true", help="also the journal + relay target")
     ap.add_argument(
         "--delivery-procs",
@@ -919,6 +923,21 @@ def main(argv: list[str] | None = None) -> int:
                         name="mailjournal+relay",
                         bootstrap=bootstrap,
                         kafka_pid=kafka_pid,
+                        ingest_workers=args.ingest_workers,
+                        delivery_procs=args.delivery_procs,
+                        relay=True,
+                    )
+                )
+            if args.relay and args.baseline:
+                # the before/after of Postfix's job too
+                factories.append(
+                    lambda: MailjournalTarget(
+                        sink_port,
+                        sink.pid,
+                        name=f"mailjournal+relay@{args.baseline}",
+                        bootstrap=bootstrap,
+                        kafka_pid=kafka_pid,
+                        tree=tree,
                         ingest_workers=args.ingest_workers,
                         delivery_procs=args.delivery_procs,
                         relay=True,

@@ -89,6 +89,28 @@ def test_consumer_defaults() -> None:
     assert cfg["isolation.level"] == "read_committed"
 
 
+def test_prefetch_bound_of_a_budgeted_stage() -> None:
+    """The tiered consumer bounds librdkafka's prefetch queue to a part of its byte budget and
+    refills it without librdkafka's 1 s back-off; a stage without a budget keeps the defaults,
+    and an operator's [kafka.consumer] setting wins over the bound."""
+    plain = consumer_config(make_config(), "g")
+    assert "queued.max.messages.kbytes" not in plain
+    assert "fetch.queue.backoff.ms" not in plain
+    bounded = consumer_config(make_config(), "g", prefetch_bytes=16 * MiB)
+    assert bounded["queued.max.messages.kbytes"] == 16 * 1024
+    assert bounded["fetch.queue.backoff.ms"] == 10
+    assert (
+        consumer_config(make_config(), "g", prefetch_bytes=1)["queued.max.messages.kbytes"] == 1024
+    )
+    chosen = make_config({"kafka": {"consumer": {"queued.max.messages.kbytes": 65536}}})
+    assert (
+        consumer_config(chosen, "g", prefetch_bytes=16 * MiB)["queued.max.messages.kbytes"] == 65536
+    )
+    quiet = {"logger": logging.getLogger("test.librdkafka.quiet")}
+    config = make_config({"kafka": {"bootstrap_servers": "127.0.0.1:1"}})
+    Consumer(consumer_config(config, "g", extra=quiet, prefetch_bytes=16 * MiB)).close()
+
+
 def test_transactional_producer_config() -> None:
     cfg = producer_config(make_config(), transactional_id="journal-0")
     assert cfg["transactional.id"] == "journal-0"

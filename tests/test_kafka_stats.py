@@ -48,6 +48,9 @@ def test_consumer_lag_per_assigned_partition() -> None:
     assert s.lag == {(TOPIC, 0): 40, (TOPIC, 1): 34}
     assert (s.brokers, s.brokers_up) == (1, 1)  # the GroupCoordinator entry is not a broker
     assert (s.queue_messages, s.queue_bytes) == (0, 0)
+    # fetched, not yet handed out: every partition reports the one consumer queue it is
+    # forwarded to (74 records, 211 bytes), so that is the total, not the sum
+    assert (s.prefetch_messages, s.prefetch_bytes) == (74, 211)
 
 
 def test_transactional_consumer_lag_uses_the_position() -> None:
@@ -98,6 +101,8 @@ def test_collector_sets_and_drops_series() -> None:
     assert lag_value(stage, TOPIC, 0) == 40
     assert lag_value(stage, TOPIC, 1) == 34
     assert lag_value(stage, TOPIC, 2) is None
+    labels = {"stage": stage}
+    assert REGISTRY.get_sample_value("mailjournal_kafka_consumer_prefetch_bytes", labels) == 211
     assert (
         REGISTRY.get_sample_value(
             "mailjournal_kafka_brokers_up", {"stage": stage, "client": "consumer"}
@@ -113,7 +118,6 @@ def test_collector_sets_and_drops_series() -> None:
 
     producer = StatsCollector(stage)
     producer(json.dumps(sample("producer")))
-    labels = {"stage": stage}
     assert REGISTRY.get_sample_value("mailjournal_kafka_producer_queue_messages", labels) == 7
     assert REGISTRY.get_sample_value("mailjournal_kafka_producer_queue_bytes", labels) == 700
 

@@ -26,6 +26,7 @@ Memory: ``max_inflight_bytes`` bounds the bytes of the records taken and not yet
 is held, raw and decoded, until it is): with 1 MB copies 256 records were a gigabyte. A fetch
 takes only as many records as the last one's size says still fit, and one record when nothing is
 held, so the budget is kept to within one record, and a record larger than the budget still goes.
+Below the loop, librdkafka's prefetch queue is bounded to a quarter of the budget.
 
 Retry tiers: a partition whose head record is not yet due is paused and rewound to that record
 (it is re-fetched when due); the record is not kept in memory, and nothing polls in a loop. The
@@ -76,6 +77,10 @@ MAX_BATCH = 500
 # offsets kept behind the oldest record in flight, over all partitions (a few MB): at 1,000
 # records/s a head may be stuck 100 s before the stage holds off
 MAX_SPAN_RECORDS = 100_000
+# librdkafka's prefetch queue is a quarter of max_inflight_bytes (16 MiB of the default 64):
+# with 1 MB copies its 64 MiB default was a fifth of delivery's RSS and bought no rate
+# (docs/performance.md, "The prefetch queue")
+PREFETCH_PER_BUDGET = 4
 COMMITTED_TIMEOUT_SECONDS = 10.0
 
 
@@ -157,7 +162,12 @@ class TieredConsumer:
     def run(self) -> int:
         """Run until :meth:`stop`; 0 after a graceful stop, 1 after a fatal Kafka error."""
         self._producer = make_producer(self.config, role=self.name)
-        self._consumer = make_consumer(self.config, self.settings.group, role=self.name)
+        self._consumer = make_consumer(
+            self.config,
+            self.settings.group,
+            role=self.name,
+            prefetch_bytes=self.settings.max_inflight_bytes // PREFETCH_PER_BUDGET,
+        )
         self._executor = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="smtp")
         self._poller = threading.Thread(target=self._poll_producer, name="producer", daemon=True)
         self._poller.start()
