@@ -53,7 +53,7 @@ def original_of(size: int, rng: random.Random) -> bytes:
     return head + bytes(body[: size - len(head)])
 
 
-MAX_INFLIGHT_BYTES: list[int] = []  # --max-inflight-bytes: delivery.max_inflight_bytes
+DELIVERY_EXTRA: dict[str, Any] = {}  # --max-inflight-bytes: [delivery] settings of the worker
 CONSUMER_EXTRA: dict[str, Any] = {}  # --consumer KEY=VALUE: librdkafka settings of the worker
 
 
@@ -74,7 +74,7 @@ def bench_config(bootstrap: str, suffix: str, smtp_port: int, concurrency: int) 
                 "smart_host": {"host": "127.0.0.1", "port": smtp_port},
                 "concurrency": concurrency,
                 "max_inflight": 512,
-                **({"max_inflight_bytes": MAX_INFLIGHT_BYTES[0]} if MAX_INFLIGHT_BYTES else {}),
+                **DELIVERY_EXTRA,
             },
             "metrics": {"delivery_port": 0},
         }
@@ -164,7 +164,7 @@ def main() -> int:
     p.add_argument("--max-inflight-bytes", type=int, default=0, help="0: the default")
     args = p.parse_args()
     if args.max_inflight_bytes:
-        MAX_INFLIGHT_BYTES.append(args.max_inflight_bytes)
+        DELIVERY_EXTRA["max_inflight_bytes"] = args.max_inflight_bytes
     for item in args.consumer:
         key, _, value = item.partition("=")
         CONSUMER_EXTRA[key] = int(value) if value.isdigit() else value

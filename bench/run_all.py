@@ -916,33 +916,25 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             if args.relay:
-                factories.append(
-                    lambda: MailjournalTarget(
-                        sink_port,
-                        sink.pid,
-                        name="mailjournal+relay",
-                        bootstrap=bootstrap,
-                        kafka_pid=kafka_pid,
-                        ingest_workers=args.ingest_workers,
-                        delivery_procs=args.delivery_procs,
-                        relay=True,
+                # Postfix's job; with --baseline its before/after too
+                relay_trees = [("mailjournal+relay", ROOT)]
+                if args.baseline:
+                    relay_trees.append((f"mailjournal+relay@{args.baseline}", tree))
+                for relay_name, relay_tree in relay_trees:
+                    factories.append(
+                        functools.partial(
+                            MailjournalTarget,
+                            sink_port,
+                            sink.pid,
+                            name=relay_name,
+                            bootstrap=bootstrap,
+                            kafka_pid=kafka_pid,
+                            tree=relay_tree,
+                            ingest_workers=args.ingest_workers,
+                            delivery_procs=args.delivery_procs,
+                            relay=True,
+                        )
                     )
-                )
-            if args.relay and args.baseline:
-                # the before/after of Postfix's job too
-                factories.append(
-                    lambda: MailjournalTarget(
-                        sink_port,
-                        sink.pid,
-                        name=f"mailjournal+relay@{args.baseline}",
-                        bootstrap=bootstrap,
-                        kafka_pid=kafka_pid,
-                        tree=tree,
-                        ingest_workers=args.ingest_workers,
-                        delivery_procs=args.delivery_procs,
-                        relay=True,
-                    )
-                )
             if kafka_pid is not None:
                 broker = BrokerRequests(kafka_pid)
             if args.order != "given":
