@@ -103,7 +103,10 @@ def producer_config(
         **stats_config(role),
         "acks": "all",
         "enable.idempotence": True,
-        "compression.type": "zstd",
+        # topics store records uncompressed (``TopicConfig.compression``, for the consumers'
+        # memory bounds), so a compressed batch would only cost a compression here and a
+        # decompression in the broker; an operator's setting still wins (a WAN to the brokers)
+        "compression.type": "none",
         "linger.ms": 10,  # ingest sets its own (its 250 waits for the ack)
         "message.max.bytes": producer_max_message_bytes(config),
         # librdkafka refuses a transactional producer whose delivery timeout exceeds the
@@ -158,6 +161,9 @@ def consumer_config(
         # default): with a small queue that wait, not the archive, set the rate (1 MB copies:
         # 51 vs 100/s with 16 MiB, docs/performance.md)
         defaults["fetch.queue.backoff.ms"] = 10
+        # one fetch lands in the queue whole, however full it is: bound the overshoot by the
+        # same figure (a larger first batch still comes, KIP-74, so no record is unfetchable)
+        defaults["fetch.max.bytes"] = max(MiB, prefetch_bytes)
     fixed: ClientConfig = {
         **(extra or {}),
         "group.id": group_id,

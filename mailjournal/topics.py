@@ -114,6 +114,7 @@ def topic_specs(config: Config) -> list[TopicSpec]:
                     "max.message.bytes": max_bytes,
                     "retention.ms": str(t.retention_ms),
                     "cleanup.policy": "compact" if t.compact else "delete",
+                    "compression.type": t.compression,
                 },
             )
         )

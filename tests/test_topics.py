@@ -31,6 +31,7 @@ def test_topic_specs_cover_all_topics() -> None:
         "partitions": 12,
         "replication_factor": 3,
         "min_insync_replicas": 2,
+        "compression": "zstd",
     }
     config = make_config({"kafka": {"topics": {"journal": journal_topic}}})
     specs = {s.key: s for s in topic_specs(config)}
@@ -50,6 +51,11 @@ def test_topic_specs_cover_all_topics() -> None:
     assert {s.configs["max.message.bytes"] for s in specs.values()} == {
         str(topic_max_message_bytes(config))
     }
+    # stored uncompressed unless the operator says otherwise, so consumers' fetch and prefetch
+    # bounds count real bytes
+    assert journal.configs["compression.type"] == "zstd"
+    others = [s for key, s in specs.items() if key != "journal"]
+    assert {s.configs["compression.type"] for s in others} == {"uncompressed"}
 
 
 @pytest.mark.kafka
@@ -65,6 +71,7 @@ def test_ensure_creates_then_is_idempotent(kafka_bootstrap: str) -> None:
     assert configs["cleanup.policy"] == "compact"
     assert configs["retention.ms"] == str(30 * 24 * 3600 * 1000)
     assert configs["max.message.bytes"] == str(topic_max_message_bytes(config))
+    assert configs["compression.type"] == "uncompressed"
 
     second = ensure_topics(config)
     assert second.created == [] and second.drift == []
