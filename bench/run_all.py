@@ -206,8 +206,7 @@ class MailjournalTarget(Target):
     def start(self, work: Path) -> None:
         from devtools.kafka_local import free_ports
         from mailjournal.config import load_config_dict
-        from tests.fixtures.config import deep_merge
-        from tests.fixtures.delivery import write_toml
+        from tests.fixtures.config import deep_merge, write_config_file
         from tests.fixtures.kafka import kafka_test_config, unique_suffix
 
         self.port, m_in, m_jr, m_dl, m_rl = free_ports(5)
@@ -240,6 +239,9 @@ class MailjournalTarget(Target):
         cfg_files: dict[str, Path | None] = {"delivery": None}
         self.dir = work / safe
         self.dir.mkdir(parents=True, exist_ok=True)
+        # a baseline tree gets only what differs from the defaults: its own defaults for the rest,
+        # and no setting its older config schema would refuse as unknown
+        write_toml = functools.partial(write_config_file, sparse=self.tree != ROOT)
         cfg_file = write_toml(self.config, self.dir / "mailjournal.toml")
         env = {**os.environ, "PYTHONPATH": str(self.tree)}
         py = [sys.executable, "-m", "mailjournal"]
