@@ -46,18 +46,23 @@ CONTENT: dict[str, Callable[[int], bytes]] = {
 }
 
 
-def _fill(config: Config, topic: str, content: Callable[[int], bytes]) -> None:
+def _fill(config: Config, topic: str, content: Callable[[int], bytes]) -> list[int]:
+    """Writes ``RECORDS`` records of ``content``; returns their sizes."""
     # a producer that compresses, so only the topic's own setting decides what is stored
     producer = make_producer(config, extra={"compression.type": "zstd", "linger.ms": 50})
+    sizes = []
     for i in range(RECORDS):
+        value = content(i)
+        sizes.append(len(value))
         producer.produce(
             topic,
-            content(i),
+            value,
             str(i).encode(),
             on_delivery=lambda err, _m: raise_on_error(err),
         )
         producer.poll(0)
     assert producer.flush(60) == 0
+    return sizes
 
 
 def _read_slowly(config: Config, topic: str) -> tuple[list[Message], int]:
@@ -93,11 +98,9 @@ def _read_slowly(config: Config, topic: str) -> tuple[list[Message], int]:
 @pytest.mark.parametrize("content", sorted(CONTENT))
 def test_prefetch_holds_its_bound_whatever_the_content(kafka_config: Config, content: str) -> None:
     topic = kafka_config.kafka.topics.journal.name  # created by ensure_topics: our defaults
-    _fill(kafka_config, topic, CONTENT[content])
+    sizes = _fill(kafka_config, topic, CONTENT[content])
     got, peak = _read_slowly(kafka_config, topic)
-    assert sorted(len(m.value() or b"") for m in got) == sorted(
-        len(CONTENT[content](i)) for i in range(RECORDS)
-    )
+    assert sorted(len(m.value() or b"") for m in got) == sorted(sizes)
     assert peak <= BOUND, f"prefetch queue reached {peak / MiB:.1f} MiB, bound {BOUND / MiB} MiB"
     assert peak >= MiB, "the statistics never saw a prefetched record: the check saw nothing"
 
