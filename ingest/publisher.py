@@ -29,11 +29,11 @@ from mailjournal.kafka import producer_config
 log = logging.getLogger(__name__)
 
 # ingest's defaults under the operator's [kafka] settings (which win): a short linger keeps
-# latency low while batching the many concurrent sessions; lz4 costs far less CPU than zstd on
-# multi-megabyte bodies
+# latency low while batching the many concurrent sessions. No codec of its own: topics store
+# records uncompressed (TopicConfig.compression), so an lz4 batch from here was compressed for
+# nothing and then decompressed and rewritten by the broker
 INGEST_PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 1,
-    "compression.type": "lz4",
 }
 
 
