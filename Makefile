@@ -8,7 +8,7 @@ CONFIG ?= config/mailjournal.example.toml
 RUN_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: help install sysdeps bench-sysdeps kafka-jars kustomize wheels image image-base run test lint format fuzz bench bench-quick bench-paced clean
+.PHONY: help install build-deps sysdeps bench-sysdeps kafka-jars kustomize wheels image image-base run test lint format fuzz bench bench-quick bench-paced clean
 
 help:
 	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
@@ -18,13 +18,25 @@ help:
 	@echo "make fuzz   - the coverage-guided fuzzer over decide + build, FUZZ_SECONDS (default 60)"
 	@echo "make bench  - benchmarks against Postfix and smtp-sink"
 
-$(BIN)/mailjournal: pyproject.toml
+$(BIN)/mailjournal: pyproject.toml setup.py ingest/_datascan.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 install: $(BIN)/mailjournal
+
+# a C compiler and the Python headers, for ingest's native DATA scan (ingest/_datascan.c);
+# installed only when missing (a pyenv or python.org Python brings its own headers)
+build-deps:
+	@if ! command -v cc >/dev/null 2>&1 || ! $(PYTHON) -c 'import os, sys, sysconfig; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+	  echo "installing Debian packages: gcc libc6-dev python3-dev"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev </dev/null >/dev/null \
+	  || { echo "apt-get install failed for: gcc libc6-dev python3-dev" >&2; exit 1; }; \
+	fi
 
 # Debian packages: Java + Maven (Kafka from Maven Central), Postfix (smtp-source/smtp-sink and the
 # peer in benchmarks), swaks, OpenLDAP slapd, Prometheus (promtool), buildah and mmdebstrap (make
@@ -76,7 +88,7 @@ CACHE_DIR ?= $(HOME)/.cache/mailjournal
 BASE_TAR := $(CACHE_DIR)/base-bookworm.tar
 BUILDAH := buildah --storage-driver vfs
 PACKAGES := mailjournal schemas ingest journal_worker delivery relay audit devtools
-WHEEL_SOURCES := pyproject.toml README.md $(shell find $(PACKAGES) -type f -not -path '*/__pycache__/*' 2>/dev/null)
+WHEEL_SOURCES := pyproject.toml setup.py README.md $(shell find $(PACKAGES) -type f -not -path '*/__pycache__/*' 2>/dev/null)
 build/wheels/.built: $(BIN)/mailjournal $(WHEEL_SOURCES)
 	rm -rf build/wheels
 	SOURCE_DATE_EPOCH=315532800 $(BIN)/pip wheel -q --disable-pip-version-check --wheel-dir build/wheels .

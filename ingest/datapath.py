@@ -10,8 +10,9 @@ over the buffer:
   CVE-2023-51764 class), so one DATA is always at most one message;
 - dot-unstuffing (RFC 5321 4.5.2) removes the first character of every line that starts with a
   period, as one ``replace`` over the message, and only when the search saw such a line;
-- one regular expression finds, at every LF, a line that starts with "." (the terminator or a
-  stuffed line), is too long, or ends with a bare LF; a second one finds a bare CR. With
+- one scan (:mod:`ingest._datascan`, native: one ``memchr`` per line) finds, at every LF, a line
+  that starts with "." (the terminator or a stuffed line), is too long, or ends with a bare LF; a
+  second one finds a bare CR. With
   ``bare_newline = "reject"`` the message is refused after the terminator (``550 5.6.0``); with
   ``"normalize"`` (Postfix's ``smtpd_forbid_bare_newline = normalize``) every bare CR and bare LF
   becomes CRLF in the stored message; dot-unstuffing then applies only to lines that began after
@@ -27,16 +28,15 @@ over the buffer:
 from __future__ import annotations
 
 import enum
-import functools
 import re
 from collections.abc import Callable
 
+from ingest._datascan import bare_cr as has_bare_cr
+from ingest._datascan import scan as scan_lines
 from mailjournal.smtp.wire import BodyFacts, has_long_line
 
 # a line starting with "."; the terminator and dot-stuffed lines are among them
 _DOT_LINE = re.compile(rb"\n\.")
-# a CR not followed by LF (within a region that ends with a LF)
-_BARE_CR = re.compile(rb"\r[^\n]")
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 
 
@@ -48,27 +48,18 @@ class DataStatus(enum.Enum):
     NO_MEMORY = "no_memory"  # the in-flight byte budget refused more
 
 
-@functools.lru_cache(maxsize=8)
-def _line_scanner(max_line_length: int) -> re.Pattern[bytes]:
-    """At a LF: the next line starts with "." (group 1: the terminator or a stuffed line), or
-    has more than ``max_line_length`` octets before its LF, or its LF has no CR before it (a
-    bare LF). One pass over the data; a clean line never matches."""
-    return re.compile(rb"\n(?:(\.)|[^\n]{0,%d}+(?:[^\n]|(?<!\r)\n))" % max_line_length)
-
-
 class DataParser:
     """Incremental DATA reader. ``feed()`` chunks until it returns the bytes after the
     terminator (possibly ``b""``); then :attr:`status` and :attr:`message` hold the result.
 
-    Clean data costs two regular-expression passes: one for dot lines, long lines and bare LFs,
-    one for bare CRs. Once a limit is crossed, only the terminator is searched for."""
+    Clean data costs two native passes: one for dot lines, long lines and bare LFs, one for bare
+    CRs. Once a limit is crossed, only the terminator is searched for."""
 
     __slots__ = (
         "_bare",
         "_buf",
         "_cr_checked",
         "_pos",
-        "_scanner",
         "_stuffed",
         "bare_newline",
         "done",
@@ -92,7 +83,6 @@ class DataParser:
         self.max_size = max_size
         # a line may carry max_line_length octets with its CRLF, plus a transparency dot
         self.max_line_length = max_line_length
-        self._scanner = _line_scanner(max_line_length)
         if bare_newline not in ("reject", "normalize"):
             raise ValueError(f"bare_newline must be 'reject' or 'normalize', not {bare_newline!r}")
         self.bare_newline = bare_newline
@@ -158,13 +148,13 @@ class DataParser:
         in, else None (and sets :attr:`status` when a check fails)."""
         buf = self._buf
         pos = self._pos
-        search = self._scanner.search
+        limit = self.max_line_length
         while True:
-            m = search(buf, pos)
-            if m is None:
+            found = scan_lines(buf, pos, limit, True, False)
+            if found is None:
                 break
-            i = m.start()  # buf[i] is a LF
-            if m.group(1) is not None:  # a line starting with "."
+            i, end, dot = found  # buf[i] is a LF
+            if dot:  # a line starting with "."
                 if len(buf) < i + 4:  # the terminator? the next chunk will tell
                     self._pos = i
                     return None
@@ -174,15 +164,15 @@ class DataParser:
                         return i + 1
                     self._stuffed = True  # dot-stuffed (or a sloppy single dot)
                 # the dot line itself is a line like any other
-                line = _line_scanner_no_dot(self.max_line_length).match(buf, i)
+                line = scan_lines(buf, i, limit, False, True)
                 if line is None:
                     if buf.find(b"\n", i + 1) < 0:  # not complete yet: check it next time
                         self._pos = i
                         return None
                     pos = i + 1
                     continue
-                m = line
-            if buf[m.end() - 1] != 10:
+                end = line[1]
+            if buf[end - 1] != 10:
                 self._fail(DataStatus.LINE_TOO_LONG)
                 self._pos = i
                 return None
@@ -192,7 +182,7 @@ class DataParser:
                 self._fail(DataStatus.BARE_NEWLINE)
                 self._pos = i
                 return None
-            pos = m.end() - 1
+            pos = end - 1
         last_lf = buf.rfind(b"\n", pos)
         if last_lf >= 0:
             self._check_cr(last_lf + 1)
@@ -211,7 +201,7 @@ class DataParser:
         self._cr_checked = end
         if self._bare:
             return
-        if _BARE_CR.search(self._buf, start, end) is not None:
+        if has_bare_cr(self._buf, start, end):
             self._bare = True
             if self.bare_newline == "reject":
                 self._fail(DataStatus.BARE_NEWLINE)
@@ -267,9 +257,3 @@ class DataParser:
             eight_bit=not data.isascii(),
             dot_line=(self._stuffed or self._bare) and (data.startswith(b".") or b"\r\n." in data),
         )
-
-
-@functools.lru_cache(maxsize=8)
-def _line_scanner_no_dot(max_line_length: int) -> re.Pattern[bytes]:
-    """:func:`_line_scanner` for a line known to start with ".": long line or bare LF only."""
-    return re.compile(rb"\n[^\n]{0,%d}+(?:[^\n]|(?<!\r)\n)" % max_line_length)

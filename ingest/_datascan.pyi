@@ -1,0 +1,6 @@
+from typing_extensions import Buffer
+
+def scan(
+    buf: Buffer, pos: int, max_line_length: int, dots: bool, anchored: bool, /
+) -> tuple[int, int, bool] | None: ...
+def bare_cr(buf: Buffer, start: int, end: int, /) -> bool: ...

@@ -1,0 +1,106 @@
+"""ingest's native DATA scan against the regular expressions it replaced (issue 17).
+
+The regexes below are the oracle: what ``ingest.datapath`` searched with before the scan moved to
+C. For any bytes, any start, any limit and both modes the native functions must give the same
+answer; the parser-level tests (``tests/test_ingest_datapath.py``, an independent reference model)
+and the fuzzer's harness run the scan through ``DataParser``."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest._datascan import bare_cr, scan
+
+# the octets the scan treats apart, and content
+_DATA = st.lists(st.sampled_from(b"\r\n.a"), max_size=60).map(bytes) | st.binary(max_size=60)
+
+
+@st.composite
+def _buffer_and_offsets(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """A buffer and two offsets in it (or just outside it, either side)."""
+    buf = draw(_DATA)
+    offset = st.integers(-1, len(buf) + 1)
+    return buf, draw(offset), draw(offset)
+
+
+def _pattern(limit: int, dots: bool) -> re.Pattern[bytes]:
+    if dots:
+        return re.compile(rb"\n(?:(\.)|[^\n]{0,%d}+(?:[^\n]|(?<!\r)\n))" % limit)
+    return re.compile(rb"\n[^\n]{0,%d}+(?:[^\n]|(?<!\r)\n)" % limit)
+
+
+def _oracle(
+    buf: bytes, pos: int, limit: int, dots: bool, anchored: bool
+) -> tuple[int, int, bool] | None:
+    p = _pattern(limit, dots)
+    m = p.match(buf, pos) if anchored else p.search(buf, pos)
+    if m is None:
+        return None
+    return m.start(), m.end(), dots and m.group(1) is not None
+
+
+def test_every_short_buffer() -> None:
+    """Exhaustive where the edges are: every buffer of up to 6 octets over CR, LF, "." and one
+    content octet, at every start and limits around the line lengths it can hold."""
+    for n in range(7):
+        for octets in itertools.product(b"\r\n.a", repeat=n):
+            buf = bytes(octets)
+            ba = bytearray(buf)
+            for pos in range(-1, n + 2):
+                for end in range(-1, n + 2):
+                    expected_cr = re.search(rb"\r[^\n]", buf[max(pos, 0) : max(end, 0)])
+                    assert bare_cr(ba, pos, end) is (expected_cr is not None), (buf, pos, end)
+                for limit, dots, anchored in itertools.product(
+                    range(5), (True, False), (True, False)
+                ):
+                    expected = _oracle(buf, max(pos, 0), limit, dots, anchored)
+                    got = scan(ba, pos, limit, dots, anchored)
+                    assert got == expected, (buf, pos, limit, dots, anchored)
+
+
+@settings(max_examples=1000)
+@given(
+    case=_buffer_and_offsets(),
+    limit=st.integers(0, 12),
+    dots=st.booleans(),
+    anchored=st.booleans(),
+)
+def test_scan_is_the_regex(
+    case: tuple[bytes, int, int], limit: int, dots: bool, anchored: bool
+) -> None:
+    buf, pos, _ = case
+    # a negative start means 0 for the scan; the regex takes it the same way
+    expected = _oracle(buf, max(pos, 0), limit, dots, anchored)
+    assert scan(bytearray(buf), pos, limit, dots, anchored) == expected
+
+
+@settings(max_examples=1000)
+@given(case=_buffer_and_offsets())
+def test_bare_cr_is_the_regex(case: tuple[bytes, int, int]) -> None:
+    buf, start, end = case
+    expected = re.search(rb"\r[^\n]", buf[max(start, 0) : max(end, 0)]) is not None
+    assert bare_cr(bytearray(buf), start, end) is expected
+
+
+@pytest.mark.parametrize("length", [998, 999, 1000, 1001, 5000])
+def test_lines_at_the_limit_in_a_large_buffer(length: int) -> None:
+    line = b"x" * length + b"\r\n"
+    buf = b"\r\n" + b"ok\r\n" * 10_000 + line + b"ok\r\n"
+    for limit in (998, 1000):
+        assert scan(buf, 1, limit, True, False) == _oracle(buf, 1, limit, True, False)
+
+
+def test_any_buffer_type_and_a_clear_error_for_others() -> None:
+    data = b"\r\n.\r\n"
+    expected = (1, 3, True)
+    for buf in (data, bytearray(data), memoryview(data)):
+        assert scan(buf, 0, 1000, True, False) == expected
+    with pytest.raises(TypeError):
+        scan("\r\n.\r\n", 0, 1000, True, False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        bare_cr(None, 0, 1)  # type: ignore[arg-type]
