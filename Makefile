@@ -18,6 +18,16 @@ help:
 	@echo "make fuzz   - the coverage-guided fuzzer over decide + build, FUZZ_SECONDS (default 60)"
 	@echo "make bench  - benchmarks against Postfix and smtp-sink"
 
+# apt-get install of the packages $(1), as root or through sudo, with no standard input; the
+# debconf answers keep postfix and slapd from asking or configuring themselves when pulled in
+APT_INSTALL = echo "installing Debian packages: $(1)"; \
+	SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections; \
+	echo "slapd slapd/no_configuration boolean true" | $$SUDO debconf-set-selections; \
+	$$SUDO apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(1) </dev/null >/dev/null \
+	|| { echo "apt-get install failed for: $(1)" >&2; exit 1; }
+
 $(BIN)/mailjournal: pyproject.toml setup.py ingest/_datascan.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -31,11 +41,7 @@ install: $(BIN)/mailjournal
 build-deps:
 	@if ! command -v cc >/dev/null 2>&1 || ! $(PYTHON) -c 'import os, sys, sysconfig; \
 	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
-	  echo "installing Debian packages: gcc libc6-dev python3-dev"; \
-	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev </dev/null >/dev/null \
-	  || { echo "apt-get install failed for: gcc libc6-dev python3-dev" >&2; exit 1; }; \
+	  $(call APT_INSTALL,gcc libc6-dev python3-dev); \
 	fi
 
 # Debian packages: Java + Maven (Kafka from Maven Central), Postfix (smtp-source/smtp-sink and the
@@ -47,15 +53,7 @@ SYSDEPS := java:openjdk-17-jre-headless mvn:maven /usr/sbin/smtp-sink:postfix sw
 sysdeps:
 	@missing=""; for pair in $(SYSDEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x "$$cmd" ] || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-	  echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections; \
-	  echo "slapd slapd/no_configuration boolean true" | $$SUDO debconf-set-selections; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing </dev/null >/dev/null \
-	  || { echo "apt-get install failed for:$$missing" >&2; exit 1; }; \
-	fi
+	if [ -n "$$missing" ]; then $(call APT_INSTALL,$${missing# }); fi
 
 kafka-jars: install
 	$(BIN)/mailjournal kafka-local fetch
@@ -154,10 +152,7 @@ fuzz: install
 # the bench reads the broker's request metrics through the JVM attach API (bench/kafka_requests.py):
 # that needs a JDK, not only the JRE the tests use
 bench-sysdeps: sysdeps
-	@command -v javac >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-	  echo "installing Debian package: openjdk-17-jdk-headless"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends openjdk-17-jdk-headless </dev/null >/dev/null \
-	  || { echo "apt-get install failed for: openjdk-17-jdk-headless" >&2; exit 1; }; }
+	@command -v javac >/dev/null 2>&1 || { $(call APT_INSTALL,openjdk-17-jdk-headless); }
 
 bench: install bench-sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'

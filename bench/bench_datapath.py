@@ -9,9 +9,9 @@ server's protocol does) and prints the CPU time of one thread per message, for s
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -20,24 +20,30 @@ from pathlib import Path
 
 MB = 1 << 20
 CHUNK = 64 * 1024
+KINDS = ("smtp-source", "base64", "html")
 
 
-def content(kind: str) -> bytes:
-    if kind == "smtp-source":
-        body = b"La de da de da 1.\r\n" * (MB // 19)
-    elif kind == "base64":
-        body = base64.encodebytes(os.urandom(MB * 3 // 4)).replace(b"\n", b"\r\n")
-    else:
-        body = (b"<p>" + b"x" * 894 + b"</p>\r\n") * (MB // 903)
-    return body + b".\r\n"
+def wires() -> dict[str, bytes]:
+    """The three 1 MB DATA streams, made once so that a baseline measures the same bytes."""
+    from bench.bench_compression import content  # here: a baseline's subprocess never needs it
+
+    rng = random.Random(1)
+    html = b"<p>" + b"x" * 894 + b"</p>\r\n"
+    bodies = {
+        "smtp-source": content("smtp-source", MB, rng),
+        "base64": content("attachment", MB, rng),
+        "html": html * (MB // len(html)),
+    }
+    # whole lines, then the terminator (a cut base64 line may end in a lone CR)
+    return {k: v.rstrip(b"\r\n") + b"\r\n.\r\n" for k, v in bodies.items()}
 
 
-def measure(rounds: int) -> dict[str, float]:
+def measure(inputs: Path, rounds: int) -> dict[str, float]:
     from ingest.datapath import DataParser, DataStatus
 
     out = {}
-    for kind in ("smtp-source", "base64", "html"):
-        wire = content(kind)
+    for kind in KINDS:
+        wire = (inputs / kind).read_bytes()
         chunks = [wire[i : i + CHUNK] for i in range(0, len(wire), CHUNK)]
         started = time.thread_time()
         for _ in range(rounds):
@@ -53,21 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_datapath", description=__doc__)
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--baseline", metavar="REF")
-    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the subprocess
+    ap.add_argument("--json", metavar="DIR", type=Path, help=argparse.SUPPRESS)  # the subprocess
     args = ap.parse_args(argv)
     if args.json:
-        print(json.dumps(measure(args.rounds)))
+        print(json.dumps(measure(args.json, args.rounds)))
         return 0
     rows = {}
-    if args.baseline:
-        from bench.run_all import git_tree
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "inputs"
+        inputs.mkdir()
+        for kind, wire in wires().items():
+            (inputs / kind).write_bytes(wire)
+        if args.baseline:
+            from bench.run_all import git_tree
 
-        with tempfile.TemporaryDirectory() as tmp:
             tree = git_tree(args.baseline, Path(tmp) / "base")
             env = {**os.environ, "PYTHONPATH": str(tree)}
             # this file, run on the tree's parser (REF may predate it)
             done = subprocess.run(
-                [sys.executable, __file__, "--json", "--rounds", str(args.rounds)],
+                [sys.executable, __file__, "--json", str(inputs), "--rounds", str(args.rounds)],
                 env=env,
                 cwd=tree,
                 check=True,
@@ -75,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 text=True,
             )
             rows[f"@{args.baseline}"] = json.loads(done.stdout)
-    rows["this tree"] = measure(args.rounds)
+        rows["this tree"] = measure(inputs, args.rounds)
     print("| parser | smtp-source lines ms/MB | base64 ms/MB | HTML lines ms/MB |")
     print("|---|---|---|---|")
     for name, r in rows.items():

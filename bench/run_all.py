@@ -718,23 +718,10 @@ def git_tree(ref: str, dest: Path) -> Path:
         tar.extractall(dest, filter="data")
     if (dest / "setup.py").exists():
         # its native parts, built in place as the editable install does for the working tree
-        # (not `setup.py build_ext`: that reads pyproject.toml, which this venv's setuptools
-        # may be too old for)
-        subprocess.run([sys.executable, "-c", _BUILD_IN_PLACE], cwd=dest, check=True)
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=dest, check=True
+        )
     return dest
-
-
-_BUILD_IN_PLACE = """
-import runpy, setuptools
-from setuptools.command.build_ext import build_ext
-found = {}
-setuptools.setup = lambda **kw: found.update(kw)
-runpy.run_path("setup.py", run_name="__main__")
-cmd = build_ext(setuptools.Distribution({"ext_modules": found.get("ext_modules", [])}))
-cmd.inplace = True
-cmd.ensure_finalized()
-cmd.run()
-"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -265,7 +265,7 @@ _WIRE_PIECES = st.sampled_from(
     st.lists(_WIRE_PIECES, max_size=30).map(b"".join),
     st.sampled_from(["reject", "normalize"]),
     st.integers(min_value=1, max_value=7),
-    st.sampled_from([1000, 1002, 2048]),
+    st.sampled_from([12, 999, 1000, 1001, 1002, 2048]),
 )
 def test_facts_of_the_read_are_the_facts_of_the_stored_bytes(
     data: bytes, mode: str, pieces: int, max_line_length: int
