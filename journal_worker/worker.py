@@ -62,7 +62,7 @@ from mailjournal.consumer.lag import partition_lag
 from mailjournal.consumer.stage import StageFatal
 from mailjournal.directory import Directory, DirectoryUnavailable
 from mailjournal.faults import fault_point
-from mailjournal.kafka import close_clients, make_consumer, make_producer, producer_config
+from mailjournal.kafka import close_clients, consumer_config, make_producer, producer_config
 from mailjournal.policy import policy_digest
 from schemas import (
     DEAD_LETTER,
@@ -186,6 +186,13 @@ class JournalWorker:
         self._producer_settings = producer_config(
             config, transactional_id=self.transactional_id, role="journal"
         )
+        # a batch of 1 MB messages, not only a count of them, is bounded (RSS, issue 17)
+        self._consumer_settings = consumer_config(
+            config,
+            config.kafka.journal_group,
+            role="journal",
+            prefetch_bytes=config.journal.prefetch_max_bytes,
+        )
         self.batch_max = config.journal.batch_max_messages
         self.batch_timeout = config.journal.batch_max_ms / 1000
         self._stop = threading.Event()
@@ -213,7 +220,7 @@ class JournalWorker:
         self.producer = make_producer(
             self.config, transactional_id=self.transactional_id, role="journal"
         )
-        self.consumer = make_consumer(self.config, self.config.kafka.journal_group, role="journal")
+        self.consumer = Consumer(self._consumer_settings)
         failed = True  # until the loop ends by a stop
         try:
             self._txn_call("init_transactions", self.producer.init_transactions, 30)

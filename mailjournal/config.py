@@ -184,6 +184,11 @@ class JournalConfig(Strict):
     # decisions per transaction on the messages -> journal hop (exactly-once batching)
     batch_max_messages: int = Field(default=500, ge=1)
     batch_max_ms: int = Field(default=100, ge=1)
+    prefetch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    """Bound of the consumer's prefetch queue, in bytes of messages: a batch is what the queue
+    holds, so it holds at most about twice this (one fetch of up to this size may land on a full
+    queue), whatever ``batch_max_messages`` allows. A message larger than the bound is still
+    fetched, alone."""
 
     @model_validator(mode="after")
     def _ndr_mandatory(self) -> JournalConfig:

@@ -1,0 +1,68 @@
+"""The journal worker's batches are bounded in bytes, not only in messages (real broker).
+
+A batch is what librdkafka's prefetch queue holds when the worker asks; with 1 MB messages and
+the queue's default of 64 MiB, ``batch_max_messages`` (500) bounded nothing and the worker's RSS
+followed the backlog. ``journal.prefetch_max_bytes`` bounds the queue, so a batch holds at most
+the bound plus the one fetch that may land on a full queue.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Message
+
+from journal_worker.worker import JournalWorker
+from mailjournal.config import Config
+from mailjournal.kafka import MiB
+from tests.fixtures.journal import (
+    make_event,
+    produce_events,
+    running_worker,
+    wait_decided,
+    with_overrides,
+)
+
+pytestmark = pytest.mark.kafka
+
+MESSAGES = 40
+PREFETCH = 4 * MiB
+# the queue is checked before each fetch (fetch.max.bytes = the bound), so a batch may hold the
+# bound, one fetch more, and the record that straddles it
+BOUND = 2 * PREFETCH + MiB
+
+
+def test_journal_batches_hold_the_byte_bound(kafka_config: Config) -> None:
+    config = with_overrides(
+        kafka_config,
+        {
+            "journal": {
+                "inbound": {
+                    "address": "journal-in@corp.example",
+                    "ndr_address": "journal-ndr@corp.example",
+                },
+                "prefetch_max_bytes": PREFETCH,
+            }
+        },
+    )
+    assert JournalWorker(config)._consumer_settings["queued.max.messages.kbytes"] == 4096
+    body = (b"x" * 998 + b"\r\n") * (MiB // 1000)
+    events = [
+        make_event("bob@example.net", ["alice@corp.example"], body=body) for _ in range(MESSAGES)
+    ]
+    batches: list[int] = []
+
+    class Watched(JournalWorker):
+        def _process(self, batch: list[Message]) -> None:
+            batches.append(sum(len(m.value() or b"") for m in batch))
+            super()._process(batch)
+            # a slow archive's pace, so the fetcher runs ahead and fills the queue to its bound
+            time.sleep(0.2)
+
+    produce_events(config, events)  # a backlog of 40 MiB before the worker starts
+    with running_worker(config, cls=Watched):
+        wait_decided(config, MESSAGES, 120)
+    print(f"batch bytes (MiB): {[round(b / MiB, 1) for b in batches]}")
+    assert sum(batches) >= MESSAGES * len(body)  # every message, in batches we saw
+    assert max(batches) <= BOUND, f"a batch held {max(batches) / MiB:.1f} MiB"
