@@ -3,18 +3,87 @@
 The regexes below are the oracle: what ``ingest.datapath`` searched with before the scan moved to
 C. For any bytes, any start, any limit and both modes the native functions must give the same
 answer; the parser-level tests (``tests/test_ingest_datapath.py``, an independent reference model)
-and the fuzzer's harness run the scan through ``DataParser``."""
+and the fuzzer's harness run the scan through ``DataParser``.
+
+Memory safety is checked on the same inputs: every buffer is also given to the scan flush against
+an inaccessible page, once ending at one and once starting after one, so a read of one octet
+outside the buffer on either side kills the test process with SIGSEGV (a bytes object's hidden
+NUL or a bytearray's spare capacity would hide it from any other check)."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import mmap
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest._datascan import bare_cr, scan
+
+_PROT_NONE = 0  # not in the mmap module before Python 3.13
+
+
+class _Fence:
+    """Three pages, the outer two PROT_NONE: a buffer of up to a page placed against either."""
+
+    PAGE = mmap.PAGESIZE
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, 3 * self.PAGE)
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        for page in (0, 2):
+            if libc.mprotect(self.base + page * self.PAGE, self.PAGE, _PROT_NONE) != 0:
+                raise OSError(ctypes.get_errno(), "mprotect")
+
+    def _at(self, offset: int, data: bytes) -> memoryview:
+        assert offset >= self.PAGE and offset + len(data) <= 2 * self.PAGE
+        self._map[offset : offset + len(data)] = data
+        return memoryview(self._map)[offset : offset + len(data)]
+
+    def ending(self, data: bytes) -> memoryview:
+        """``data``, its last octet just before an inaccessible page."""
+        return self._at(2 * self.PAGE - len(data), data)
+
+    def starting(self, data: bytes) -> memoryview:
+        """``data``, its first octet just after an inaccessible page."""
+        return self._at(self.PAGE, data)
+
+
+_FENCE = _Fence()
+
+
+def _fenced(data: bytes) -> Iterator[bytearray | memoryview]:
+    """The buffer as the parser holds it, then against each fence (lazily: the fences share a
+    page, so each view is written just before it is used)."""
+    yield bytearray(data)
+    yield _FENCE.ending(data)
+    yield _FENCE.starting(data)
+
+
+_PROBE = """
+import ctypes
+from tests.test_datascan import _FENCE
+view = _FENCE.{place}(b"ab")
+start = ctypes.addressof(ctypes.c_char.from_buffer(view))
+ctypes.string_at(start + {offset}, 1)
+"""
+
+
+@pytest.mark.parametrize(("place", "offset"), [("ending", 2), ("starting", -1)])
+def test_the_fence_faults(place: str, offset: int) -> None:
+    """The fence can fail a test: the octet just outside a fenced buffer cannot be read."""
+    code = _PROBE.format(place=place, offset=offset)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == -11, (done.returncode, done.stderr[-500:])
+
 
 # the octets the scan treats apart, and content
 _DATA = st.lists(st.sampled_from(b"\r\n.a"), max_size=60).map(bytes) | st.binary(max_size=60)
@@ -50,17 +119,18 @@ def test_every_short_buffer() -> None:
     for n in range(7):
         for octets in itertools.product(b"\r\n.a", repeat=n):
             buf = bytes(octets)
-            ba = bytearray(buf)
             for pos in range(-1, n + 2):
                 for end in range(-1, n + 2):
                     expected_cr = re.search(rb"\r[^\n]", buf[max(pos, 0) : max(end, 0)])
-                    assert bare_cr(ba, pos, end) is (expected_cr is not None), (buf, pos, end)
+                    for b in _fenced(buf):
+                        assert bare_cr(b, pos, end) is (expected_cr is not None), (buf, pos, end)
                 for limit, dots, anchored in itertools.product(
                     range(5), (True, False), (True, False)
                 ):
                     expected = _oracle(buf, max(pos, 0), limit, dots, anchored)
-                    got = scan(ba, pos, limit, dots, anchored)
-                    assert got == expected, (buf, pos, limit, dots, anchored)
+                    for b in _fenced(buf):
+                        got = scan(b, pos, limit, dots, anchored)
+                        assert got == expected, (buf, pos, limit, dots, anchored)
 
 
 @settings(max_examples=1000)
@@ -76,7 +146,8 @@ def test_scan_is_the_regex(
     buf, pos, _ = case
     # a negative start means 0 for the scan; the regex takes it the same way
     expected = _oracle(buf, max(pos, 0), limit, dots, anchored)
-    assert scan(bytearray(buf), pos, limit, dots, anchored) == expected
+    for b in _fenced(buf):
+        assert scan(b, pos, limit, dots, anchored) == expected
 
 
 @settings(max_examples=1000)
@@ -84,7 +155,8 @@ def test_scan_is_the_regex(
 def test_bare_cr_is_the_regex(case: tuple[bytes, int, int]) -> None:
     buf, start, end = case
     expected = re.search(rb"\r[^\n]", buf[max(start, 0) : max(end, 0)]) is not None
-    assert bare_cr(bytearray(buf), start, end) is expected
+    for b in _fenced(buf):
+        assert bare_cr(b, start, end) is expected
 
 
 @pytest.mark.parametrize("length", [998, 999, 1000, 1001, 5000])
