@@ -220,8 +220,10 @@ def main() -> int:
                         rate = accepted / elapsed
                         cpu_ms = sampler.cpu("ingest") / max(accepted, 1) * 1000
                         if label != "ingest":  # the baseline: printed, not in the table
+                            rss = sampler.groups["ingest"].peak_rss / 2**20
                             print(
                                 f"{label:<10} {size:>8} B: {rate:8.0f} msgs/s {cpu_ms:.2f} CPU ms"
+                                f" peak RSS {rss:.1f} MB"
                             )
                             continue
                         results[size].update(

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -122,6 +122,14 @@ class Publisher:
         """Produce and wait for the delivery report (the record is then stored with acks=all).
 
         Raises :class:`PublishError`."""
+        return await self.submit(topic, key, value)
+
+    def submit(self, topic: str, key: bytes, value: bytes) -> Coroutine[Any, Any, Message]:
+        """Produce now and return the wait for the delivery report (to be awaited; it raises
+        :class:`PublishError`). librdkafka has copied ``value`` when this returns, so a caller
+        that drops its references before the wait holds one copy of a message, not three.
+
+        Raises :class:`PublishError` when the record cannot even be queued."""
         if self._fatal is not None:
             raise PublishError(f"producer failed: {self._fatal}")
         loop = self.loop
@@ -138,6 +146,10 @@ class Publisher:
             raise PublishError(f"produce failed: {exc}") from None
         # librdkafka reports by message.timeout.ms; the margin only guards a lost report
         guard = loop.call_later(self.ack_timeout + 5.0, self._no_report, fut)
+        return self._report(fut, guard)
+
+    @staticmethod
+    async def _report(fut: asyncio.Future[Message], guard: asyncio.TimerHandle) -> Message:
         try:
             return await fut
         finally:

@@ -950,9 +950,9 @@ class IngestSMTP(SmtpConnection):
         received_at = schemas.now_millis()
         event_id = schemas.new_event_id()
         if len(raw) >= THREAD_HASH_BYTES:
-            sha256 = await asyncio.to_thread(lambda: hashlib.sha256(raw).hexdigest())
+            sha256 = await asyncio.to_thread(_sha256_hex, raw)
         else:
-            sha256 = hashlib.sha256(raw).hexdigest()
+            sha256 = _sha256_hex(raw)
         event = message_received(
             event_id=event_id,
             received_at=received_at,
@@ -982,11 +982,17 @@ class IngestSMTP(SmtpConnection):
             record = traced(event, self.ctx.ingest.hostname)
         value = schemas.encode(schemas.MESSAGE_RECEIVED, record)
         del event, record
+        size = len(raw)
         publisher = self.ctx.publisher
         assert publisher is not None
         started = time.monotonic()
         try:
-            await publisher.publish(self.ctx.topic, event_id.encode("ascii"), value)
+            stored = publisher.submit(self.ctx.topic, event_id.encode("ascii"), value)
+            # librdkafka holds its copy now: while the ack is awaited (the longest a message is
+            # in memory under load) this session holds no other (issue 17, peak RSS)
+            del raw, value
+            parser.message = None
+            await stored
         except PublishError as exc:
             log.warning(
                 "%s: message from %s not stored (%s): answering 4xx",
@@ -999,8 +1005,12 @@ class IngestSMTP(SmtpConnection):
             return KAFKA_TIMEOUT if exc.timeout else KAFKA_ERROR
         fault_point("ingest.after_ack")
         m.KAFKA_ACK.observe(time.monotonic() - started)
-        m.MESSAGE_SIZE.observe(len(raw))
+        m.MESSAGE_SIZE.observe(size)
         return queued(event_id)
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 Step = Coroutine[Any, Any, None] | None
