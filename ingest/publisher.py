@@ -118,16 +118,11 @@ class Publisher:
                 PublishError(str(err), timeout=err.code() == KafkaError._MSG_TIMED_OUT)
             )
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> Message:
-        """Produce and wait for the delivery report (the record is then stored with acks=all).
-
-        Raises :class:`PublishError`."""
-        return await self.submit(topic, key, value)
-
     def submit(self, topic: str, key: bytes, value: bytes) -> Coroutine[Any, Any, Message]:
-        """Produce now and return the wait for the delivery report (to be awaited; it raises
-        :class:`PublishError`). librdkafka has copied ``value`` when this returns, so a caller
-        that drops its references before the wait holds one copy of a message, not three.
+        """Produce now and return the wait for the delivery report (to be awaited; once it
+        returns the record is stored with acks=all, else it raises :class:`PublishError`).
+        librdkafka has copied ``value`` when this returns, so a caller that drops its references
+        before the wait holds one copy of a message, not three.
 
         Raises :class:`PublishError` when the record cannot even be queued."""
         if self._fatal is not None:
