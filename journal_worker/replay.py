@@ -327,7 +327,10 @@ class ReplayWorker(JournalWorker):
         """Replay the window (or the rest of it after an interrupted invocation)."""
         config, request = self.config, self.request
         topic = self.messages_topic
-        self.consumer = consumer = make_consumer(config, self.group, role="replay")
+        # the journal worker's byte bound on a batch: a window of 1 MB messages is replayed too
+        self.consumer = consumer = make_consumer(
+            config, self.group, role="replay", prefetch_bytes=config.journal.prefetch_max_bytes
+        )
         window = self.window = window_offsets(
             consumer,
             topic,
