@@ -624,6 +624,50 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                 r["e2e_vs_postfix"] = round(r["e2e_rate"] / other["e2e_rate"], 2)
 
 
+# issue 17's goals against Postfix (journal + relay is Postfix's job; the journal-only target is
+# shown too): e2e rate ratio, CPU per message of our stages and Kafka, every stage's peak RSS
+E2E_GOAL = {1024 * 1024: 1.5}  # by size; 2x elsewhere
+CPU_GOAL = 0.5
+RSS_GOAL_MB = 300.0
+NOT_STAGES = ("load", "smtp-sink", "kafka")  # the load and its sink are not ours; Kafka not a stage
+
+
+def goals(rows: list[dict[str, Any]]) -> str:
+    """The goals table: one line per mailjournal target and size that has a Postfix point."""
+    postfix = {r["size"]: r for r in rows if r["target"] == "postfix"}
+    out = []
+    for r in rows:
+        ref = postfix.get(r["size"])
+        if r["family"] != "mailjournal" or ref is None or not ref["e2e_rate"]:
+            continue
+        cpu = r["cpu_ms_per_msg"]
+        ours = sum(v for k, v in cpu.items() if k not in ("load", "smtp-sink"))
+        theirs = ref["cpu_ms_per_msg"].get("postfix") or 0.0
+        e2e = r["e2e_rate"] / ref["e2e_rate"]
+        e2e_goal = E2E_GOAL.get(r["size"], 2.0)
+        stage_rss = {k: g["peak_rss_mb"] for k, g in r["groups"].items() if k not in NOT_STAGES}
+        top = max(stage_rss, key=stage_rss.__getitem__) if stage_rss else None
+        cells = [
+            r["target"],
+            human(r["size"]),
+            f"{e2e:.2f} (≥ {e2e_goal:g}) {'yes' if e2e >= e2e_goal else 'no'}",
+        ]
+        if theirs:
+            ratio = ours / theirs
+            cells.append(f"{ratio:.2f} (≤ {CPU_GOAL:g}) {'yes' if ratio <= CPU_GOAL else 'no'}")
+        else:
+            cells.append("-")
+        if top is None:
+            cells.append("-")
+        else:
+            rss = stage_rss[top]
+            met = "yes" if rss <= RSS_GOAL_MB else "no"
+            cells.append(f"{top} {rss:.0f} (≤ {RSS_GOAL_MB:.0f}) {met}")
+        out.append(cells)
+    headers = ["target", "size", "e2e vs Postfix", "CPU vs Postfix", "largest stage RSS MB"]
+    return markdown_table(headers, out) if out else ""
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     headers = [
         "target",
@@ -1017,6 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = table(rows)
+    if goal_table := goals(rows):
+        md += f"\n\nGoals (issue 17; the RSS goal is at 1 MB):\n\n{goal_table}"
     stem.with_suffix(".md").write_text(
         f"# bench {started}\n\n{json.dumps(meta)}\n\n{md}\n\n"
         "`*` e2e did not complete within the drain timeout. CPU ms/msg per stage includes the "
