@@ -17,12 +17,14 @@ from journal_worker.worker import JournalWorker
 from mailjournal.config import Config
 from mailjournal.kafka import MiB
 from tests.fixtures.journal import (
+    journal_copies,
     make_event,
     produce_events,
     running_worker,
     wait_decided,
     with_overrides,
 )
+from tests.fixtures.kafka import consume_all
 
 pytestmark = pytest.mark.kafka
 
@@ -33,8 +35,8 @@ PREFETCH = 4 * MiB
 BOUND = 2 * PREFETCH + MiB
 
 
-def test_journal_batches_hold_the_byte_bound(kafka_config: Config) -> None:
-    config = with_overrides(
+def _bounded(kafka_config: Config) -> Config:
+    return with_overrides(
         kafka_config,
         {
             "journal": {
@@ -46,6 +48,10 @@ def test_journal_batches_hold_the_byte_bound(kafka_config: Config) -> None:
             }
         },
     )
+
+
+def test_journal_batches_hold_the_byte_bound(kafka_config: Config) -> None:
+    config = _bounded(kafka_config)
     assert JournalWorker(config)._consumer_settings["queued.max.messages.kbytes"] == 4096
     body = (b"x" * 998 + b"\r\n") * (MiB // 1000)
     events = [
@@ -66,3 +72,21 @@ def test_journal_batches_hold_the_byte_bound(kafka_config: Config) -> None:
     print(f"batch bytes (MiB): {[round(b / MiB, 1) for b in batches]}")
     assert sum(batches) >= MESSAGES * len(body)  # every message, in batches we saw
     assert max(batches) <= BOUND, f"a batch held {max(batches) / MiB:.1f} MiB"
+
+
+def test_a_message_larger_than_the_bound_is_journaled(kafka_config: Config) -> None:
+    """The bound limits what is fetched ahead, never what can be fetched: a message of 2.5
+    times the bound, between two small ones, is decided and copied like them (KIP-74: a fetch
+    returns its first record whatever its size)."""
+    config = _bounded(kafka_config)
+    big = (b"y" * 998 + b"\r\n") * (PREFETCH * 5 // 2 // 1000)
+    events = [
+        make_event("bob@example.net", ["alice@corp.example"], body=body)
+        for body in (b"small\r\n", big, b"small\r\n")
+    ]
+    produce_events(config, events)
+    with running_worker(config):
+        wait_decided(config, len(events), 120)
+    copies = journal_copies(consume_all(config, config.kafka.topics.journal.name, min_count=3))
+    assert sorted(c["event_id"] for c in copies) == sorted(e["event_id"] for e in events)
+    assert max(len(c["original"]) for c in copies) > len(big)
