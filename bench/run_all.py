@@ -633,17 +633,18 @@ NOT_STAGES = ("load", "smtp-sink", "kafka")  # the load and its sink are not our
 
 
 def goals(rows: list[dict[str, Any]]) -> str:
-    """The goals table: one line per mailjournal target and size that has a Postfix point."""
+    """The goals table: one line per mailjournal target and size that has a Postfix point
+    (after :func:`add_ratios`)."""
     postfix = {r["size"]: r for r in rows if r["target"] == "postfix"}
     out = []
     for r in rows:
         ref = postfix.get(r["size"])
-        if r["family"] != "mailjournal" or ref is None or not ref["e2e_rate"]:
+        e2e = r.get("e2e_vs_postfix")  # add_ratios'
+        if r["family"] != "mailjournal" or ref is None or e2e is None:
             continue
         cpu = r["cpu_ms_per_msg"]
         ours = sum(v for k, v in cpu.items() if k not in ("load", "smtp-sink"))
         theirs = ref["cpu_ms_per_msg"].get("postfix") or 0.0
-        e2e = r["e2e_rate"] / ref["e2e_rate"]
         e2e_goal = E2E_GOAL.get(r["size"], 2.0)
         stage_rss = {k: g["peak_rss_mb"] for k, g in r["groups"].items() if k not in NOT_STAGES}
         top = max(stage_rss, key=stage_rss.__getitem__) if stage_rss else None

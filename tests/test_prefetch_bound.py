@@ -30,14 +30,11 @@ from mailjournal.kafka import (
     topic_max_message_bytes,
 )
 from mailjournal.kafka_stats import parse_stats
+from tests.fixtures.kafka import PREFETCH, PREFETCH_PEAK
 
 pytestmark = pytest.mark.kafka
 
 RECORDS = 40
-PREFETCH = 4 * MiB
-# the queue is checked before each fetch, so it may exceed its bound by one fetch
-# (fetch.max.bytes = the bound) and the record that straddles it
-BOUND = 2 * PREFETCH + MiB
 
 CONTENT: dict[str, Callable[[int], bytes]] = {
     # what a sender can choose: one line over and over compresses ~1000:1
@@ -91,7 +88,9 @@ def _read_slowly(config: Config, topic: str) -> tuple[list[Message], int]:
         consumer.close()
     assert len(got) == RECORDS, f"read {len(got)} of {RECORDS} records in 120 s"
     peak = max((parse_stats(d).prefetch_bytes for d in documents), default=0)
-    print(f"{topic}: prefetch queue peaked at {peak / MiB:.1f} MiB (bound {BOUND / MiB:.0f} MiB)")
+    print(
+        f"{topic}: prefetch queue peaked at {peak / MiB:.1f} MiB (bound {PREFETCH_PEAK / MiB:.0f} MiB)"
+    )
     return got, peak
 
 
@@ -101,7 +100,9 @@ def test_prefetch_holds_its_bound_whatever_the_content(kafka_config: Config, con
     sizes = _fill(kafka_config, topic, CONTENT[content])
     got, peak = _read_slowly(kafka_config, topic)
     assert sorted(len(m.value() or b"") for m in got) == sorted(sizes)
-    assert peak <= BOUND, f"prefetch queue reached {peak / MiB:.1f} MiB, bound {BOUND / MiB} MiB"
+    assert peak <= PREFETCH_PEAK, (
+        f"prefetch queue reached {peak / MiB:.1f} MiB, bound {PREFETCH_PEAK / MiB} MiB"
+    )
     assert peak >= MiB, "the statistics never saw a prefetched record: the check saw nothing"
 
 
@@ -119,7 +120,7 @@ def test_a_topic_stored_compressed_defeats_the_bound(kafka_config: Config) -> No
     try:
         _fill(kafka_config, topic, CONTENT["repeated"])
         _, peak = _read_slowly(kafka_config, topic)
-        assert peak > 2 * BOUND, f"peak {peak / MiB:.1f} MiB"
+        assert peak > 2 * PREFETCH_PEAK, f"peak {peak / MiB:.1f} MiB"
     finally:
         admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
 
