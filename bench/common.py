@@ -176,6 +176,8 @@ class _Group:
     roots: list[int] = field(default_factory=list)
     base: dict[int, float] = field(default_factory=dict)  # pid -> cpu at first sight
     last: dict[int, float] = field(default_factory=dict)  # pid -> cpu last seen
+    parent: dict[int, int] = field(default_factory=dict)  # pid -> its parent's pid
+    alive: set[int] = field(default_factory=set)  # pids of the latest sample
     peak_rss: int = 0
 
 
@@ -185,13 +187,45 @@ def _cpu_of(p: psutil.Process) -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def window_cpu(
+    base: dict[int, float], last: dict[int, float], parent: dict[int, int], alive: set[int]
+) -> float:
+    """CPU seconds a process tree used between its first and last samples (pure).
+
+    A process's figure includes what it has reaped (``children_*``), so a daemon that exits and
+    is reaped by a parent still in the tree is counted by that parent, in full: counting its own
+    last sample as well counted it twice (Postfix's master reaps a daemon after every
+    ``max_use``). For such a process only what it had used before the window is taken off; one
+    with no parent left in the tree counts up to its last sample."""
+    total = 0.0
+    for pid, cpu in last.items():
+        if pid in alive or parent.get(pid) not in alive:
+            total += cpu - base.get(pid, 0.0)
+        else:
+            total -= base.get(pid, 0.0)
+    return max(0.0, total)
+
+
+def box_busy_seconds() -> float:
+    """CPU seconds every core of the machine has been busy since boot (``/proc/stat``): the
+    independent check of the sampler's per-group figures, which can never add up to more."""
+    t = psutil.cpu_times()
+    # guest time is already inside user on Linux; idle and iowait are not work
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+
+
+def over_box(groups_cpu_s: float, box_cpu_s: float) -> bool:
+    """Whether the groups' CPU exceeds what the machine did, beyond sampling noise (pure)."""
+    return groups_cpu_s > box_cpu_s * 1.05 + 0.2
+
+
 class ProcSampler:
     """CPU seconds and peak RSS per named group of process trees, sampled every ``interval`` s.
 
     Each group is one or more root pids with all their descendants. CPU counts what every process
     used while the sampler ran (a process first seen later counts in full: it was born inside the
-    window); a process that exits between two samples loses its last ``interval`` of CPU unless its
-    parent reaps it (then it shows up in the parent's children times)."""
+    window; one reaped inside the tree is counted by its parent, :func:`window_cpu`); a process
+    that exits between two samples and is not reaped in the tree loses its last ``interval``."""
 
     def __init__(self, interval: float = 0.2):
         self.interval = interval
@@ -209,6 +243,7 @@ class ProcSampler:
 
     def _sample_group(self, name: str, g: _Group, *, first: bool) -> None:
         rss = 0
+        alive: set[int] = set()
         for root in list(g.roots):
             try:
                 top = psutil.Process(root)
@@ -219,11 +254,15 @@ class ProcSampler:
                 try:
                     cpu = _cpu_of(p)
                     rss += p.memory_info().rss
+                    ppid = p.ppid()
                 except psutil.Error:
                     continue
                 if p.pid not in g.base:
                     g.base[p.pid] = cpu if first else 0.0
                 g.last[p.pid] = cpu
+                g.parent[p.pid] = ppid
+                alive.add(p.pid)
+        g.alive = alive
         g.peak_rss = max(g.peak_rss, rss)
 
     def _run(self) -> None:
@@ -237,6 +276,8 @@ class ProcSampler:
         for name, g in self.groups.items():
             g.base.clear()
             g.last.clear()
+            g.parent.clear()
+            g.alive.clear()
             g.peak_rss = 0
             self._sample_group(name, g, first=True)
         self._started = True
@@ -255,7 +296,7 @@ class ProcSampler:
 
     def cpu(self, name: str) -> float:
         g = self.groups[name]
-        return sum(max(0.0, g.last[pid] - g.base.get(pid, 0.0)) for pid in g.last)
+        return window_cpu(g.base, g.last, g.parent, g.alive)
 
     def report(self) -> dict[str, dict[str, float]]:
         return {

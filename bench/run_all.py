@@ -54,6 +54,7 @@ from bench.common import (
     SMTP_SINK,
     SMTP_SOURCE,
     ProcSampler,
+    box_busy_seconds,
     fmt,
     human,
     latency_summary,
@@ -61,6 +62,7 @@ from bench.common import (
     metric_value,
     metrics_text,
     missing_tools,
+    over_box,
     run_source,
     sample_sum,
     smtp_sink,
@@ -546,12 +548,14 @@ def run_point(
     loop_before = loop_lag(ingest_port) if ingest_port else None
     requests_before = broker.snapshot() if broker is not None else None
     with sampler, probe or contextlib.nullcontext():
+        box0 = box_busy_seconds()
         t0 = time.perf_counter()
         accept_s = run_source(target.port, size, count, sessions, sampler=sampler, timeout=1800)
         accepted = target.accepted(mark, count)
         want = accepted * target.copies_per_message
         done = wait_for(lambda: target.delivered(mark) >= want, drain_timeout, 0.05)
         e2e_s = time.perf_counter() - t0
+        box_s = box_busy_seconds() - box0
     requests_after = broker.snapshot() if broker is not None else None
     delivered = target.delivered(mark)
     lat = latency_summary(target.latencies(mark))
@@ -578,6 +582,8 @@ def run_point(
             name: round(g["cpu_s"] / max(accepted, 1) * 1000, 3) for name, g in groups.items()
         },
         "cpu_ms_per_msg_total": round(total_cpu / max(accepted, 1) * 1000, 3),
+        # everything the machine did in the window, the bench itself included
+        "box_cpu_s": round(box_s, 3),
     }
     if requests_before is not None and requests_after is not None:
         # every client of the broker in the window: this target's stages (others are stopped)
@@ -596,8 +602,13 @@ def run_point(
                 "lag_over_100ms": int(delta["intervals"] - delta["lag_le_100ms"]),
                 "busy_over_100ms": int(delta["intervals"] - delta["busy_le_100ms"]),
             }
+    groups_cpu = sum(g["cpu_s"] for g in groups.values())
+    if over_box(groups_cpu, box_s):
+        row["note"] = f"sampler counted {groups_cpu:.1f} CPU s, the machine did {box_s:.1f}"
     if accepted < count:
-        row["note"] = f"{count - accepted} of {count} not accepted"
+        row["note"] = (row.get("note", "") + f"; {count - accepted} of {count} not accepted").strip(
+            "; "
+        )
     if not done:
         row["note"] = (row.get("note", "") + f"; drain timed out at {delivered}/{want}").strip("; ")
     return row

@@ -1,7 +1,15 @@
-"""The bench's pure helpers: Kafka requests per message, target order, the goals table."""
+"""The bench's helpers: Kafka requests per message, target order, the goals table, the CPU
+sampler."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.common import ProcSampler, box_busy_seconds, over_box, window_cpu
 from bench.kafka_requests import per_message, summary
 from bench.run_all import add_ratios, goals, target_order
 
@@ -85,3 +93,72 @@ def test_goals_table() -> None:
     )
     assert len(lines) == 4
     assert goals(rows[:2]) == ""
+
+
+def test_window_cpu_counts_a_reaped_child_once() -> None:
+    # parent 1 (alive), child 2 seen at 0.5 s with 0.2 s before the window, then reaped: the
+    # parent's figure holds the child's whole 0.9 s; child 3 was never reaped in the tree
+    base = {1: 1.0, 2: 0.2, 3: 0.0}
+    last = {1: 1.0 + 0.3 + 0.9, 2: 0.5, 3: 0.4}
+    parent = {1: 99, 2: 1, 3: 42}
+    assert window_cpu(base, last, parent, alive={1}) == pytest.approx(0.3 + 0.7 + 0.4)
+    # nobody gone: each process's own growth
+    assert window_cpu(base, last, parent, alive={1, 2, 3}) == pytest.approx(1.2 + 0.3 + 0.4)
+
+
+_BURNER = """
+import os, sys, time
+def burn(seconds):
+    t = time.process_time()
+    while time.process_time() - t < seconds:
+        pass
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+before = os.times()
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        burn(0.3)
+        os._exit(0)
+    os.waitpid(pid, 0)
+after = os.times()
+used = sum(after[:4]) - sum(before[:4])  # own user+system and the reaped children's
+sys.stdout.write(f"{used}\\n"); sys.stdout.flush()
+sys.stdin.readline()
+"""
+
+
+def test_proc_sampler_counts_reaped_daemons_once() -> None:
+    """A parent that forks and reaps CPU-bound children, as Postfix's master does its daemons:
+    the sampler's figure is what the tree used, not the children twice (it was 2x before)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        sampler = ProcSampler(interval=0.02)
+        sampler.add("tree", proc.pid)
+        with sampler:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            truth = float(proc.stdout.readline())
+        got = sampler.cpu("tree")
+        proc.stdin.write("end\n")
+        proc.stdin.flush()
+    finally:
+        proc.wait(10)
+    assert truth >= 1.1  # 4 x 0.3 s, in clock ticks
+    # the parent's own reading happens inside the window: the sampler may see a little more
+    assert truth - 0.05 <= got <= truth * 1.1 + 0.05, (got, truth)
+
+
+def test_the_machine_bounds_the_groups() -> None:
+    assert not over_box(10.0, 10.0) and not over_box(10.4, 10.0)  # sampling noise
+    assert over_box(12.0, 10.0)  # a group counted twice shows
+    before = box_busy_seconds()
+    t = time.process_time()
+    while time.process_time() - t < 0.2:
+        pass
+    # this process's own 0.2 s are inside what the machine did (in clock ticks)
+    assert box_busy_seconds() - before >= 0.18
