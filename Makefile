@@ -154,6 +154,9 @@ fuzz: install
 bench-sysdeps: sysdeps
 	@command -v javac >/dev/null 2>&1 || { $(call APT_INSTALL,openjdk-17-jdk-headless); }
 
+# issue 17's run: journal + relay against Postfix, and the Kafka floor of both copy forms
+BENCH_ARGS ?= --seconds 15 --sizes 1024,102400,1048576 --relay --floor
+
 bench: install bench-sysdeps kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)

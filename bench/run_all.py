@@ -623,9 +623,68 @@ def _loop_cell(loop: dict[str, int] | None) -> str:
     return f"{loop['lag_over_100ms']} / {loop['busy_over_100ms']} of {loop['intervals']}"
 
 
+def run_floor(
+    rows: list[dict[str, Any]], bootstrap: str, kafka_pid: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The Kafka floor of each size in both copy forms, on the run's broker once every target
+    has stopped, paced at the e2e goal when this run has a Postfix point of the size."""
+    from bench.bench_floor import MODES, floor_point
+
+    postfix = {r["size"]: r for r in rows if r["target"] == "postfix"}
+    out = []
+    for size in args.size_list:
+        ref = postfix.get(size)
+        rate = ref["e2e_rate"] * E2E_GOAL.get(size, 2.0) if ref else None
+        count = max(500, int((rate or size_guess(RATE_GUESS["mailjournal"], size)) * args.seconds))
+        for mode in MODES:
+            row = floor_point(bootstrap, kafka_pid, size, count, mode, relay=args.relay, rate=rate)
+            print(
+                f"== {row['target']} {human(size)}: {row['accepted_rate']:.0f}/s, CPU "
+                f"{row['cpu_ms_per_msg_total']:.2f} ms/msg ({row['cpu_ms_per_msg']})",
+                flush=True,
+            )
+            out.append(row)
+    return out
+
+
+def floors(rows: list[dict[str, Any]]) -> str:
+    """Per size: Postfix's CPU per message, the goal's budget, and the Kafka floor of each copy
+    form against it (after :func:`run_floor`)."""
+    postfix = {r["size"]: r for r in rows if r["target"] == "postfix"}
+    floor = {(r["size"], r["mode"]): r for r in rows if r["family"] == "floor"}
+    out = []
+    for size in sorted({s for s, _ in floor}):
+        ref = postfix.get(size)
+        theirs = ref["cpu_ms_per_msg"].get("postfix") if ref else None
+        cells: list[object] = [human(size), fmt(theirs, 2)]
+        cells.append(fmt(theirs * CPU_GOAL, 2) if theirs else "-")
+        for mode in ("carry", "reference"):
+            r = floor.get((size, mode))
+            if r is None:
+                cells.append("-")
+                continue
+            ms = r["cpu_ms_per_msg_total"]
+            ratio = f" ({ms / theirs:.2f}x)" if theirs else ""
+            cells.append(f"{ms:.2f}{ratio}, kafka {r['cpu_ms_per_msg']['kafka']:.2f}")
+        pace = next((r["paced"] for (s, _), r in floor.items() if s == size), None)
+        cells.append(fmt(pace) if pace else "unpaced")
+        out.append(cells)
+    headers = [
+        "size",
+        "Postfix CPU ms/msg",
+        f"budget ({CPU_GOAL:g}x)",
+        "floor, copy carries the message (ms, vs Postfix)",
+        "floor, copy references it",
+        "paced at msgs/s",
+    ]
+    return markdown_table(headers, out) if out else ""
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     by = {(r["target"], r["size"]): r for r in rows}
     for r in rows:
+        if r["family"] == "floor":
+            continue  # no SMTP: its rate is the pace it was given
         for ref in ("postfix", "sink"):
             other = by.get((ref, r["size"]))
             if other is None or r["target"] == ref:
@@ -736,6 +795,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no chart (pip install matplotlib)", file=sys.stderr)
         return False
+    rows = [r for r in rows if r["family"] != "floor"]  # no SMTP, no latency: not comparable
     targets = list(dict.fromkeys(r["target"] for r in rows))
     sizes = sorted({r["size"] for r in rows})
     by = {(r["target"], r["size"]): r for r in rows}
@@ -812,6 +872,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run mailjournal@REF (git archive; with --relay also mailjournal+relay@REF)",
     )
     ap.add_argument("--relay", action="store_true", help="also the journal + relay target")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the Kafka floor (bench/bench_floor.py) per size, paced at the e2e goal",
+    )
     ap.add_argument(
         "--delivery-procs",
         type=int,
@@ -907,6 +972,7 @@ def main(argv: list[str] | None = None) -> int:
                 any(t.startswith("mailjournal") for t in wanted)
                 or args.baseline
                 or args.relay
+                or args.floor
                 or args.variant
                 or args.delivery_procs_ab
             ):
@@ -1036,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                 target.stop()
+            if args.floor and kafka_pid is not None:
+                rows.extend(run_floor(rows, bootstrap, kafka_pid, args))
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: stopping everything", file=sys.stderr)
@@ -1075,6 +1143,11 @@ def main(argv: list[str] | None = None) -> int:
     md = table(rows)
     if goal_table := goals(rows):
         md += f"\n\nGoals (issue 17; the RSS goal is at 1 MB):\n\n{goal_table}"
+    if floor_table := floors(rows):
+        md += (
+            "\n\nThe Kafka floor (bench/bench_floor.py: the stages' Kafka work alone, broker "
+            f"included, CPU ms per message):\n\n{floor_table}"
+        )
     stem.with_suffix(".md").write_text(
         f"# bench {started}\n\n{json.dumps(meta)}\n\n{md}\n\n"
         "`*` e2e did not complete within the drain timeout. CPU ms/msg per stage includes the "

@@ -1,0 +1,75 @@
+"""The Kafka floor bench (bench/bench_floor.py) on the session's real broker, and its table."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from bench.bench_floor import floor_count, floor_point
+from bench.run_all import add_ratios, floors
+
+
+def _broker_pid(bootstrap: str) -> int:
+    port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    raise AssertionError(f"no process listens on {port}")
+
+
+@pytest.mark.parametrize("mode", ["carry", "reference"])
+def test_the_floor_moves_every_message_through_every_role(kafka_bootstrap: str, mode: str) -> None:
+    size, count = 20_000, 300
+    row = floor_point(
+        kafka_bootstrap, _broker_pid(kafka_bootstrap), size, count, mode, relay=True, rate=600
+    )
+    # floor_point raises unless every role handled exactly `count`; each role's CPU is its own
+    assert set(row["cpu_ms_per_msg"]) == {"ingest", "journal", "delivery", "relay", "kafka"}
+    assert all(v > 0 for v in row["cpu_ms_per_msg"].values()), row["cpu_ms_per_msg"]
+    assert row["sent"] == count and row["mode"] == mode and row["paced"] == 600
+    assert row["accepted_rate"] <= 600 * 1.1  # the pace held
+
+
+def test_the_floor_refuses_an_unknown_form(kafka_bootstrap: str) -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        floor_point(kafka_bootstrap, 1, 1024, 10, "inline")
+
+
+def test_floor_table_against_postfix() -> None:
+    def row(target: str, family: str, cpu: dict[str, float], **extra: object) -> dict[str, object]:
+        return {
+            "target": target,
+            "family": family,
+            "size": 1024,
+            "accepted_rate": 600.0,
+            "e2e_rate": 600.0,
+            "cpu_ms_per_msg": cpu,
+            "cpu_ms_per_msg_total": sum(cpu.values()),
+            **extra,
+        }
+
+    rows = [
+        row("postfix", "postfix", {"postfix": 2.0, "load": 0.2}),
+        row("kafka-floor-carry", "floor", {"ingest": 0.1, "kafka": 0.9}, mode="carry", paced=1200),
+        row("kafka-floor-reference", "floor", {"kafka": 0.5}, mode="reference", paced=1200),
+    ]
+    add_ratios(rows)
+    assert "e2e_vs_postfix" not in rows[1]  # a floor has no SMTP: its rate is its pace
+    lines = floors(rows).splitlines()
+    assert len(lines) == 3
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells == [
+        "1 KB",
+        "2.00",
+        "1.00",
+        "1.00 (0.50x), kafka 0.90",
+        "0.50 (0.25x), kafka 0.50",
+        "1200",
+    ]
+    assert floors([rows[0]]) == ""  # no floor rows, no table
+
+
+def test_floor_count() -> None:
+    assert floor_count(1024, 1000) == 20_000  # capped
+    assert floor_count(1024 * 1024, 1000) == 2000  # at least
+    assert floor_count(100 * 1024, 1000) == 10_240
