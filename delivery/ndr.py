@@ -99,12 +99,14 @@ def build_ndr(
     config: Config,
     *,
     now_ms: int,
+    stamp_key: bytes | None = None,
 ) -> bytes:
     """The NDR message about ``copy`` (whose sent form was ``sent_message``); when building it
     raises, a minimal NDR without the fields rendered from the original (subject, Message-ID,
-    the reply text in escaped ASCII): an NDR always builds."""
+    the reply text in escaped ASCII): an NDR always builds. ``stamp_key``: the key the caller
+    read (else the configured one is read now)."""
     try:
-        return _build_ndr(copy, sent_message, failure, config, now_ms=now_ms)
+        return _build_ndr(copy, sent_message, failure, config, now_ms=now_ms, stamp_key=stamp_key)
     except Exception:
         log.exception(
             "NDR about copy %s failed to build; sending a minimal one",
@@ -117,7 +119,12 @@ def build_ndr(
             remote_mta=safe_ascii(failure.remote_mta) if failure.remote_mta else None,
         )
         return _build_ndr(
-            without_rendered_fields(copy), sent_message, minimal, config, now_ms=now_ms
+            without_rendered_fields(copy),
+            sent_message,
+            minimal,
+            config,
+            now_ms=now_ms,
+            stamp_key=stamp_key,
         )
 
 
@@ -143,6 +150,7 @@ def _build_ndr(
     config: Config,
     *,
     now_ms: int,
+    stamp_key: bytes | None,
 ) -> bytes:
     ndr_id = make_ndr_copy_id(str(copy["copy_id"]))
     limit = config.delivery.ndr_attach_max_bytes
@@ -189,7 +197,7 @@ def _build_ndr(
         (status, status_cte),
         (attachment, attach_type, attach_cte),
     )
-    return seal(message, config, copy_id=ndr_id, to=ndr_address, date_ms=now_ms)
+    return seal(message, config, copy_id=ndr_id, to=ndr_address, date_ms=now_ms, key=stamp_key)
 
 
 def make_ndr_copy(

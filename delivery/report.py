@@ -117,18 +117,35 @@ def journal_headers(
     ]
 
 
-def _stamp_key(config: Config) -> bytes:
+def _stamp_key(config: Config, key: bytes | None = None) -> bytes:
+    """``key`` when the caller holds one (delivery reads its key once, at start), else the
+    configured key read now."""
+    if key is not None:
+        return key
     key = config.journal.stamp_key()
     if key is None:
         raise StampKeyError("journal.stamp_secret_file: not set; reports cannot be stamped")
     return key
 
 
-def seal(message: bytes, config: Config, *, copy_id: str, to: str, date_ms: int) -> bytes:
+def seal(
+    message: bytes,
+    config: Config,
+    *,
+    copy_id: str,
+    to: str,
+    date_ms: int,
+    key: bytes | None = None,
+) -> bytes:
     """``message`` (a report or NDR we built) with our loop-guard stamp: bound to its body, its
     destination ``to`` and its Date, so it exempts this message to that address only."""
-    key = _stamp_key(config)
-    return stamp_message(message, copy_id=copy_id, destination=to, created_ms=date_ms, key=key)
+    return stamp_message(
+        message,
+        copy_id=copy_id,
+        destination=to,
+        created_ms=date_ms,
+        key=_stamp_key(config, key),
+    )
 
 
 def seal_head(
@@ -139,10 +156,11 @@ def seal_head(
     copy_id: str,
     to: str,
     date_ms: int,
+    key: bytes | None = None,
 ) -> bytes:
     """:func:`seal` of a message built as its header section ``head`` (ending with the blank
     line) and the parts of its body: the stamped header section, the body left unjoined."""
-    value = make_stamp_of_parts(copy_id, to, date_ms, body, _stamp_key(config))
+    value = make_stamp_of_parts(copy_id, to, date_ms, body, _stamp_key(config, key))
     return stamp_head(head, value)
 
 
@@ -154,7 +172,9 @@ def build_report(copy: Mapping[str, Any], config: Config) -> bytes:
     return report_parts(copy, config).data()
 
 
-def report_parts(copy: Mapping[str, Any], config: Config) -> Outgoing:
+def report_parts(
+    copy: Mapping[str, Any], config: Config, stamp_key: bytes | None = None
+) -> Outgoing:
     """:func:`build_report` as the parts delivery sends unjoined: the stamped header section,
     the summary part with the attachment's part header, the original, the closing delimiter.
     The original is scanned once (:class:`BodyFacts`), for its transfer encoding and its send."""
@@ -202,6 +222,7 @@ def report_parts(copy: Mapping[str, Any], config: Config) -> Outgoing:
         copy_id=str(copy["copy_id"]),
         to=str(copy["journal_address"]),
         date_ms=date_ms,
+        key=stamp_key,
     )
     return Outgoing(
         [Part.of(head), Part.of(summary), Part(original, original_facts), Part.of(closing)]
@@ -219,14 +240,17 @@ def build_message(copy: Mapping[str, Any], config: Config) -> bytes:
     return outgoing_message(copy, config).data()
 
 
-def outgoing_message(copy: Mapping[str, Any], config: Config) -> Outgoing:
+def outgoing_message(
+    copy: Mapping[str, Any], config: Config, stamp_key: bytes | None = None
+) -> Outgoing:
     """What delivery sends for ``copy``: an NDR as built, a ``copy`` unaltered, else the journal
     report -- or, when building the report raises (it should not: every field has a fallback),
-    the original unaltered as in the ``copy`` format: a copy always goes out."""
+    the original unaltered as in the ``copy`` format: a copy always goes out. ``stamp_key``: the
+    key the caller read (else the configured one is read now)."""
     if copy.get("kind") == "NDR" or copy.get("format") == "COPY":
         return Outgoing.of(bytes(copy["original"]), original_body_facts(copy))
     try:
-        return report_parts(copy, config)
+        return report_parts(copy, config, stamp_key)
     except Exception:
         log.exception(
             "report for copy %s failed to build; sending the original as a copy",

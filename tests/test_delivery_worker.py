@@ -19,6 +19,7 @@ from mailjournal import cli
 from mailjournal.config import Config
 from mailjournal.topics import retry_topic_name
 from schemas import now_millis
+from tests.fixtures.config import STAMP_KEY
 from tests.fixtures.delivery import (
     attached_bytes,
     delivery_config,
@@ -51,6 +52,32 @@ def parts(data: bytes) -> list[Message]:
     msg = email.message_from_bytes(data, policy=policy.compat32)
     assert msg.is_multipart()
     return list(msg.get_payload())
+
+
+def test_a_key_file_broken_while_running_changes_no_report(
+    kafka_config: Config, worker_threads, smtp_capture: CaptureServer, tmp_path
+):
+    """Delivery reads its stamp key once, at start. Read per copy, a key file rewritten
+    non-atomically (empty for a moment) turned the reports of that moment into bare, unstamped
+    copies of the original: no envelope for the archive, no loop guard."""
+    key_file = tmp_path / "stamp.key"
+    key_file.write_bytes(STAMP_KEY)
+    config = delivery_config(
+        kafka_config, smtp_capture.port, {"journal": {"stamp_secret_file": str(key_file)}}
+    )
+    fallbacks = metric("mailjournal_delivery_render_fallbacks_total", what="report")
+    first = make_copy()
+    produce_copies(config, [first])
+    worker_threads(config)
+    smtp_capture.wait_for(1, timeout=30)
+    key_file.write_bytes(b"")  # broken: 0 bytes of key material
+    second = make_copy()
+    produce_copies(config, [second])
+    got = smtp_capture.wait_for(2, timeout=30)
+    # the very reports the start-time key makes (kafka_config's key file holds the same key)
+    assert [m.data for m in got] == [build_report(c, kafka_config) for c in (first, second)]
+    assert all(is_ours(m.data, JOURNAL_IN) for m in got)
+    assert metric("mailjournal_delivery_render_fallbacks_total", what="report") == fallbacks
 
 
 def test_report_reaches_capture_server(
