@@ -17,6 +17,7 @@ def _broker_pid(bootstrap: str) -> int:
     raise AssertionError(f"no process listens on {port}")
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("mode", ["carry", "reference"])
 def test_the_floor_moves_every_message_through_every_role(kafka_bootstrap: str, mode: str) -> None:
     size, count = 20_000, 300
@@ -33,6 +34,7 @@ def test_the_floor_moves_every_message_through_every_role(kafka_bootstrap: str, 
     assert row["accepted_rate"] <= 600 * 1.1  # the pace held
 
 
+@pytest.mark.kafka
 def test_the_floor_refuses_an_unknown_form(kafka_bootstrap: str) -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         floor_point(kafka_bootstrap, 1, 1024, 10, "inline")
