@@ -602,15 +602,16 @@ def run_point(
                 "lag_over_100ms": int(delta["intervals"] - delta["lag_le_100ms"]),
                 "busy_over_100ms": int(delta["intervals"] - delta["busy_le_100ms"]),
             }
+    notes = []
     groups_cpu = sum(g["cpu_s"] for g in groups.values())
     if over_box(groups_cpu, box_s):
-        row["note"] = f"sampler counted {groups_cpu:.1f} CPU s, the machine did {box_s:.1f}"
+        notes.append(f"sampler counted {groups_cpu:.1f} CPU s, the machine did {box_s:.1f}")
     if accepted < count:
-        row["note"] = (row.get("note", "") + f"; {count - accepted} of {count} not accepted").strip(
-            "; "
-        )
+        notes.append(f"{count - accepted} of {count} not accepted")
     if not done:
-        row["note"] = (row.get("note", "") + f"; drain timed out at {delivered}/{want}").strip("; ")
+        notes.append(f"drain timed out at {delivered}/{want}")
+    if notes:
+        row["note"] = "; ".join(notes)
     return row
 
 

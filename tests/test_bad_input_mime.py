@@ -40,13 +40,12 @@ from typing import Any
 import pytest
 
 from mailjournal.config import Config
-from mailjournal.kafka import make_admin
 from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.outcomes import ResultClass
-from mailjournal.topics import ensure_topics, topic_specs
+from mailjournal.topics import ensure_topics
 from tests.fixtures.config import make_config
 from tests.fixtures.ingest import RawSMTP
-from tests.fixtures.kafka import consume_all, kafka_test_config, unique_suffix
+from tests.fixtures.kafka import consume_all, delete_topics, kafka_test_config, unique_suffix
 from tests.fixtures.pipeline import Pipeline, pipeline_config
 from tests.fixtures.smtp import Captured, CaptureServer, wait_until
 from tests.fixtures.trace import after_ours, assert_ours_then
@@ -246,10 +245,7 @@ def running_pipeline(
     finally:
         p.stop()
         capture.stop()
-        names = [spec.name for spec in topic_specs(config)]
-        for future in make_admin(config).delete_topics(names, operation_timeout=10).values():
-            with contextlib.suppress(Exception):
-                future.result(timeout=15)
+        delete_topics(config)
 
 
 INTERNATIONAL = "29-utf8-headers.eml"

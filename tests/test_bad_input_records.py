@@ -15,7 +15,6 @@ the partition behind it for ever.
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,9 +25,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from delivery.retry import tier_topics
 from mailjournal.config import Config
-from mailjournal.kafka import make_admin, make_consumer, make_producer
+from mailjournal.kafka import make_consumer, make_producer
 from mailjournal.smtp.outcomes import OutcomeFields, make_outcome
-from mailjournal.topics import topic_specs
 from relay.handler import RelayHandler
 from relay.retry import relay_tier_topics
 from relay.routing import relay_copies
@@ -49,7 +47,7 @@ from tests.fixtures.delivery import (
     read_dead_letters,
 )
 from tests.fixtures.journal import make_event
-from tests.fixtures.kafka import kafka_test_config, unique_suffix
+from tests.fixtures.kafka import delete_topics, kafka_test_config, unique_suffix
 from tests.fixtures.pipeline import Pipeline, pipeline_config
 from tests.fixtures.smtp import CaptureServer, wait_until
 from tests.test_relay_worker import relay_config
@@ -263,10 +261,7 @@ def relay_cleanup(kafka_config: Config) -> Iterator[list[Config]]:
     configs: list[Config] = []
     yield configs
     for config in configs:
-        names = relay_tier_topics(config)
-        for future in make_admin(config).delete_topics(names, operation_timeout=10).values():
-            with contextlib.suppress(Exception):  # best effort
-                future.result(timeout=15)
+        delete_topics(config, relay_tier_topics(config))
 
 
 def test_poison_on_every_relay_tier_and_the_messages_topic(
@@ -340,10 +335,7 @@ def one_partition_config(kafka_bootstrap: str, request: pytest.FixtureRequest) -
     one partition however their keys hash."""
     config = kafka_test_config(kafka_bootstrap, unique_suffix(request.node.name), partitions=1)
     yield config
-    names = [spec.name for spec in topic_specs(config)]
-    for future in make_admin(config).delete_topics(names, operation_timeout=10).values():
-        with contextlib.suppress(Exception):  # best effort
-            future.result(timeout=15)
+    delete_topics(config)
 
 
 def test_pipeline_dead_letters_poison_between_retries_and_the_audit_reports_poison(

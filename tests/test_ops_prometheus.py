@@ -16,7 +16,6 @@ sender), and one from the null sender it refuses for good (nobody to tell: a dea
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -38,11 +37,10 @@ import yaml
 
 from devtools.kafka_local import free_ports
 from mailjournal.config import Config
-from mailjournal.kafka import make_admin, make_producer
-from mailjournal.topics import topic_specs
+from mailjournal.kafka import make_producer
 from tests.fixtures.config import deep_merge
 from tests.fixtures.delivery import delivery_config, write_toml
-from tests.fixtures.kafka import kafka_test_config, unique_suffix
+from tests.fixtures.kafka import delete_topics, kafka_test_config, unique_suffix
 from tests.fixtures.smtp import CaptureServer, free_port, wait_until
 from tests.ops_queries import (
     ROOT,
@@ -464,10 +462,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             prom.stop()
         capture.stop()
         if config is not None:  # like the kafka_config fixture: leave the shared broker tidy
-            names = [spec.name for spec in topic_specs(config)]
-            for future in make_admin(config).delete_topics(names, operation_timeout=10).values():
-                with contextlib.suppress(Exception):
-                    future.result(timeout=15)
+            delete_topics(config)
 
 
 # -- the checks -----------------------------------------------------------------------------------

@@ -26,10 +26,9 @@ import pytest
 
 from devtools.kafka_local import KafkaLocal
 from mailjournal.config import Config
-from mailjournal.kafka import make_admin
 from mailjournal.topics import ensure_topics, topic_specs
 from tests.fixtures.drain import wait_pipeline_drained, wait_relay_drained
-from tests.fixtures.kafka import consume_all, kafka_test_config, unique_suffix
+from tests.fixtures.kafka import consume_all, delete_topics, kafka_test_config, unique_suffix
 from tests.fixtures.pipeline import Pipeline, pipeline_config
 from tests.fixtures.postfix import FilterPostfix
 from tests.fixtures.smtp import Captured, CaptureServer, free_port, wait_until
@@ -231,10 +230,7 @@ def inline_factory(
 
     yield make
     for config in made:  # the relay tiers kafka_config's teardown does not know of
-        names = [s.name for s in topic_specs(config) if ".relay.retry." in s.name]
-        with contextlib.suppress(Exception):
-            for future in make_admin(config).delete_topics(names, operation_timeout=10).values():
-                future.result(timeout=15)
+        delete_topics(config, [s.name for s in topic_specs(config) if ".relay.retry." in s.name])
 
 
 @pytest.fixture
