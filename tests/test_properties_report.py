@@ -14,6 +14,7 @@ body start is the real one.
 
 from __future__ import annotations
 
+import contextlib
 import email
 from email import policy
 from email.message import EmailMessage
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from delivery.ndr import build_ndr
 from delivery.report import build_message, build_report
 from ingest.headers import selected_headers
+from mailjournal import mime
 from mailjournal.config import Config
 from mailjournal.dsn import Failure, diagnostic_code
 from mailjournal.mime import MAX_LINE, header_block
@@ -273,3 +275,38 @@ def test_long_line_probe_agrees_with_splitting_into_lines(parts: list[tuple[int,
         max(map(len, lines[:-1]), default=0) > MAX_LINE + 1 or len(lines[-1]) > MAX_LINE
     )
     assert has_long_line(data) == expected
+
+
+# -- the short cuts of mailjournal.mime give what the general path gives --------------------------
+
+_PLAIN = st.text(alphabet=st.sampled_from(list(' \t=?aZ0.:;,"()<>@\\é\u00a0\u2028\x0b\x85')))
+_FIELD_TEXT = st.one_of(hostile_text(), st.text(), _PLAIN, _PLAIN.map(lambda s: s[:70]))
+
+
+def _decoded_by_policy(raw: str) -> str:
+    """decode_header_text's general path, written out: clean, parse as a header, clean."""
+    text = mime.clean_text(raw)
+    with contextlib.suppress(Exception):
+        text = str(policy.default.header_factory("subject", text))
+    return mime.clean_text(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_FIELD_TEXT)
+def test_clean_text_short_cut_agrees_with_the_general_path(value: str) -> None:
+    assert mime.clean_text(value) == mime._clean_text(value)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_FIELD_TEXT.filter(lambda s: len(s) <= mime.MAX_SUMMARY_CHARS))
+def test_header_text_short_cut_agrees_with_the_parser(raw: str) -> None:
+    assert mime.decode_header_text(raw) == _decoded_by_policy(raw)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_FIELD_TEXT, st.sampled_from(["Subject", "Comments", "X-Comment"]), st.booleans())
+def test_fold_short_cut_agrees_with_the_policy(value: str, name: str, utf8: bool) -> None:
+    pol = policy.SMTPUTF8 if utf8 else policy.SMTP
+    assert mime._FOLD_AT == pol.max_line_length
+    expected = mime._policy_fold(name, mime.clean_text(value), pol)
+    assert mime._fold_header(name, value, utf8=utf8) == expected
