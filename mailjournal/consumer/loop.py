@@ -5,7 +5,7 @@ Threads:
 
 - the **main thread** owns the Kafka consumer: it fetches records, has the handler admit them,
   hands the work to the pool, pauses and resumes partitions, and commits offsets;
-- **worker threads** (``Settings.concurrency``; the stages keep one reused SMTP session each)
+- **worker threads** (``Settings.concurrency``, :mod:`mailjournal.consumer.workers`; the stages keep one reused SMTP session each)
   run :meth:`Handler.process` and produce what it returns;
 - a **producer thread** serves the producer's delivery reports.
 
@@ -43,12 +43,12 @@ processing raised.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ from mailjournal.consumer.fetch import fetch
 from mailjournal.consumer.handler import Handler, Poison, Production, Record, Source
 from mailjournal.consumer.lag import partition_lag
 from mailjournal.consumer.partition import PartitionState, parse_note
+from mailjournal.consumer.workers import Workers
 from mailjournal.kafka import close_consumer, flush_producer, make_consumer, make_producer
 from schemas import from_millis, now_millis
 
@@ -139,7 +140,7 @@ class TieredConsumer:
 
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Workers | None = None
         self._poller: threading.Thread | None = None
         self._poller_stop = threading.Event()
         # productions whose delivery report was a retriable failure (Kafka away past
@@ -168,7 +169,7 @@ class TieredConsumer:
             role=self.name,
             prefetch_bytes=self.settings.max_inflight_bytes // PREFETCH_PER_BUDGET,
         )
-        self._executor = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="smtp")
+        self._executor = Workers(self.settings.concurrency, "smtp")
         self._poller = threading.Thread(target=self._poll_producer, name="producer", daemon=True)
         self._poller.start()
         self._consumer.subscribe(
@@ -214,7 +215,7 @@ class TieredConsumer:
             self._wait_for(lambda: self._total_inflight() == 0, self.settings.drain_seconds)
         self._commit(self._assigned)
         close_consumer(self.name, consumer)  # on_revoke commits again (a no-op by now)
-        self._executor.shutdown(wait=self._fatal is None, cancel_futures=True)
+        self._executor.shutdown(wait=self._fatal is None, cancel=True)
         self._poller_stop.set()
         if self._poller is not None:
             self._poller.join()
@@ -387,7 +388,7 @@ class TieredConsumer:
         self._record_bytes = max(1, size)
         metrics.INFLIGHT_BYTES.inc(size)
         metrics.INFLIGHT.labels(source.value).inc()
-        self._executor.submit(self._run_job, job, work)
+        self._executor.submit(functools.partial(self._run_job, job, work))
 
     # -- retry heads -------------------------------------------------------------------------
 
