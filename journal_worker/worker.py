@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from journal_worker import metrics
+from journal_worker.deadline import DeadlineThread, Stuck
 from journal_worker.decide import (
     Decider,
     Decision,
@@ -107,32 +108,6 @@ class _ProducerFatal(FatalError):
 
 class _Stopping(Exception):
     """Asked to stop while a transactional call was waiting for Kafka to come back."""
-
-
-def _call_with_deadline(
-    fn: Callable[..., T], args: tuple[Any, ...], seconds: float, what: str
-) -> T:
-    """``fn(*args)`` on a daemon thread; raise :class:`_ProducerStuck` if it has not returned
-    after ``seconds`` (the thread is left behind: it cannot be interrupted, and being a daemon
-    it does not hold up the process's exit)."""
-    result: list[T] = []
-    error: list[BaseException] = []
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            result.append(fn(*args))
-        except BaseException as exc:
-            error.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name=f"txn-{what}", daemon=True).start()
-    if not done.wait(seconds):
-        raise _ProducerStuck(f"{what} blocked past its timeout")
-    if error:
-        raise error[0]
-    return result[0]
 
 
 @dataclass
@@ -198,6 +173,7 @@ class JournalWorker:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._txn_started: float | None = None
+        self._calls = DeadlineThread("txn")  # the transactional calls, each with a deadline
         self._txn_begun: float | None = None  # monotonic time of the open transaction's begin
         self._fatal_replacements: list[float] = []
         self._abandoned: list[Producer] = []
@@ -272,6 +248,7 @@ class JournalWorker:
         # an open transaction here is one a fatal error interrupted: leave it to the broker's
         # timeout or to our successor's init_transactions, do not touch the dead producer
         self._in_transaction = False
+        self._calls.close()
         close_clients("journal worker", self.consumer, self.producer, failed=failed)
         if self.directory is not None:
             self.directory.close()
@@ -501,7 +478,9 @@ class JournalWorker:
             while True:
                 self._txn_started = time.monotonic()
                 try:
-                    return _call_with_deadline(fn, args, TXN_CALL_TIMEOUT_SECONDS + 15, what)
+                    return self._calls.call(fn, args, TXN_CALL_TIMEOUT_SECONDS + 15)
+                except Stuck:
+                    raise _ProducerStuck(f"{what} blocked past its timeout") from None
                 except KafkaException as exc:
                     self._classify(what, exc, float("inf"))
                 self._txn_started = None
