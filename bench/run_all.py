@@ -18,9 +18,10 @@ event id); Postfix's from its own log (``delay=`` of the journal recipient's ``s
 ``--baseline REF`` adds a target ``mailjournal@REF`` that runs the stages from ``git archive REF``
 with their default settings: the before/after of optimisations measured in the same invocation.
 
-Hygiene: every target gets ``--warmup`` seconds of 1 KB load after it starts and before its first
-point (without it the first mailjournal target paid the broker's warm-up: 790 vs 880 msgs/s in
-an A/A run); ``--order random`` shuffles the targets (seed printed, ``--seed`` repeats it). Beside
+Hygiene: a fresh broker first carries unmeasured messages through every stage's Kafka part until
+its CPU per message settles (:func:`warm_broker`), and every target gets ``--warmup`` seconds of 1 KB load after it starts
+and before its first point (without them the first mailjournal target paid the broker's warm-up:
+790 vs 880 msgs/s in an A/A run, and up to 0.15 ms more Kafka CPU per message); ``--order random`` shuffles the targets (seed printed, ``--seed`` repeats it). Beside
 the CPU per stage, each mailjournal point reports the Kafka requests per message by API, read
 from the broker's own request metrics (``bench/kafka_requests.py``; needs a JDK).
 """
@@ -624,12 +625,58 @@ def _loop_cell(loop: dict[str, int] | None) -> str:
     return f"{loop['lag_over_100ms']} / {loop['busy_over_100ms']} of {loop['intervals']}"
 
 
+# unmeasured work for a fresh broker before the first target: points of 10,000 1 KB messages
+# through every stage's Kafka part (the floor's roles), paced as the targets load it (requests
+# of a message or two: run flat out, the floor batches and warms another path), until the
+# broker's CPU per message settles
+BROKER_WARMUP_MESSAGES = 10_000
+BROKER_WARMUP_RATE = 1000.0
+BROKER_WARMUP_POINTS = 6
+BROKER_SETTLED = 0.1  # two points in a row within 10 % of each other
+
+
+def warm_broker(bootstrap: str, kafka_pid: int) -> list[float]:
+    """Run the broker in until its CPU per message stops falling; the broker's ms per message
+    of each warm-up point.
+
+    Without it the first mailjournal target paid the broker's warm-up on every A/B: Kafka CPU
+    0.43 / 0.52 / 0.40 / 0.45 / 0.38 ms per 1 KB message for the first target against 0.30 /
+    0.36 / 0.28 / 0.28 / 0.30 for the next, in five runs. It is the JVM's C2 compiler still at
+    work (15 % of the broker's CPU during the first target), not the heap or the metrics agent."""
+    from bench.bench_floor import floor_point
+
+    seen: list[float] = []
+    for _ in range(BROKER_WARMUP_POINTS):
+        row = floor_point(
+            bootstrap,
+            kafka_pid,
+            1024,
+            BROKER_WARMUP_MESSAGES,
+            "carry",
+            relay=True,
+            rate=BROKER_WARMUP_RATE,
+        )
+        seen.append(row["cpu_ms_per_msg"]["kafka"])
+        if settled(seen):
+            break
+    return seen
+
+
+def settled(values: list[float], within: float = BROKER_SETTLED) -> bool:
+    """The last two of ``values`` differ by at most ``within`` of the larger (pure)."""
+    if len(values) < 2:
+        return False
+    a, b = values[-2:]
+    return abs(a - b) <= within * max(a, b)
+
+
 def run_floor(
     rows: list[dict[str, Any]], bootstrap: str, kafka_pid: int, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """The Kafka floor of each size in both copy forms, on the run's broker once every target
     has stopped, paced at the e2e goal when this run has a Postfix point of the size."""
     from bench.bench_floor import MODES, floor_point
+    from bench.bench_hops import hop_point
 
     postfix = {r["size"]: r for r in rows if r["target"] == "postfix"}
     out = []
@@ -637,8 +684,12 @@ def run_floor(
         ref = postfix.get(size)
         rate = ref["e2e_rate"] * E2E_GOAL.get(size, 2.0) if ref else None
         count = max(500, int((rate or size_guess(RATE_GUESS["mailjournal"], size)) * args.seconds))
+        # the SMTP hops in Python at their least (bench/bench_hops.py), once per size
+        hops = {hop: hop_point(hop, size, count)["cpu_ms_per_msg"] for hop in ("receive", "send")}
+        print(f"== SMTP hop floor {human(size)}: {hops} CPU ms/msg", flush=True)
         for mode in MODES:
             row = floor_point(bootstrap, kafka_pid, size, count, mode, relay=args.relay, rate=rate)
+            row["hops"] = hops
             print(
                 f"== {row['target']} {human(size)}: {row['accepted_rate']:.0f}/s, CPU "
                 f"{row['cpu_ms_per_msg_total']:.2f} ms/msg ({row['cpu_ms_per_msg']})",
@@ -646,6 +697,47 @@ def run_floor(
             )
             out.append(row)
     return out
+
+
+# what each stage does besides its Kafka part: the SMTP hop it owns (ingest receives; delivery and
+# the relay each send; the journal worker has none)
+STAGE_HOPS = {"ingest": "receive", "delivery": "send", "relay": "send"}
+
+
+def hop_total(row: dict[str, Any]) -> float:
+    """The SMTP hops' floor of a floor row's stages (pure)."""
+    hops = row.get("hops") or {}
+    roles = [r for r in row["cpu_ms_per_msg"] if r in STAGE_HOPS]
+    return sum(hops.get(STAGE_HOPS[r], 0.0) for r in roles)
+
+
+def stage_floors(rows: list[dict[str, Any]]) -> str:
+    """Per size and stage of the journal + relay target (journal only without it): its CPU per
+    message, its floor (its Kafka role in the carrying form plus its SMTP hop) and the rest,
+    which is the stage's own code (pure)."""
+    floor = {r["size"]: r for r in rows if r["family"] == "floor" and r["mode"] == "carry"}
+    measured: dict[int, dict[str, Any]] = {}
+    for name in ("mailjournal", "mailjournal+relay"):  # the relay target wins when both ran
+        measured.update({r["size"]: r for r in rows if r["target"] == name})
+    out = []
+    for size in sorted(set(floor) & set(measured)):
+        f, m = floor[size], measured[size]
+        hops = f.get("hops") or {}
+        for stage in (s for s in m["cpu_ms_per_msg"] if s in f["cpu_ms_per_msg"]):
+            ours = m["cpu_ms_per_msg"][stage]
+            least = f["cpu_ms_per_msg"][stage] + hops.get(STAGE_HOPS.get(stage, ""), 0.0)
+            out.append(
+                [
+                    human(size),
+                    m["target"],
+                    stage,
+                    f"{ours:.3f}",
+                    f"{least:.3f}",
+                    f"{ours - least:.3f}",
+                ]
+            )
+    headers = ["size", "target", "stage", "CPU ms/msg", "floor (Kafka + SMTP hop)", "own code"]
+    return markdown_table(headers, out) if out else ""
 
 
 def floors(rows: list[dict[str, Any]]) -> str:
@@ -666,7 +758,12 @@ def floors(rows: list[dict[str, Any]]) -> str:
                 continue
             ms = r["cpu_ms_per_msg_total"]
             ratio = f" ({ms / theirs:.2f}x)" if theirs else ""
-            cells.append(f"{ms:.2f}{ratio}, kafka {r['cpu_ms_per_msg']['kafka']:.2f}")
+            cell = f"{ms:.2f}{ratio}, kafka {r['cpu_ms_per_msg']['kafka']:.2f}"
+            if r.get("hops"):
+                with_hops = ms + hop_total(r)
+                ratio = f" ({with_hops / theirs:.2f}x)" if theirs else ""
+                cell += f"; with the SMTP hops {with_hops:.2f}{ratio}"
+            cells.append(cell)
         pace = next((r["paced"] for (s, _), r in floor.items() if s == size), None)
         cells.append(fmt(pace) if pace else "unpaced")
         out.append(cells)
@@ -982,6 +1079,14 @@ def main(argv: list[str] | None = None) -> int:
                 bootstrap = kafka.up()
                 kafka_pid = kafka.brokers[min(kafka.brokers)].pid
                 print(f"kafka {bootstrap} up in {time.monotonic() - t0:.0f} s", flush=True)
+                if kafka_pid is not None:
+                    t0 = time.monotonic()
+                    seen = warm_broker(bootstrap, kafka_pid)
+                    print(
+                        f"   broker warmed in {time.monotonic() - t0:.0f} s (unmeasured; its CPU "
+                        f"ms per message, point by point: {', '.join(f'{v:.2f}' for v in seen)})",
+                        flush=True,
+                    )
             factories: list[Callable[[], Target]] = []
             for t in wanted:
                 if t == "sink":
@@ -1067,6 +1172,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
             if kafka_pid is not None:
                 broker = BrokerRequests(kafka_pid)
+                # attaching loads the JVM's management agent into the broker: a few CPU seconds
+                # that the first measured point paid until this unmeasured first snapshot
+                broker.snapshot()
             if args.order != "given":
                 print(f"target order: {args.order}, seed {args.seed}", flush=True)
             picked = target_order([str(i) for i in range(len(factories))], args.order, args.seed)
@@ -1147,8 +1255,11 @@ def main(argv: list[str] | None = None) -> int:
     if floor_table := floors(rows):
         md += (
             "\n\nThe Kafka floor (bench/bench_floor.py: the stages' Kafka work alone, broker "
-            f"included, CPU ms per message):\n\n{floor_table}"
+            "included, CPU ms per message), and with the SMTP hops in Python at their least "
+            f"(bench/bench_hops.py: one receive, two sends):\n\n{floor_table}"
         )
+    if stage_table := stage_floors(rows):
+        md += f"\n\nPer stage, what its floor leaves to its own code:\n\n{stage_table}"
     stem.with_suffix(".md").write_text(
         f"# bench {started}\n\n{json.dumps(meta)}\n\n{md}\n\n"
         "`*` e2e did not complete within the drain timeout. CPU ms/msg per stage includes the "

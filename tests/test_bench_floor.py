@@ -6,7 +6,9 @@ import psutil
 import pytest
 
 from bench.bench_floor import floor_count, floor_point
-from bench.run_all import add_ratios, floors
+from bench.bench_hops import hop_point
+from bench.common import missing_tools
+from bench.run_all import add_ratios, floors, stage_floors
 
 
 def _broker_pid(bootstrap: str) -> int:
@@ -72,6 +74,48 @@ def test_floor_table_against_postfix() -> None:
         "1200",
     ]
     assert floors([rows[0]]) == ""  # no floor rows, no table
+
+
+def test_floor_table_with_the_smtp_hops_and_per_stage() -> None:
+    hops = {"receive": 0.08, "send": 0.06}
+    floor_cpu = {"ingest": 0.1, "journal": 0.05, "delivery": 0.02, "relay": 0.02, "kafka": 0.4}
+    ours = {"delivery": 0.4, "relay": 0.25, "journal": 0.15, "ingest": 0.5, "kafka": 0.45}
+    rows: list[dict[str, object]] = [
+        {"target": "postfix", "family": "postfix", "size": 1024, "cpu_ms_per_msg": {"postfix": 2.0}},
+        {"target": "mailjournal+relay", "family": "mailjournal", "size": 1024,
+         "cpu_ms_per_msg": {**ours, "load": 0.1, "smtp-sink": 0.05}},
+        {"target": "kafka-floor-carry+relay", "family": "floor", "mode": "carry", "size": 1024,
+         "paced": 1000, "cpu_ms_per_msg": floor_cpu,
+         "cpu_ms_per_msg_total": sum(floor_cpu.values()), "hops": hops},
+    ]  # fmt: skip
+    cell = [c.strip() for c in floors(rows).splitlines()[2].strip("|").split("|")][3]
+    # 0.59 of Kafka work, plus one receive and two sends (0.08 + 2 x 0.06)
+    assert cell == "0.59 (0.30x), kafka 0.40; with the SMTP hops 0.79 (0.40x)"
+    table = {
+        cells[2]: cells[3:]
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in stage_floors(rows).splitlines()[2:]
+        )
+    }
+    # every stage of the measured target that has a Kafka role; the load and the sink are not
+    assert table == {
+        "delivery": ["0.400", "0.080", "0.320"],
+        "relay": ["0.250", "0.080", "0.170"],
+        "journal": ["0.150", "0.050", "0.100"],
+        "ingest": ["0.500", "0.180", "0.320"],
+        "kafka": ["0.450", "0.400", "0.050"],
+    }
+    assert stage_floors(rows[:2]) == ""  # no floor, no table
+
+
+@pytest.mark.skipif(bool(missing_tools()), reason="needs Postfix's smtp-source and smtp-sink")
+@pytest.mark.parametrize("hop", ["receive", "send", "send-smtplib"])
+def test_each_smtp_hop_floor_measures_its_own_process(hop: str) -> None:
+    row = hop_point(hop, 1024, 300)
+    # a run that moved no mail would cost nothing; one that counted another process (the load
+    # generator, smtp-sink) would cost far more than a millisecond per 1 KB message
+    assert row["count"] == 300 and 0 < row["cpu_ms_per_msg"] < 5, row
 
 
 def test_floor_count() -> None:

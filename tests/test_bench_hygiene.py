@@ -11,7 +11,7 @@ import pytest
 
 from bench.common import ProcSampler, box_busy_seconds, over_box, window_cpu
 from bench.kafka_requests import per_message, summary
-from bench.run_all import add_ratios, goals, target_order
+from bench.run_all import add_ratios, goals, settled, target_order
 
 
 def test_requests_per_message_by_api() -> None:
@@ -162,3 +162,10 @@ def test_the_machine_bounds_the_groups() -> None:
         pass
     # this process's own 0.2 s are inside what the machine did (in clock ticks)
     assert box_busy_seconds() - before >= 0.18
+
+
+def test_the_broker_warm_up_ends_when_its_cost_settles() -> None:
+    assert not settled([]) and not settled([0.5])
+    assert not settled([0.6, 0.45])  # still falling by a quarter
+    assert settled([0.6, 0.45, 0.42])  # the last two within 10 %
+    assert settled([0.30, 0.32]) and not settled([0.30, 0.34])
