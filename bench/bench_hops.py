@@ -39,37 +39,29 @@ HOPS = ("receive", "send", "send-smtplib")
 
 
 class _Bare(asyncio.Protocol):
-    """Canned replies to smtp-source's dialogue: a command per line, DATA until ``CRLF.CRLF``."""
+    """Canned replies to smtp-source's dialogue: a command per line; DATA gathered into one
+    buffer (a stage must hold the message), each chunk searched for ``CRLF.CRLF`` together with
+    the four octets before it."""
 
     def connection_made(self, transport: Any) -> None:
         self.t = transport
         self.buf = b""
-        self.data = False
+        self.body: bytearray | None = None  # inside DATA
         transport.write(b"220 floor ESMTP\r\n")
 
     def data_received(self, chunk: bytes) -> None:
-        buf = self.buf + chunk
-        out = []
-        while buf:
-            if self.data:
-                end = buf.find(b"\r\n.\r\n")
-                if end < 0:
-                    break
-                buf = buf[end + 5 :]
-                self.data = False
-                out.append(b"250 queued\r\n")
-                continue
+        out: list[bytes] = []
+        buf = self._data(chunk, out) if self.body is not None else self.buf + chunk
+        while buf and self.body is None:
             eol = buf.find(b"\r\n")
             if eol < 0:
                 break
             verb = buf[:4].upper()
             buf = buf[eol + 2 :]
             if verb == b"DATA":
-                self.data = True
-                # the body's first line follows the reply: a CRLF before it makes the end marker
-                # findable even for an empty body
-                buf = b"\r\n" + buf
+                self.body = bytearray(b"\r\n")  # the end may follow an empty body
                 out.append(b"354 go\r\n")
+                buf = self._data(buf, out) if buf else b""
             elif verb == b"EHLO":
                 out.append(b"250-floor\r\n250 PIPELINING\r\n")
             elif verb == b"QUIT":
@@ -82,6 +74,20 @@ class _Bare(asyncio.Protocol):
         self.buf = buf
         if out:
             self.t.write(b"".join(out))
+
+    def _data(self, chunk: bytes, out: list[bytes]) -> bytes:
+        """Take a chunk of DATA; what follows its end (pipelined commands) is returned."""
+        body = self.body
+        assert body is not None
+        start = max(0, len(body) - 4)
+        body += chunk
+        end = body.find(b"\r\n.\r\n", start)
+        if end < 0:
+            return b""
+        rest = bytes(body[end + 5 :])
+        self.body = None
+        out.append(b"250 queued\r\n")
+        return rest
 
 
 def _serve(port: int, ready: Any) -> None:
