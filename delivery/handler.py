@@ -24,6 +24,7 @@ from mailjournal.config import Config
 from mailjournal.consumer.handler import Admission, Production, Record, Settings
 from mailjournal.dsn import Failure
 from mailjournal.faults import fault_point
+from mailjournal.metrics import children
 from mailjournal.smtp import metrics as smtp_metrics
 from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.copies import (
@@ -49,6 +50,8 @@ from schemas.events import JournalCopyKind, to_millis
 log = logging.getLogger(__name__)
 
 KINDS = (JournalCopyKind.JOURNAL, JournalCopyKind.NDR)
+_ATTEMPTS = children(smtp_metrics.ATTEMPTS)
+_END_TO_END = children(metrics.END_TO_END_SECONDS)
 
 
 class DeliveryHandler:
@@ -106,15 +109,13 @@ class DeliveryHandler:
         if not admitted:
             return self._defer(copy, route, now)
         decision = decide(copy, result, now, self.cfg, self._rng)
-        smtp_metrics.ATTEMPTS.labels(kind.lower(), result.result_class.value).inc()
+        _ATTEMPTS(kind.lower(), result.result_class.value).inc()
         self.stats.count("attempts")
         if decision.action is Action.DELIVERED:
             fault_point("delivery.after_remote_250")
             received = to_millis(copy["received_at"])
             if received:
-                metrics.END_TO_END_SECONDS.labels(kind.lower()).observe(
-                    max(0, now - received) / 1000
-                )
+                _END_TO_END(kind.lower()).observe(max(0, now - received) / 1000)
             self.stats.count("delivered")
             return [
                 self._outcome(

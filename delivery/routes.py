@@ -20,12 +20,14 @@ from dataclasses import dataclass
 
 from delivery import metrics
 from mailjournal.config import DeliveryConfig, SmartHostConfig
+from mailjournal.metrics import children
 from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.mx import MxError, Resolver, mx_hosts
 from mailjournal.smtp.outcomes import SESSION_STAGES, SmtpResult
 from mailjournal.smtp.wire import Outgoing
 
 DEFAULT_ROUTE = "default"
+_ROUTE_ATTEMPTS = children(metrics.ROUTE_ATTEMPTS)
 MAX_CACHED_ADDRESSES = 100_000
 
 
@@ -40,6 +42,8 @@ class RouteGate:
         self._lock = threading.Lock()
         self.active = 0
         self.waiting = 0
+        self._queued = metrics.ROUTE_QUEUED.labels(name)
+        self._inflight = metrics.ROUTE_INFLIGHT.labels(name)
 
     @contextlib.contextmanager
     def enter(self) -> Iterator[bool]:
@@ -51,19 +55,19 @@ class RouteGate:
         if not admitted:
             yield False
             return
-        metrics.ROUTE_QUEUED.labels(self.name).inc()
+        self._queued.inc()
         self._slots.acquire()
         with self._lock:
             self.waiting -= 1
             self.active += 1
-        metrics.ROUTE_QUEUED.labels(self.name).dec()
-        metrics.ROUTE_INFLIGHT.labels(self.name).inc()
+        self._queued.dec()
+        self._inflight.inc()
         try:
             yield True
         finally:
             with self._lock:
                 self.active -= 1
-            metrics.ROUTE_INFLIGHT.labels(self.name).dec()
+            self._inflight.dec()
             self._slots.release()
 
 
@@ -157,7 +161,7 @@ class Routes:
             # a host that cannot be reached says nothing about the message: try the next MX
             if result.code is not None and result.stage not in SESSION_STAGES:
                 break
-        metrics.ROUTE_ATTEMPTS.labels(route.name, result.result_class.value).inc()
+        _ROUTE_ATTEMPTS(route.name, result.result_class.value).inc()
         return result
 
     def _client(self, route: Route, host: str) -> SmtpClient:

@@ -7,6 +7,7 @@ writes its samples to that directory, and the parent serves the merged view on t
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,6 +39,19 @@ BUILD_INFO.labels(version=mailjournal.__version__).set(1)
 READY = Gauge(
     "mailjournal_ready", "1 when the stage is ready to do its work", multiprocess_mode="max"
 )
+
+
+class _Labelled(Protocol):
+    def labels(self, *values: str) -> Any: ...
+
+
+def children(metric: _Labelled) -> Callable[..., Any]:
+    """``metric.labels``, each distinct tuple of label values looked up once.
+
+    ``labels()`` validates, converts and locks on every call: about 2 µs, and a delivered copy
+    took ten. Values must be few and hashable (the metric keeps a child per tuple anyway); a
+    metric whose children are removed (``remove``/``clear``) must not be looked up this way."""
+    return functools.cache(metric.labels)
 
 
 def prepare_multiprocess(base: Path | None = None) -> Path:

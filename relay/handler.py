@@ -18,6 +18,7 @@ from mailjournal.config import Config
 from mailjournal.consumer.handler import Admission, Production, Record, Settings, Source, Take
 from mailjournal.dsn import Failure
 from mailjournal.faults import fault_point
+from mailjournal.metrics import children
 from mailjournal.smtp import metrics as smtp_metrics
 from mailjournal.smtp.copies import (
     SendStats,
@@ -38,6 +39,7 @@ from schemas import MESSAGE_RECEIVED, SchemaError, decode, now_millis
 from schemas.events import JournalCopyKind, to_millis
 
 log = logging.getLogger(__name__)
+_ATTEMPTS = children(smtp_metrics.ATTEMPTS)
 
 KINDS = (JournalCopyKind.RELAY,)
 
@@ -118,7 +120,7 @@ class RelayHandler:
         failed: list[RecipientFailure] = []
         for rcpt, result in zip(rcpts, results, strict=True):
             decision = decide(copy, result, now, self.cfg, self._rng)
-            smtp_metrics.ATTEMPTS.labels("relay", result.result_class.value).inc()
+            _ATTEMPTS("relay", result.result_class.value).inc()
             if decision.action is Action.DELIVERED:
                 delivered.append(rcpt)
             elif decision.action is Action.RETRY:

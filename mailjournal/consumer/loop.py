@@ -63,9 +63,11 @@ from mailjournal.consumer.lag import partition_lag
 from mailjournal.consumer.partition import PartitionState, parse_note
 from mailjournal.consumer.workers import Workers
 from mailjournal.kafka import close_consumer, flush_producer, make_consumer, make_producer
+from mailjournal.metrics import children
 from schemas import from_millis, now_millis
 
 log = logging.getLogger(__name__)
+_INFLIGHT = children(metrics.INFLIGHT)
 
 TP = tuple[str, int]
 
@@ -387,7 +389,7 @@ class TieredConsumer:
             self._bytes += size
         self._record_bytes = max(1, size)
         metrics.INFLIGHT_BYTES.inc(size)
-        metrics.INFLIGHT.labels(source.value).inc()
+        _INFLIGHT(source.value).inc()
         self._executor.submit(functools.partial(self._run_job, job, work))
 
     # -- retry heads -------------------------------------------------------------------------
@@ -704,7 +706,7 @@ class TieredConsumer:
             self.stats.finished += 1
             self._cond.notify_all()
         metrics.INFLIGHT_BYTES.dec(len(job.record.value))
-        metrics.INFLIGHT.labels(source.value).dec()
+        _INFLIGHT(source.value).dec()
 
     def _fail(self, reason: str) -> None:
         with self._cond:

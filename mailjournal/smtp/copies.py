@@ -13,10 +13,13 @@ from mailjournal.config import DeliveryConfig
 from mailjournal.consumer.dead_letter import dead_letter
 from mailjournal.consumer.handler import Poison, Production, Record, Settings, Take
 from mailjournal.consumer.retry import RetryTiers
+from mailjournal.metrics import children
 from mailjournal.smtp import metrics
 from mailjournal.smtp.outcomes import OutcomeFields, make_outcome
 from schemas import DELIVERY_OUTCOME, JOURNAL_COPY, SchemaError, decode, encode
 from schemas.events import to_millis
+
+_OUTCOMES = children(metrics.OUTCOMES)
 
 # a first attempt this far in the future is no clock skew between hosts but a broken record
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
@@ -83,7 +86,7 @@ def copy_production(topic: str, copy: Mapping[str, Any], what: str) -> Productio
 def outcome(topic: str, copy: Mapping[str, Any], fields: OutcomeFields) -> Production:
     """The DeliveryOutcome of an attempt of ``copy`` on the outcomes ``topic``."""
     record = make_outcome(copy, fields)
-    metrics.OUTCOMES.labels(str(record["kind"]).lower(), fields.status.lower()).inc()
+    _OUTCOMES(str(record["kind"]).lower(), fields.status.lower()).inc()
     return Production(
         topic, str(copy["copy_id"]), encode(DELIVERY_OUTCOME, record), f"outcome {fields.status}"
     )
