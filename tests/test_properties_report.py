@@ -307,6 +307,6 @@ def test_header_text_short_cut_agrees_with_the_parser(raw: str) -> None:
 @given(_FIELD_TEXT, st.sampled_from(["Subject", "Comments", "X-Comment"]), st.booleans())
 def test_fold_short_cut_agrees_with_the_policy(value: str, name: str, utf8: bool) -> None:
     pol = policy.SMTPUTF8 if utf8 else policy.SMTP
-    assert mime._FOLD_AT == pol.max_line_length
+    assert pol.max_line_length == mime._FOLD_AT
     expected = mime._policy_fold(name, mime.clean_text(value), pol)
     assert mime._fold_header(name, value, utf8=utf8) == expected
