@@ -5,8 +5,8 @@ Threads:
 
 - the **main thread** owns the Kafka consumer: it fetches records, has the handler admit them,
   hands the work to the pool, pauses and resumes partitions, and commits offsets;
-- **worker threads** (``Settings.concurrency``, :mod:`mailjournal.consumer.workers`; the stages keep one reused SMTP session each)
-  run :meth:`Handler.process` and produce what it returns;
+- **worker threads** (``Settings.concurrency``, :mod:`mailjournal.consumer.workers`; the stages
+  keep one reused SMTP session each) run :meth:`Handler.process` and produce what it returns;
 - a **producer thread** serves the producer's delivery reports.
 
 Crash safety (at-least-once, never a lost record): a record's offset becomes committable only
