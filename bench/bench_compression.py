@@ -20,18 +20,17 @@ import argparse
 import base64
 import os
 import random
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import cpu_seconds, proc_cpu
 from devtools.kafka_local import KafkaLocal
 
 SIZES = (1024, 100 * 1024, 1024 * 1024)
@@ -65,16 +64,6 @@ def content(kind: str, size: int, rng: random.Random) -> bytes:
     text = _text(rng, max(200, size // 10))
     html = b"<html><body><p>" + _text(rng, max(200, size // 10)) + b"</p></body></html>\r\n"
     return head + text + html + _base64(max(0, size - len(head) - len(text) - len(html)))
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def proc_cpu(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 def log_bytes(data_dir: Path, topic: str) -> int:

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
+from bench.common import cpu_seconds, proc_cpu
 
 MODES = ("carry", "reference")
 COPY_FIELDS = 400  # a JournalCopy's octets besides the original (ids, envelope, direction)
@@ -50,11 +50,6 @@ class RoleResult:
     cpu_s: float
     peak_rss_mb: float
     handled: int
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _peak_rss_mb() -> float:
@@ -103,7 +98,7 @@ def _ingest(
     producer.list_topics(topic, timeout=30)
     ready.set()
     go.wait()
-    cpu0, t0 = _cpu(), time.monotonic()
+    cpu0, t0 = cpu_seconds(), time.monotonic()
     for i in range(count):
         if rate:  # paced: batching, and so Kafka's cost per message, depends on the rate
             # a sleep, not poll(ahead): poll returns at the first acknowledgement it serves
@@ -123,7 +118,7 @@ def _ingest(
         producer.poll(0)
     if producer.flush(300) != 0 or acked != count:
         raise RuntimeError(f"ingest: {acked} of {count} acknowledged")
-    return RoleResult("ingest", _cpu() - cpu0, _peak_rss_mb(), acked)
+    return RoleResult("ingest", cpu_seconds() - cpu0, _peak_rss_mb(), acked)
 
 
 def _journal(config: Any, mode: str, count: int, ready: Any, go: Any) -> RoleResult:
@@ -142,7 +137,7 @@ def _journal(config: Any, mode: str, count: int, ready: Any, go: Any) -> RoleRes
     _wait_assigned(consumer, [config.kafka.topics.messages.name])
     ready.set()
     go.wait()
-    cpu0, done = _cpu(), 0
+    cpu0, done = cpu_seconds(), 0
     while done < count:
         batch = [
             m for m in fetch(consumer, config.journal.batch_max_messages, 0.1) if not m.error()
@@ -164,7 +159,7 @@ def _journal(config: Any, mode: str, count: int, ready: Any, go: Any) -> RoleRes
         )
         producer.commit_transaction()
         done += len(batch)
-    return RoleResult("journal", _cpu() - cpu0, _peak_rss_mb(), done)
+    return RoleResult("journal", cpu_seconds() - cpu0, _peak_rss_mb(), done)
 
 
 def _consume_and_report(
@@ -185,7 +180,7 @@ def _consume_and_report(
     _wait_assigned(consumer, topics)
     ready.set()
     go.wait()
-    cpu0, done, read, last_commit = _cpu(), 0, 0, time.monotonic()
+    cpu0, done, read, last_commit = cpu_seconds(), 0, 0, time.monotonic()
     want, uncommitted = count * len(topics), False
     while read < want:
         for m in fetch(consumer, 500, 0.1):
@@ -210,7 +205,7 @@ def _consume_and_report(
         raise RuntimeError(f"{role}: outcomes not acknowledged")
     if uncommitted:
         consumer.commit(asynchronous=False)
-    return RoleResult(role, _cpu() - cpu0, _peak_rss_mb(), done)
+    return RoleResult(role, cpu_seconds() - cpu0, _peak_rss_mb(), done)
 
 
 def _role(
@@ -287,13 +282,12 @@ def floor_point(
         for role, ready in zip(roles, readies, strict=True):
             if not ready.wait(120):
                 raise TimeoutError(f"floor role {role} not ready in 120 s")
-        broker = psutil.Process(broker_pid)
-        b0 = broker.cpu_times()
+        b0 = proc_cpu(broker_pid)
         t0 = time.perf_counter()
         go.set()
         got = [results.get(timeout=timeout) for _ in roles]
         elapsed = time.perf_counter() - t0
-        b1 = broker.cpu_times()
+        b1 = proc_cpu(broker_pid)
     finally:
         for p in procs:
             p.join(10)
@@ -306,7 +300,7 @@ def floor_point(
     short = [r for r in got if r["handled"] != count]
     if short:
         raise RuntimeError(f"roles that handled other than {count}: {short}")
-    kafka_s = (b1.user + b1.system) - (b0.user + b0.system)
+    kafka_s = b1 - b0
     cpu = {r["role"]: round(r["cpu_s"] / count * 1000, 3) for r in got}
     cpu["kafka"] = round(kafka_s / count * 1000, 3)
     achieved = round(count / elapsed, 1)

@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import resource
 import smtplib
 import socket
 from typing import Any
 
-import psutil
-
-from bench.common import RECIPIENT, SENDER, run_source, smtp_sink
+from bench.common import RECIPIENT, SENDER, cpu_seconds, proc_cpu, run_source, smtp_sink
 from devtools.kafka_local import free_ports
 
 HOPS = ("receive", "send", "send-smtplib")
@@ -114,10 +111,11 @@ def receive_floor(size: int, count: int, sessions: int = 20) -> dict[str, Any]:
         if not ready.wait(60):
             raise TimeoutError("the bare receiver did not start")
         run_source(port, size, min(count, 2000), sessions)  # warm-up, unmeasured
-        ps = psutil.Process(proc.pid)
-        c0 = sum(ps.cpu_times()[:2])
+        pid = proc.pid
+        assert pid is not None  # started
+        c0 = proc_cpu(pid)
         seconds = run_source(port, size, count, sessions, timeout=600)
-        cpu_s = sum(ps.cpu_times()[:2]) - c0
+        cpu_s = proc_cpu(pid) - c0
     finally:
         proc.kill()
         proc.join(10)
@@ -149,28 +147,23 @@ def _send_raw(port: int, size: int, count: int) -> float:
         _replies(f, 1)
         s.sendall(b"EHLO floor\r\n")
         _replies(f, 1)
-        c0 = _rusage()
+        c0 = cpu_seconds()
         for _ in range(count):
             s.sendall(group)
             _replies(f, 3)
             s.sendall(body)
             _replies(f, 1)
-        return _rusage() - c0
+        return cpu_seconds() - c0
 
 
 def _send_smtplib(port: int, size: int, count: int) -> float:
     msg = _message(size)
     with smtplib.SMTP("127.0.0.1", port, local_hostname="floor") as smtp:
         smtp.ehlo()
-        c0 = _rusage()
+        c0 = cpu_seconds()
         for _ in range(count):
             smtp.sendmail(SENDER, [RECIPIENT], msg)
-        return _rusage() - c0
-
-
-def _rusage() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+        return cpu_seconds() - c0
 
 
 def _send_job(hop: str, port: int, size: int, count: int, out: Any) -> None:

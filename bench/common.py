@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -179,6 +180,18 @@ class _Group:
     parent: dict[int, int] = field(default_factory=dict)  # pid -> its parent's pid
     alive: set[int] = field(default_factory=set)  # pids of the latest sample
     peak_rss: int = 0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (not of its reaped children)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def _cpu_of(p: psutil.Process) -> float:

@@ -19,9 +19,10 @@ event id); Postfix's from its own log (``delay=`` of the journal recipient's ``s
 with their default settings: the before/after of optimisations measured in the same invocation.
 
 Hygiene: a fresh broker first carries unmeasured messages through every stage's Kafka part until
-its CPU per message settles (:func:`warm_broker`), and every target gets ``--warmup`` seconds of 1 KB load after it starts
-and before its first point (without them the first mailjournal target paid the broker's warm-up:
-790 vs 880 msgs/s in an A/A run, and up to 0.15 ms more Kafka CPU per message); ``--order random`` shuffles the targets (seed printed, ``--seed`` repeats it). Beside
+its CPU per message settles (:func:`warm_broker`), and every target gets ``--warmup`` seconds of
+1 KB load after it starts and before its first point (without them the first mailjournal target
+paid the broker's warm-up: 790 vs 880 msgs/s in an A/A run, and up to 0.15 ms more Kafka CPU per
+message); ``--order random`` shuffles the targets (seed printed, ``--seed`` repeats it). Beside
 the CPU per stage, each mailjournal point reports the Kafka requests per message by API, read
 from the broker's own request metrics (``bench/kafka_requests.py``; needs a JDK).
 """
@@ -704,11 +705,14 @@ def run_floor(
 STAGE_HOPS = {"ingest": "receive", "delivery": "send", "relay": "send"}
 
 
+def stage_hop(row: dict[str, Any], stage: str) -> float:
+    """The SMTP hop floor of ``stage`` in a floor row (0 for a stage without one; pure)."""
+    return float((row.get("hops") or {}).get(STAGE_HOPS.get(stage, ""), 0.0))
+
+
 def hop_total(row: dict[str, Any]) -> float:
     """The SMTP hops' floor of a floor row's stages (pure)."""
-    hops = row.get("hops") or {}
-    roles = [r for r in row["cpu_ms_per_msg"] if r in STAGE_HOPS]
-    return sum(hops.get(STAGE_HOPS[r], 0.0) for r in roles)
+    return sum(stage_hop(row, stage) for stage in row["cpu_ms_per_msg"])
 
 
 def stage_floors(rows: list[dict[str, Any]]) -> str:
@@ -722,10 +726,9 @@ def stage_floors(rows: list[dict[str, Any]]) -> str:
     out = []
     for size in sorted(set(floor) & set(measured)):
         f, m = floor[size], measured[size]
-        hops = f.get("hops") or {}
         for stage in (s for s in m["cpu_ms_per_msg"] if s in f["cpu_ms_per_msg"]):
             ours = m["cpu_ms_per_msg"][stage]
-            least = f["cpu_ms_per_msg"][stage] + hops.get(STAGE_HOPS.get(stage, ""), 0.0)
+            least = f["cpu_ms_per_msg"][stage] + stage_hop(f, stage)
             out.append(
                 [
                     human(size),
@@ -1172,8 +1175,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
             if kafka_pid is not None:
                 broker = BrokerRequests(kafka_pid)
-                # attaching loads the JVM's management agent into the broker: a few CPU seconds
-                # that the first measured point paid until this unmeasured first snapshot
+                # attaching loads the JVM's management agent into the broker: its cost falls here,
+                # unmeasured (it was not the first target's extra Kafka CPU: see warm_broker)
                 broker.snapshot()
             if args.order != "given":
                 print(f"target order: {args.order}, seed {args.seed}", flush=True)

@@ -64,12 +64,15 @@ def recipient_line(recipient: Mapping[str, Any]) -> str:
     return line
 
 
-def report_lines(copy: Mapping[str, Any]) -> list[str]:
-    """The envelope part of the report: Sender, Subject, Message-ID, one line per recipient."""
+def report_lines(copy: Mapping[str, Any], subject: str | None = None) -> list[str]:
+    """The envelope part of the report: Sender, Subject, Message-ID, one line per recipient.
+    ``subject``: the copy's subject as display text, when the caller has decoded it already."""
     sender = render_field(clean_text, copy.get("original_sender")) or "<>"
+    if subject is None:
+        subject = render_field(decode_header_text, copy.get("subject"))
     lines = [
         f"Sender: {sender}",
-        f"Subject: {render_field(decode_header_text, copy.get('subject'))}",
+        f"Subject: {subject}",
         f"Message-ID: {render_field(clean_text, copy.get('message_id'))}",
     ]
     lines.extend(render_field(recipient_line, r) for r in copy.get("recipients") or [])
@@ -180,16 +183,14 @@ def report_parts(
     The original is scanned once (:class:`BodyFacts`), for its transfer encoding and its send."""
     original: bytes = bytes(copy["original"])
     original_facts = original_body_facts(copy)
-    text, text_cte = text_part(report_lines(copy))
+    subject = render_field(
+        decode_header_text, copy.get("subject")
+    )  # the summary's and the header's
+    text, text_cte = text_part(report_lines(copy, subject))
     original_cte = original_facts.transfer_encoding()
     boundary = choose_boundary(str(copy["copy_id"]), original, text)
     date_ms = to_millis(copy.get("received_at"))
-    headers = journal_headers(
-        copy,
-        config,
-        subject=render_field(decode_header_text, copy.get("subject")),
-        date_ms=date_ms,
-    )
+    headers = journal_headers(copy, config, subject=subject, date_ms=date_ms)
     headers[6:6] = [
         simple_header("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
         simple_header("Content-Transfer-Encoding", combine_encodings(text_cte, original_cte)),

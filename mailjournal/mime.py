@@ -182,7 +182,8 @@ def _policy_fold(name: str, text: str, pol: Any) -> bytes:
 # the header names the policies read as unstructured text (an address field, such as To, is
 # parsed and rendered anew, so it never takes the short cut)
 _UNSTRUCTURED = frozenset({"subject", "comments"})
-_FOLD_AT = 78  # both policies' max_line_length
+# both policies fold at this column; unknown (None), the short cut is off
+_FOLD_AT = min(_SMTP_ASCII.max_line_length or 0, _SMTP_UTF8.max_line_length or 0)
 
 
 def _encoded_words(name: str, text: str) -> bytes:

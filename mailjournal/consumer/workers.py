@@ -56,10 +56,6 @@ class Workers:
             self._idle.append(t)
             t.thread.start()
 
-    @property
-    def size(self) -> int:
-        return len(self._all)
-
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._closed:
