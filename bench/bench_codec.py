@@ -1,4 +1,5 @@
-"""Encode/decode rates of the event codec (not a test): MessageReceived with 1 KB and 1 MB raw.
+"""Encode/decode rates of the event codec (not a test): MessageReceived with 1 KB and 1 MB raw, and
+the decode of a JournalCopy of a 100 KB original as delivery admits it.
 
 .venv/bin/python bench/bench_codec.py [seconds-per-case]
 """
@@ -10,9 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from schemas import codec, events
+from tests.fixtures.delivery import make_copy
 
 
 def message(raw: bytes) -> dict[str, Any]:
@@ -85,6 +90,13 @@ def main() -> None:
         for op, fn in cases:
             r = rate(fn, seconds)
             print(f"{op + ' MessageReceived ' + label:<28}{r:>12,.0f}{r * len(data) / 1e6:>10,.0f}")
+    copy = codec.encode(events.JOURNAL_COPY, make_copy(original=b"x" * 102_400))
+
+    def dec_copy(d: bytes = copy) -> dict[str, Any]:
+        return codec.decode(d, expected=events.JOURNAL_COPY)
+
+    r = rate(dec_copy, seconds)
+    print(f"{'decode JournalCopy 100 KB':<28}{r:>12,.0f}{r * len(copy) / 1e6:>10,.0f}")
     r = rate(events.new_event_id, seconds)
     print(f"{'new_event_id':<28}{r:>12,.0f}")
 
