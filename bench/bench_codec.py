@@ -1,5 +1,6 @@
 """Encode/decode rates of the event codec (not a test): MessageReceived with 1 KB and 1 MB raw, and
-the decode of a JournalCopy of a 100 KB original as delivery admits it.
+the decode of a JournalCopy of a 100 KB original, copied (``decode``) and as delivery and the relay
+admit it (``view``: the original a memoryview of the record, ``tail_view``).
 
 .venv/bin/python bench/bench_codec.py [seconds-per-case]
 """
@@ -95,8 +96,12 @@ def main() -> None:
     def dec_copy(d: bytes = copy) -> dict[str, Any]:
         return codec.decode(d, expected=events.JOURNAL_COPY)
 
-    r = rate(dec_copy, seconds)
-    print(f"{'decode JournalCopy 100 KB':<28}{r:>12,.0f}{r * len(copy) / 1e6:>10,.0f}")
+    def view_copy(d: bytes = copy) -> dict[str, Any]:
+        return codec.decode(d, expected=events.JOURNAL_COPY, tail_view=True)
+
+    for op, fn in (("decode", dec_copy), ("view", view_copy)):
+        r = rate(fn, seconds)
+        print(f"{op + ' JournalCopy 100 KB':<28}{r:>12,.0f}{r * len(copy) / 1e6:>10,.0f}")
     r = rate(events.new_event_id, seconds)
     print(f"{'new_event_id':<28}{r:>12,.0f}")
 

@@ -38,7 +38,7 @@ from mailjournal.mime import (
     simple_header,
     text_part,
 )
-from mailjournal.smtp.wire import BodyFacts, Outgoing, Part
+from mailjournal.smtp.wire import BodyFacts, Buffer, Outgoing, Part
 from mailjournal.stamp import HEADER as STAMP_HEADER
 from mailjournal.stamp import PLACEHOLDER as STAMP_PLACEHOLDER
 from mailjournal.stamp import StampKeyError, make_stamp_of_parts, stamp_head, stamp_message
@@ -153,7 +153,7 @@ def seal(
 
 def seal_head(
     head: bytes,
-    body: Iterable[bytes],
+    body: Iterable[Buffer],
     config: Config,
     *,
     copy_id: str,
@@ -181,7 +181,7 @@ def report_parts(
     """:func:`build_report` as the parts delivery sends unjoined: the stamped header section,
     the summary part with the attachment's part header, the original, the closing delimiter.
     The original is scanned once (:class:`BodyFacts`), for its transfer encoding and its send."""
-    original: bytes = bytes(copy["original"])
+    original: Buffer = copy["original"]  # a view of the consumed record (tail_view)
     original_facts = original_body_facts(copy)
     subject = render_field(
         decode_header_text, copy.get("subject")
@@ -249,7 +249,7 @@ def outgoing_message(
     the original unaltered as in the ``copy`` format: a copy always goes out. ``stamp_key``: the
     key the caller read (else the configured one is read now)."""
     if copy.get("kind") == "NDR" or copy.get("format") == "COPY":
-        return Outgoing.of(bytes(copy["original"]), original_body_facts(copy))
+        return Outgoing.of(copy["original"], original_body_facts(copy))
     try:
         return report_parts(copy, config, stamp_key)
     except Exception:
@@ -258,7 +258,7 @@ def outgoing_message(
             safe_ascii(copy.get("copy_id")),
         )
         RENDER_FALLBACKS.labels("report").inc()
-        return Outgoing.of(bytes(copy["original"]))
+        return Outgoing.of(copy["original"])
 
 
 def envelope_sender(copy: Mapping[str, Any]) -> str:

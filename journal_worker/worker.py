@@ -290,7 +290,8 @@ class JournalWorker:
             item.poison = "empty record (no value)"
             return item
         try:
-            item.event = self.codec.decode(value, MESSAGE_RECEIVED)
+            # the original as a view of the record: its copies splice it in (write_body)
+            item.event = self.codec.decode(value, MESSAGE_RECEIVED, tail_view=True)
         except SchemaError as exc:
             item.poison = f"undecodable {MESSAGE_RECEIVED}: {exc}"
             return item

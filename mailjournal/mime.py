@@ -29,7 +29,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from mailjournal.addresses import domain_of
-from mailjournal.smtp.wire import CRLF, MAX_LINE, BodyFacts
+from mailjournal.smtp.wire import CRLF, MAX_LINE, BodyFacts, Buffer, contains
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def rfc5322_date(ms: int) -> str:
     return format_datetime(datetime.fromtimestamp(ms / 1000, tz=UTC))
 
 
-def choose_boundary(seed: str, *contents: bytes) -> str:
+def choose_boundary(seed: str, *contents: Buffer) -> str:
     """A deterministic boundary (same copy, same bytes) that occurs in none of ``contents``.
 
     ``=_`` cannot appear in quoted-printable or base64 text, and the hash makes a collision with
@@ -219,7 +219,7 @@ def choose_boundary(seed: str, *contents: bytes) -> str:
         digest = hashlib.sha256(f"{seed}/{n}".encode()).hexdigest()[:32]
         boundary = f"=_mailjournal_{digest}"
         marker = b"--" + boundary.encode("ascii")
-        if not any(marker in c for c in contents):
+        if not any(contains(c, marker) for c in contents):
             return boundary
         n += 1
 

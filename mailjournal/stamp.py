@@ -101,7 +101,7 @@ def make_stamp(copy_id: str, destination: str, created_ms: int, body: bytes, key
 
 
 def make_stamp_of_parts(
-    copy_id: str, destination: str, created_ms: int, body: Iterable[bytes], key: bytes
+    copy_id: str, destination: str, created_ms: int, body: Iterable[bytes | memoryview], key: bytes
 ) -> str:
     """:func:`make_stamp` of the body that ``body``'s parts make joined (hashed part by part)."""
     if key_problem(key):

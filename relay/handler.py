@@ -90,7 +90,8 @@ class RelayHandler:
     def _relayable(self, record: Record) -> Take | None:
         """The MessageReceived of a relay listener, or None (the record is done at once)."""
         try:
-            event = decode(record.value, MESSAGE_RECEIVED)
+            # the original as a view of the record: most records are not relayed at all
+            event = decode(record.value, MESSAGE_RECEIVED, tail_view=True)
         except SchemaError as exc:
             # the journal worker dead-letters it (one dead letter per bad record, not two)
             log.error("relay: undecodable message at %s: %s", record.where, exc)

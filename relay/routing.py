@@ -22,7 +22,7 @@ from typing import Any
 
 from mailjournal.addresses import domain_of
 from mailjournal.config import Config, NextHopConfig
-from mailjournal.smtp.wire import BodyFacts
+from mailjournal.smtp.wire import BodyFacts, Buffer
 from mailjournal.trace import received_field
 from schemas.events import JournalCopyKind, ReportFormat, make_copy_id
 from schemas.records import (
@@ -109,7 +109,7 @@ def received_header(event: Mapping[str, Any], config: Config) -> bytes:
 
 def relay_copies(event: Mapping[str, Any], config: Config) -> list[dict[str, Any]]:
     """One RELAY copy per destination of a ``MessageReceived`` from a relay listener."""
-    raw: bytes = event["raw"]
+    raw: Buffer = event["raw"]  # a view of the consumed record (tail_view)
     facts = BodyFacts.from_record(event.get("body_facts"))
     # ingest prepends the same field to events since MessageReceived v2: one of ours per hop
     if config.relay.add_received and not event.get("prepended_length"):

@@ -82,7 +82,7 @@ class RelaySender:
                 str(copy.get("original_sender") or ""),
                 mail_args(env.get("mail_params") or {}),
                 args,
-                Outgoing.of(bytes(copy["original"]), BodyFacts.from_record(copy.get("body_facts"))),
+                Outgoing.of(copy["original"], BodyFacts.from_record(copy.get("body_facts"))),
             )
             # a host that cannot be reached says nothing about the message: try the next MX
             if not all(r.code is None or r.stage in SESSION_FAILURE_STAGES for r in results):

@@ -84,6 +84,7 @@ class SchemaEntry:
     fingerprint: bytes  # CRC-64-AVRO of ``canonical``, 8 bytes little-endian
     header: bytes  # MAGIC + fingerprint
     tail_bytes: str | None  # name of a last top-level field of type "bytes" (see write_body)
+    head_schema: dict[str, Any] | None  # the record without its tail field (see decode)
 
 
 def fingerprint64(schema: dict[str, Any] | list[Any] | str) -> bytes:
@@ -112,11 +113,14 @@ def write_body(
     ``strict``: a misspelt or missing field is an error, not a silent default or a dropped
     value; only fields with a schema default may be omitted.
     """
-    payload: bytes | bytearray | None = None
+    payload: bytes | bytearray | memoryview | None = None
     tail = entry.tail_bytes
     if tail is not None:
         value = record.get(tail)
-        if isinstance(value, bytes | bytearray) and len(value) >= SPLICE_MIN_BYTES:
+        # a memoryview (a decoded tail, see Codec.decode) always: fastavro writes bytes only
+        if isinstance(value, memoryview) or (
+            isinstance(value, bytes | bytearray) and len(value) >= SPLICE_MIN_BYTES
+        ):
             # Avro writes a record as its fields in order, and bytes as zigzag-varint length +
             # data. With the trailing bytes field empty, its encoding is the single last byte
             # 0x00; swap that for the real length and payload: the payload is copied once.
@@ -144,6 +148,20 @@ def _long_varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """(position after it, value) of the Avro long at ``pos``: base-128 varint, then zigzag."""
+    n = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return pos, (n >> 1) ^ -(n & 1)
+        shift += 7
 
 
 def _default_root() -> Traversable:
@@ -232,7 +250,14 @@ class Codec:
         fp = _crc64_avro(canonical)
         last = source["fields"][-1] if source.get("fields") else {}
         tail = last["name"] if last.get("type") == "bytes" else None
-        return SchemaEntry(name, version, parsed, source, canonical, fp, MAGIC + fp, tail)
+        head: dict[str, Any] | None = None
+        if tail is not None:
+            parsed_head = fastavro.parse_schema(
+                {**source, "fields": source["fields"][:-1]}, named_schemas={}
+            )
+            assert isinstance(parsed_head, dict)
+            head = parsed_head
+        return SchemaEntry(name, version, parsed, source, canonical, fp, MAGIC + fp, tail, head)
 
     # -- schema lookup -----------------------------------------------------------------------
 
@@ -291,17 +316,32 @@ class Codec:
         return entry.name, entry.version
 
     def decode(
-        self, data: bytes | bytearray | memoryview, expected: str | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        expected: str | None = None,
+        *,
+        tail_view: bool = False,
     ) -> dict[str, Any]:
         """Decode into the shape of the newest version of its schema.
 
         ``expected``: the schema name the caller can handle; a record of another schema raises
         :class:`SchemaError` before its body is read.
+
+        ``tail_view``: a last field of type ``bytes`` (a message's original) comes back as a
+        ``memoryview`` of ``data`` instead of a copy, when ``data`` is ``bytes`` and writer and
+        reader agree on that field. A copy of 100 KB is a fresh allocation whose pages fault in
+        on every message; the stages that only put the original on the wire ask for the view.
+        Whoever asks must treat the field as ``bytes | memoryview`` (``in`` on a memoryview
+        compares integers, see :func:`mailjournal.smtp.wire.contains`).
         """
-        return self.decode_with_name(data, expected)[1]
+        return self.decode_with_name(data, expected, tail_view=tail_view)[1]
 
     def decode_with_name(
-        self, data: bytes | bytearray | memoryview, expected: str | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        expected: str | None = None,
+        *,
+        tail_view: bool = False,
     ) -> tuple[str, dict[str, Any]]:
         """(schema name, record): for consumers of topics that carry several event types."""
         writer = self._writer_entry(data)
@@ -310,13 +350,37 @@ class Codec:
                 f"expected a {expected} record, got {writer.name} (v{writer.version})"
             )
         reader = self._latest[writer.name]
+        tail = writer.tail_bytes
+        viewed = (
+            tail_view
+            and isinstance(data, bytes)
+            and tail is not None
+            and reader.tail_bytes == tail
+            and writer.head_schema is not None
+            and reader.head_schema is not None
+        )
         # BytesIO over bytes shares the buffer (no copy) until written to; we only read.
         fo = io.BytesIO(data)
         fo.seek(HEADER_SIZE)
         try:
-            record = fastavro.schemaless_reader(
-                fo, writer.schema, None if writer is reader else reader.schema
-            )
+            if viewed:
+                # Avro writes a record's fields in order: the head, then the tail's length and
+                # bytes, which must end the record exactly.
+                assert isinstance(data, bytes)
+                assert writer.head_schema is not None and reader.head_schema is not None
+                record = fastavro.schemaless_reader(
+                    fo, writer.head_schema, None if writer is reader else reader.head_schema
+                )
+                start, length = _read_long(data, fo.tell())
+                if length < 0 or start + length > len(data):
+                    raise ValueError(f"{tail} of {length} bytes does not fit in the record")
+                if isinstance(record, dict):
+                    record[str(tail)] = memoryview(data)[start : start + length]
+                fo.seek(start + length)
+            else:
+                record = fastavro.schemaless_reader(
+                    fo, writer.schema, None if writer is reader else reader.schema
+                )
         except Exception as exc:
             raise SchemaError(
                 f"cannot decode {writer.name} v{writer.version} record of {len(data)} bytes "
@@ -403,9 +467,12 @@ def encode(name: str, record: Mapping[str, Any]) -> bytes:
     return _DEFAULT.encode(name, record)
 
 
-def decode(data: bytes | bytearray | memoryview, expected: str | None = None) -> dict[str, Any]:
-    """Decode a single-object record; SchemaError if undecodable or not of schema ``expected``."""
-    return _DEFAULT.decode(data, expected)
+def decode(
+    data: bytes | bytearray | memoryview, expected: str | None = None, *, tail_view: bool = False
+) -> dict[str, Any]:
+    """Decode a single-object record; SchemaError if undecodable or not of schema ``expected``
+    (``tail_view``: see :meth:`Codec.decode`)."""
+    return _DEFAULT.decode(data, expected, tail_view=tail_view)
 
 
 def decode_with_name(data: bytes | bytearray | memoryview) -> tuple[str, dict[str, Any]]:

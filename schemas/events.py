@@ -167,7 +167,7 @@ class MessageReceived(TypedDict):
     received_sha256: NotRequired[str | None]  # v2: digest of raw[prepended_length:]
     message_id_added: NotRequired[bool]  # v2
     body_facts: NotRequired[BodyFacts | None]  # v3: the facts of raw
-    raw: bytes
+    raw: bytes | memoryview  # a view once decoded with tail_view (codec.Codec.decode)
 
 
 class CoveredRecipient(TypedDict):
@@ -207,7 +207,7 @@ class JournalCopy(TypedDict):
     policy_digest: NotRequired[str | None]  # v3
     replay_run: str | None  # v3, set by `mailjournal replay`: the run's id
     body_facts: NotRequired[BodyFacts | None]  # v4: the facts of original
-    original: bytes
+    original: bytes | memoryview  # a view once decoded with tail_view (codec.Codec.decode)
 
 
 class DeliveryOutcome(TypedDict):

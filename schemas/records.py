@@ -152,7 +152,7 @@ def journal_copy(
     format: str,
     original_sender: str,
     recipients: list[CoveredRecipient],
-    original: bytes,
+    original: bytes | memoryview,  # a view: the original of a decoded record (tail_view)
     directions: Iterable[str] = (),
     sources: Iterable[str] = (),
     message_id: str | None = None,

@@ -5,7 +5,10 @@ report's headers surviving hostile input on the wire."""
 from __future__ import annotations
 
 import email
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterator
 from email import policy
 from pathlib import Path
@@ -14,10 +17,11 @@ from typing import Any
 import pytest
 import trustme
 
-from delivery.report import build_report
+from delivery.report import build_report, outgoing_message
 from mailjournal.config import DeliveryConfig
 from mailjournal.smtp.client import SmtpClient
 from mailjournal.smtp.outcomes import ResultClass
+from schemas import JOURNAL_COPY, decode, encode
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import make_copy
 from tests.fixtures.smtp import CaptureServer, free_port
@@ -273,3 +277,100 @@ def test_credentials_go_inside_starttls(client_for, tls_server_ctx, ca_file, tmp
         assert got.tls and got.auth_user == "journal"
         assert server.auth_exchanges == 1
         assert auth_without_tls_total() == before
+
+
+# -- the payload written from its parts (sendmsg), the original a view of the record -------------
+
+
+def consumed(copy: dict[str, Any]) -> dict[str, Any]:
+    """``copy`` as delivery admits it: decoded with its original a view of the record."""
+    return decode(encode(JOURNAL_COPY, copy), JOURNAL_COPY, tail_view=True)
+
+
+LARGE = b"Subject: big\r\n\r\n" + b"".join(
+    b"%07d " % i + b"x" * 70 + b"\r\n" + (b".dot line\r\n" if i % 997 == 0 else b"")
+    for i in range(60_000)
+)  # about 4.7 MB with dot lines: many partial writes to a loopback socket
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_large_report_of_a_viewed_original_arrives_byte_for_byte(
+    smtp_capture_factory, client_for, tls_server_ctx, ca_file, pipelining: bool, tls: bool
+):
+    config = make_config()
+    plain = make_copy(original=LARGE)
+    copy = consumed(plain)
+    assert isinstance(copy["original"], memoryview)
+    message = outgoing_message(copy, config)
+    server = smtp_capture_factory(
+        pipelining=pipelining, **({"tls_context": tls_server_ctx} if tls else {})
+    )
+    tls_cfg = {"starttls": "required", "ca_file": str(ca_file)} if tls else {}
+    client = client_for(server.port, **tls_cfg)
+    for _ in range(2):  # the session stays usable after a payload of many writes
+        r = client.send(MAIL_FROM, RCPT, message)
+        assert r.code == 250, r
+    assert [m.data for m in server.messages] == [build_report(plain, config)] * 2
+    assert all(m.tls == tls for m in server.messages)
+    assert server.connections == 1
+
+
+def test_a_server_that_stops_reading_the_payload_times_out(client_for):
+    """A next hop that takes DATA and then reads nothing: the send gives up after the command
+    timeout with a transient result, and the session is not reused."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        accepted.append(conn)
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 stall.test ESMTP\r\n")
+        while True:
+            line = reader.readline()
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-stall.test\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go ahead\r\n")
+                return  # and never read again
+            elif line:
+                conn.sendall(b"250 ok\r\n")
+            else:
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = SmtpClient(
+        make_config(
+            {
+                "delivery": {
+                    "smart_host": {"host": "127.0.0.1", "port": port},
+                    "connect_timeout_seconds": 3,
+                    "command_timeout_seconds": 1,
+                }
+            }
+        ).delivery,
+        local_hostname="deliver.test",
+    )
+    try:
+        started = time.monotonic()
+        r = client.send(
+            MAIL_FROM,
+            RCPT,
+            outgoing_message(consumed(make_copy(original=LARGE * 4)), make_config()),
+        )
+        elapsed = time.monotonic() - started
+        assert r.code is None and r.result_class is ResultClass.TRANSIENT, r
+        assert "closed the connection" in r.reply or "timed out" in r.reply, r
+        assert elapsed < 30, elapsed  # bounded by the timeout, not by the stalled peer
+        assert client.open_sessions == 0
+    finally:
+        client.close()
+        thread.join(timeout=10)
+        for conn in accepted:
+            conn.close()
+        listener.close()

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from delivery.report import build_report, original_body_facts, outgoing_message, report_parts
 from journal_worker.decide import PlannedCopy, journal_copy_record
-from mailjournal.smtp.wire import BodyFacts, Outgoing, Part, dot_stuffed, wire_bytes
+from mailjournal.smtp.client import has_utf8_header_fields
+from mailjournal.smtp.wire import (
+    BodyFacts,
+    Outgoing,
+    Part,
+    contains,
+    dot_stuffed,
+    wire_bytes,
+)
 from mailjournal.trace import traced
 from relay.routing import relay_copies
 from schemas import JOURNAL_COPY, Direction, JournalSource, ReportFormat, decode, encode
@@ -70,6 +78,52 @@ def test_payload_of_parts_is_the_payload_of_the_joined_message(parts: list[bytes
     assert outgoing.size == len(joined)
     assert outgoing.eight_bit == (not joined.isascii())
     assert outgoing.payload() == dot_stuffed(wire_bytes(joined))
+
+
+def as_views(parts: list[bytes]) -> list[memoryview]:
+    """``parts`` as views of one buffer that holds more around them, as a consumed record holds
+    the original among its other fields."""
+    whole = b"<head>" + b"".join(parts) + b"<tail>"
+    views, at = [], len(b"<head>")
+    for part in parts:
+        views.append(memoryview(whole)[at : at + len(part)])
+        at += len(part)
+    return views
+
+
+@SETTINGS
+@given(st.lists(WIRE_BYTES, min_size=1, max_size=6))
+def test_parts_that_are_views_go_out_as_the_same_bytes(parts: list[bytes]) -> None:
+    plain = Outgoing(Part.of(p) for p in parts)
+    viewed = Outgoing(Part.of(v) for v in as_views(parts))
+    assert viewed.data() == plain.data() and isinstance(viewed.data(), bytes)
+    assert viewed.size == plain.size
+    assert b"".join(viewed.payload_parts()) == viewed.payload() == plain.payload()
+    # what the header section is read for: whether it carries UTF-8 (SMTPUTF8)
+    head = viewed.header_section()
+    assert isinstance(head, bytes) and plain.data().startswith(head)
+    assert has_utf8_header_fields(head) == has_utf8_header_fields(plain.header_section())
+
+
+@SETTINGS
+@given(WIRE_BYTES, WIRE_BYTES, st.sampled_from([b"\r\n\r\n", b"..", b"x\x00", b"<tail>", b"d>"]))
+def test_contains_of_a_view_is_contains_of_its_bytes(
+    data: bytes, other: bytes, needle: bytes
+) -> None:
+    # the needle may lie outside the view, in the buffer around it: the short cut must not count it
+    whole = other + b"<head>" + data + b"<tail>" + other
+    start = len(other) + len(b"<head>")
+    view = memoryview(whole)[start : start + len(data)]
+    assert contains(view, needle) == (needle in data) == contains(data, needle)
+
+
+def test_a_view_that_starts_with_its_header_section() -> None:
+    (view,) = as_views([b"Subject: s\r\n\r\n.dot\r\nbody\r\n\r\nmore\r\n"])
+    out = Outgoing.of(view, BodyFacts.of(bytes(view)))
+    assert out.header_section() == b"Subject: s\r\n\r\n"
+    assert b"".join(out.payload_parts()) == b"Subject: s\r\n\r\n..dot\r\nbody\r\n\r\nmore\r\n.\r\n"
+    # a part without facts learns them from its bytes, not from the buffer around it
+    assert Part.of(as_views([b"x\xc3\xa4"])[0]).facts == BodyFacts.of(b"x\xc3\xa4")
 
 
 @SETTINGS

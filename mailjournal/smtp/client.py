@@ -467,7 +467,7 @@ class SmtpClient:
             return [f for f in failed if f is not None]
         code, msg = smtp.docmd("DATA")
         if code == 354:  # else the reply to DATA itself is the result
-            smtp.send(message.payload())
+            _send_payload(smtp, message)
             code, msg = smtp.getreply()
         final = SmtpResult(code, _decode_reply(msg), "data", addr)
         return [f or final for f in failed]
@@ -513,10 +513,39 @@ class SmtpClient:
             smtp.send(b".\r\n")
             smtp.getreply()
             return [f for f in failed if f is not None]
-        smtp.send(message.payload())
+        _send_payload(smtp, message)
         code, msg = smtp.getreply()
         final = SmtpResult(code, _decode_reply(msg), "data", addr)
         return [f or final for f in failed]
+
+
+def _send_payload(smtp: smtplib.SMTP, message: Outgoing) -> None:
+    """The DATA payload of ``message``: its parts in one ``sendmsg`` on a plain socket, so the
+    original (a view of the consumed record) is written where it lies, without the copy that
+    joining would make; joined over TLS, whose socket has no ``sendmsg``. The socket's timeout
+    bounds the whole payload, as for ``sendall``. Failures surface as ``smtplib.send``'s do: the
+    connection closed, SMTPServerDisconnected."""
+    sock = smtp.sock
+    if sock is None or isinstance(sock, ssl.SSLSocket):
+        smtp.send(message.payload())
+        return
+    views = [memoryview(p) for p in message.payload_parts()]
+    timeout = sock.gettimeout()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            sent = sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if not views:
+                return
+            views[0] = views[0][sent:]
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("timed out sending the message")
+    except OSError as exc:
+        smtp.close()
+        raise smtplib.SMTPServerDisconnected("Server not connected") from exc
 
 
 # RCPT parameters of RFC 3461, left out when the server does not offer DSN

@@ -69,7 +69,8 @@ def copy_problem(
 def admit_copy(record: Record, kinds: Collection[str], stage: str, now_ms: int) -> Take | Poison:
     """A JournalCopy to send (due at its ``not_before``), or poison."""
     try:
-        copy = decode(record.value, JOURNAL_COPY)
+        # the original stays a view of the record: these stages only put it on the wire
+        copy = decode(record.value, JOURNAL_COPY, tail_view=True)
     except SchemaError as exc:
         return Poison(f"undecodable JournalCopy: {exc}", "undecodable")
     problem = copy_problem(copy, kinds, stage, now_ms)

@@ -11,6 +11,11 @@ check, the SIZE and 8BITMIME decisions and the dot-stuffing, as it was when each
 joined report. The DATA payload stuffs only the parts that have a line starting with "."
 (:meth:`Outgoing.payload`); it is byte for byte the payload the single-buffer functions
 :func:`wire_bytes` and :func:`dot_stuffed` make of the joined message (property-tested).
+
+A part's bytes may be a ``memoryview`` of the consumed record (the original, decoded with
+``tail_view``): it goes on the wire as it is (:meth:`Outgoing.payload_parts`), without a copy.
+Where a part is searched, it is searched as ``bytes`` (:func:`contains`): ``in`` on a memoryview
+compares its integers and would find nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +32,21 @@ CRLF = b"\r\n"
 MAX_LINE = 998
 
 _BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_HEADER_END = re.compile(rb"\r\n\r\n")
+
+Buffer = bytes | memoryview
+
+
+def contains(data: Buffer, needle: bytes) -> bool:
+    """``needle in data`` for bytes or a memoryview. A memoryview is first ruled out through the
+    buffer it views (no copy; the original is most of a consumed record, so a needle absent from
+    the record is absent from it), and only otherwise searched exactly in a copy."""
+    if isinstance(data, bytes):
+        return needle in data
+    whole = data.obj
+    if isinstance(whole, bytes) and needle not in whole:
+        return False
+    return needle in data.tobytes()
 
 
 def has_bare_eol(data: bytes) -> bool:
@@ -144,12 +164,12 @@ class BodyFacts:
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    data: bytes
+    data: Buffer
     facts: BodyFacts
 
     @classmethod
-    def of(cls, data: bytes, facts: BodyFacts | None = None) -> Part:
-        return cls(data, facts if facts is not None else BodyFacts.of(data))
+    def of(cls, data: Buffer, facts: BodyFacts | None = None) -> Part:
+        return cls(data, facts if facts is not None else BodyFacts.of(bytes(data)))
 
 
 class Outgoing:
@@ -167,13 +187,13 @@ class Outgoing:
         self.size = sum(len(p.data) for p in self.parts)
 
     @classmethod
-    def of(cls, data: bytes, facts: BodyFacts | None = None) -> Outgoing:
+    def of(cls, data: Buffer, facts: BodyFacts | None = None) -> Outgoing:
         return cls([Part.of(data, facts)])
 
     def data(self) -> bytes:
         """The whole message (a copy of the parts; for the rare paths that need one buffer)."""
         if len(self.parts) == 1:
-            return self.parts[0].data
+            return bytes(self.parts[0].data)  # the part itself when it is bytes
         return b"".join(p.data for p in self.parts)
 
     @property
@@ -188,6 +208,9 @@ class Outgoing:
         """The bytes that hold the header section: the first part when it has the blank line
         that ends it (a report's is its own part), else the whole message."""
         first = self.parts[0].data if self.parts else b""
+        if isinstance(first, memoryview):
+            end = _HEADER_END.search(first)  # stops at the header's end, not the body's
+            return bytes(first[: end.end()]) if end else self.data()
         return first if b"\r\n\r\n" in first else self.data()
 
     def wire_form(self) -> Outgoing:
@@ -198,22 +221,28 @@ class Outgoing:
         return Outgoing.of(wire_bytes(self.data()))
 
     def payload(self) -> bytes:
-        """The DATA payload of :meth:`wire_form`: dot-stuffed, CRLF-ended, with the terminator.
-        Only the parts that have a line starting with "." are stuffed; one copy of the bytes."""
+        """The DATA payload of :meth:`wire_form` in one buffer (:meth:`payload_parts` joined)."""
+        return b"".join(self.payload_parts())
+
+    def payload_parts(self) -> list[Buffer]:
+        """The DATA payload of :meth:`wire_form`: dot-stuffed, CRLF-ended, with the terminator,
+        as buffers to write in order. Only the parts that have a line starting with "." are
+        stuffed (a copy of those); the others are written as they are."""
         msg = self.wire_form()
-        out: list[bytes] = []
+        out: list[Buffer] = []
         line_start = True
         for part in msg.parts:
             data = part.data
             if not data:
                 continue
             if part.facts.dot_line:
+                data = bytes(data)
                 if line_start and data.startswith(b"."):
                     out.append(b".")
                 data = data.replace(b"\r\n.", b"\r\n..")
             out.append(data)
-            line_start = data.endswith(b"\n")
-        if not out or not out[-1].endswith(CRLF):
+            line_start = data[-1:] == b"\n"
+        if not out or out[-1][-2:] != CRLF:
             out.append(CRLF)
         out.append(b".\r\n")
-        return b"".join(out)
+        return out
