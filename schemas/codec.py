@@ -150,18 +150,8 @@ def _long_varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    """(position after it, value) of the Avro long at ``pos``: base-128 varint, then zigzag."""
-    n = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return pos, (n >> 1) ^ -(n & 1)
-        shift += 7
+# the length of a tail ``bytes`` field, read by fastavro (see Codec.decode_with_name)
+_LONG = fastavro.parse_schema("long")
 
 
 def _default_root() -> Traversable:
@@ -366,12 +356,13 @@ class Codec:
             if viewed:
                 # Avro writes a record's fields in order: the head, then the tail's length and
                 # bytes, which must end the record exactly.
-                assert isinstance(data, bytes)
                 assert writer.head_schema is not None and reader.head_schema is not None
                 record = fastavro.schemaless_reader(
                     fo, writer.head_schema, None if writer is reader else reader.head_schema
                 )
-                start, length = _read_long(data, fo.tell())
+                length = fastavro.schemaless_reader(fo, _LONG, None)
+                start = fo.tell()
+                assert isinstance(length, int)
                 if length < 0 or start + length > len(data):
                     raise ValueError(f"{tail} of {length} bytes does not fit in the record")
                 if isinstance(record, dict):
