@@ -14,6 +14,7 @@ counted in :data:`RENDER_FALLBACKS`, as are the builders' own fallbacks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -206,7 +207,15 @@ def message_id_for(copy_id: str, sender: str) -> str:
 
 
 def rfc5322_date(ms: int) -> str:
-    return format_datetime(datetime.fromtimestamp(ms / 1000, tz=UTC))
+    """The RFC 5322 date-time (UTC) of ``ms`` milliseconds since the epoch, to the second."""
+    return _date_of_second(ms // 1000)
+
+
+# Every report, NDR and Received field carries one; the stdlib formats each afresh (a datetime,
+# a time tuple, then the text), and under load most fall in a second already formatted.
+@functools.lru_cache(maxsize=64)
+def _date_of_second(second: int) -> str:
+    return format_datetime(datetime.fromtimestamp(second, tz=UTC))
 
 
 def choose_boundary(seed: str, *contents: Buffer) -> str:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
+from mailjournal.mime import rfc5322_date
 from mailjournal.smtp.wire import BodyFacts
 
 # CR, LF and the other controls must not reach a header line from client-supplied text
@@ -34,9 +35,9 @@ def _clean(text: str) -> str:
 
 
 def _date(received_at: Any) -> str:
-    if not isinstance(received_at, datetime):  # int milliseconds, as ingest builds the record
-        received_at = datetime.fromtimestamp(int(received_at or 0) / 1000, tz=UTC)
-    return format_datetime(received_at)
+    if isinstance(received_at, datetime):
+        return format_datetime(received_at)
+    return rfc5322_date(int(received_at or 0))  # int milliseconds, as ingest builds the record
 
 
 def received_field(event: Mapping[str, Any], hostname: str) -> bytes:

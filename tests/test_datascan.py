@@ -24,7 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest._datascan import bare_cr, scan
+from ingest._datascan import bare_cr, long_line, scan
+from mailjournal.smtp.wire import MAX_LINE, has_long_line
 
 _PROT_NONE = 0  # not in the mmap module before Python 3.13
 
@@ -113,6 +114,13 @@ def _oracle(
     return m.start(), m.end(), dots and m.group(1) is not None
 
 
+def _long_line_reference(buf: bytes, limit: int) -> bool:
+    """A line over ``limit`` octets, a line's CR belonging to its CRLF: each LF-ended line may
+    hold ``limit`` + 1 octets before its LF, the last (no LF) ``limit``."""
+    *ended, last = buf.split(b"\n")
+    return any(len(line) > limit + 1 for line in ended) or len(last) > limit
+
+
 def test_every_short_buffer() -> None:
     """Exhaustive where the edges are: every buffer of up to 6 octets over CR, LF, "." and one
     content octet, at every start and limits around the line lengths it can hold."""
@@ -124,6 +132,11 @@ def test_every_short_buffer() -> None:
                     expected_cr = re.search(rb"\r[^\n]", buf[max(pos, 0) : max(end, 0)])
                     for b in _fenced(buf):
                         assert bare_cr(b, pos, end) is (expected_cr is not None), (buf, pos, end)
+                if pos == 0:
+                    for limit in range(5):
+                        expected_long = _long_line_reference(buf, limit)
+                        for b in _fenced(buf):
+                            assert long_line(b, limit) is expected_long, (buf, limit)
                 for limit, dots, anchored in itertools.product(
                     range(5), (True, False), (True, False)
                 ):
@@ -157,6 +170,33 @@ def test_bare_cr_is_the_regex(case: tuple[bytes, int, int]) -> None:
     expected = re.search(rb"\r[^\n]", buf[max(start, 0) : max(end, 0)]) is not None
     for b in _fenced(buf):
         assert bare_cr(b, start, end) is expected
+
+
+@settings(max_examples=1000)
+@given(buf=_DATA, limit=st.integers(0, 12))
+def test_long_line_is_the_reference(buf: bytes, limit: int) -> None:
+    expected = _long_line_reference(buf, limit)
+    for b in _fenced(buf):
+        assert long_line(b, limit) is expected
+
+
+# lines around RFC 5322's 998, ended by CRLF, a bare LF or nothing, a bare CR inside some
+_LINE = st.tuples(
+    st.integers(0, 1003) | st.sampled_from([997, 998, 999, 1000, 1001]),
+    st.sampled_from([b"\r\n", b"\n", b"\r", b""]),
+    st.booleans(),
+).map(lambda t: (b"a\rb" if t[2] else b"") + b"x" * t[0] + t[1])
+
+
+@settings(max_examples=500)
+@given(lines=st.lists(_LINE, max_size=6))
+def test_long_line_at_998_is_the_wire_check(lines: list[bytes]) -> None:
+    """ingest's body fact and the check delivery and the relay use on other bytes
+    (``wire.has_long_line``) agree, and both agree with the reference."""
+    buf = b"".join(lines)
+    expected = _long_line_reference(buf, MAX_LINE)
+    assert has_long_line(buf) is expected
+    assert long_line(buf, MAX_LINE) is expected
 
 
 @pytest.mark.parametrize("length", [998, 999, 1000, 1001, 5000])

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import stat
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingest.headers import selected_headers
 from mailjournal.config import StampKeyError
+from mailjournal.mime import rfc5322_date
 from mailjournal.stamp import (
     HEADER,
     PLACEHOLDER,
@@ -246,3 +251,15 @@ def test_message_id_domain_falls_back_to_the_ingest_host() -> None:
 
 def test_as_received_of_an_old_record_is_its_raw() -> None:
     assert as_received({"raw": b"abc"}) == b"abc"
+
+
+# from 0001-01-01 to 9999-12-31, every millisecond: what our reports, NDRs and Received fields
+# may be dated
+@given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
+def test_the_cached_date_is_the_stdlib_date_of_that_millisecond(ms: int) -> None:
+    expected = format_datetime(datetime.fromtimestamp(ms / 1000, tz=UTC))
+    assert rfc5322_date(ms) == expected
+    assert rfc5322_date(ms) == expected  # and from the cache, for the same second
+    assert received_field({"event_id": "e", "received_at": ms}, "h").endswith(
+        f";\r\n\t{expected}\r\n".encode()
+    )
