@@ -64,8 +64,7 @@ class Profile:
         if not frames:
             return
         self.samples += 1
-        m = _DSO.search(frames[0])
-        leaf = Path(m.group(1)).name if m else "?"
+        leaf = leaf_object(frames)
         self.by_leaf[leaf] += 1
         for frame in frames:
             py = _PY_FRAME.search(frame)
@@ -74,6 +73,16 @@ class Profile:
                 self.by_function[f"{name} ({short_path(where)})"] += 1
                 return
         self.by_function[f"<no Python frame: {leaf}>"] += 1
+
+
+def leaf_object(frames: list[str]) -> str:
+    """The binary the sample's innermost frame runs in: a function inlined into its caller is
+    printed as ``(inlined)``, and its binary is that of the first frame that is not."""
+    for frame in frames:
+        m = _DSO.search(frame)
+        if m and m.group(1) != "inlined":
+            return Path(m.group(1)).name
+    return "?"
 
 
 def short_path(where: str) -> str:

@@ -18,6 +18,7 @@ python 25857 53719.108634:    1003009 cpu-clock:ppp:
 \t           fc26f __poll+0x4f (/usr/lib/x86_64-linux-gnu/libc.so.6)
 
 python 25860 53719.138922:    1003009 cpu-clock:ppp:
+\t          1e3820 _Py_INCREF (inlined)
 \t          1e3820 PyType_IsSubtype+0x30 (/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0)
 \t    7f10511f5900 py::SMTP.send:/usr/lib/python3.12/smtplib.py+0x5 (/tmp/perf-1.map)
 """
@@ -31,6 +32,7 @@ def test_each_sample_is_charged_to_its_innermost_python_frame() -> None:
         "<no Python frame: [kernel.kallsyms]>": 1,
         "SMTP.send (python3.12/smtplib.py)": 1,
     }
+    # an inlined leaf counts for the binary it is inlined into
     assert p.by_leaf == {"libcrypto.so.3": 1, "[kernel.kallsyms]": 1, "libpython3.12.so.1.0": 1}
 
 
