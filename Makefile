@@ -28,7 +28,7 @@ APT_INSTALL = echo "installing Debian packages: $(1)"; \
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(1) </dev/null >/dev/null \
 	|| { echo "apt-get install failed for: $(1)" >&2; exit 1; }
 
-$(BIN)/mailjournal: pyproject.toml setup.py ingest/_datascan.c | build-deps
+$(BIN)/mailjournal: pyproject.toml setup.py ingest/_datascan.c mailjournal/smtp/_lines.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -36,7 +36,7 @@ $(BIN)/mailjournal: pyproject.toml setup.py ingest/_datascan.c | build-deps
 
 install: $(BIN)/mailjournal
 
-# a C compiler and the Python headers, for ingest's native DATA scan (ingest/_datascan.c);
+# a C compiler and the Python headers, for the native parts (see setup.py);
 # installed only when missing (a pyenv or python.org Python brings its own headers)
 build-deps:
 	@if ! command -v cc >/dev/null 2>&1 || ! $(PYTHON) -c 'import os, sys, sysconfig; \

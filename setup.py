@@ -1,11 +1,17 @@
-"""The one native part: ingest's DATA scan (``ingest/_datascan.c``). Everything else about the
-package is in ``pyproject.toml``; this file exists because declaring extension modules there is
-still experimental in setuptools (a warning on every install)."""
+"""The native parts: ingest's DATA scan (``ingest/_datascan.c``) and the long-line check of the
+shared wire form (``mailjournal/smtp/_lines.c``). Everything else about the package is in
+``pyproject.toml``; this file exists because declaring extension modules there is still
+experimental in setuptools (a warning on every install)."""
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("ingest._datascan", sources=["ingest/_datascan.c"], extra_compile_args=["-O2"])
+        Extension("ingest._datascan", sources=["ingest/_datascan.c"], extra_compile_args=["-O2"]),
+        Extension(
+            "mailjournal.smtp._lines",
+            sources=["mailjournal/smtp/_lines.c"],
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

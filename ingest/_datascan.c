@@ -1,6 +1,6 @@
 /* The DATA scan of ingest.datapath in native code (issue 17).
  *
- * Pure functions over a buffer; the state machine (terminator, dot-stuffing, limits, the
+ * Two pure functions over a buffer; the state machine (terminator, dot-stuffing, limits, the
  * refusals) stays in Python. Each returns exactly what a regular expression returned before
  * (tests/test_datascan.py holds them to it for any bytes), at one memchr per line instead of
  * the regex engine's visit of every octet: 5.7 -> 1 ms per MB of 19-octet lines.
@@ -116,54 +116,10 @@ bare_cr(PyObject *self, PyObject *args)
     return PyBool_FromLong(found);
 }
 
-/* long_line(buf, max_line) -> bool: a line of buf over max_line octets, a line's CR belonging to
- * its CRLF (mailjournal.smtp.wire.has_long_line, which tests/test_datascan.py holds it to for any
- * bytes): a LF with more than max_line + 1 octets since the line's start, or a last line without
- * LF of more than max_line octets. Probes every (max_line / 2)-octet block for a LF, as the
- * Python does: only a block without one can be inside a long line. */
-static PyObject *
-long_line(PyObject *self, PyObject *args)
-{
-    Py_buffer view;
-    Py_ssize_t maxlen;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*n", &view, &maxlen))
-        return NULL;
-    const unsigned char *b = view.buf;
-    const Py_ssize_t n = view.len;
-    if (maxlen < 0)
-        maxlen = 0;
-    const Py_ssize_t step = maxlen / 2 > 0 ? maxlen / 2 : 1;
-    int found = 0;
-    Py_ssize_t pos = 0;
-    while (!found && n > maxlen && pos < n) {
-        const Py_ssize_t lim = (n - pos < step) ? n : pos + step;
-        if (memchr(b + pos, '\n', (size_t)(lim - pos)) != NULL) {
-            pos += step;
-            continue;
-        }
-        /* no LF in [pos, lim): measure the line around it */
-        Py_ssize_t start = pos;
-        while (start > 0 && b[start - 1] != '\n')
-            start--;
-        const unsigned char *e = memchr(b + lim, '\n', (size_t)(n - lim));
-        if (e == NULL) {
-            found = n - start > maxlen;
-            break;
-        }
-        if ((e - b) - start > maxlen + 1)
-            found = 1;
-        pos = (e - b) + 1;
-    }
-    PyBuffer_Release(&view);
-    return PyBool_FromLong(found);
-}
-
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buf, pos, max_line_length, dots, anchored) -> (start, end, dot) | None"},
     {"bare_cr", bare_cr, METH_VARARGS, "bare_cr(buf, start, end) -> bool"},
-    {"long_line", long_line, METH_VARARGS, "long_line(buf, max_line) -> bool"},
     {NULL, NULL, 0, NULL},
 };
 

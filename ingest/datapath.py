@@ -32,9 +32,8 @@ import re
 from collections.abc import Callable
 
 from ingest._datascan import bare_cr as has_bare_cr
-from ingest._datascan import long_line as has_line_over
 from ingest._datascan import scan as scan_lines
-from mailjournal.smtp.wire import MAX_LINE, BodyFacts
+from mailjournal.smtp.wire import BodyFacts, has_long_line
 
 # a line starting with "."; the terminator and dot-stuffed lines are among them
 _DOT_LINE = re.compile(rb"\n\.")
@@ -247,14 +246,14 @@ class DataParser:
         """The facts of :attr:`message` (status OK), mostly from what the read learnt: no bare
         line ending (refused, or normalised), a line starting with "." only if the wire had a
         stuffed line or a bare LF (normalised into a CRLF), so clean mail is not searched for
-        one; the NUL, 8-bit and long-line checks are C-speed probes (the long-line one native)."""
+        one; the NUL, 8-bit and long-line checks are C-speed probes."""
         data = self.message
         if data is None:
             raise RuntimeError("no message")
         return BodyFacts(
             bare_eol=False,
             nul=b"\x00" in data,
-            long_line=has_line_over(data, MAX_LINE),
+            long_line=has_long_line(data),
             eight_bit=not data.isascii(),
             dot_line=(self._stuffed or self._bare) and (data.startswith(b".") or b"\r\n." in data),
         )

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from mailjournal.smtp.wire import Buffer
+
 HEADER = "X-MailJournal-Stamp"
 _VERSION = "v2"
 MIN_KEY_BYTES = 32
@@ -101,7 +103,7 @@ def make_stamp(copy_id: str, destination: str, created_ms: int, body: bytes, key
 
 
 def make_stamp_of_parts(
-    copy_id: str, destination: str, created_ms: int, body: Iterable[bytes | memoryview], key: bytes
+    copy_id: str, destination: str, created_ms: int, body: Iterable[Buffer], key: bytes
 ) -> str:
     """:func:`make_stamp` of the body that ``body``'s parts make joined (hashed part by part)."""
     if key_problem(key):

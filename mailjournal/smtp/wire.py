@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mailjournal.smtp._lines import long_line
 from schemas.events import BodyFacts as BodyFactsRecord
 
 CRLF = b"\r\n"
@@ -56,28 +57,10 @@ def has_bare_eol(data: bytes) -> bool:
 
 
 def has_long_line(data: bytes) -> bool:
-    """A line over 998 octets (a line's CR belongs to its CRLF, not to the 998). Probes every
-    499th octet's block for a LF instead of splitting the message into lines (a 1 MB original:
-    0.4 ms instead of 4.5): a run of 997+ octets without LF contains a whole probed block, and
-    only such a run is measured exactly."""
-    n = len(data)
-    if n <= MAX_LINE:
-        return False
-    step = MAX_LINE // 2
-    find, rfind = data.find, data.rfind
-    pos = 0
-    while pos < n:
-        if find(b"\n", pos, pos + step) >= 0:
-            pos += step
-            continue
-        start = rfind(b"\n", 0, pos) + 1
-        end = find(b"\n", pos)
-        if end < 0:
-            return n - start > MAX_LINE
-        if end - start > MAX_LINE + 1:
-            return True
-        pos = end + 1
-    return False
+    """A line over 998 octets (a line's CR belongs to its CRLF, not to the 998). Native
+    (:mod:`mailjournal.smtp._lines`): it probes every 499th octet's block for a LF instead of
+    splitting the message into lines, 0.6 us per 100 KB."""
+    return long_line(data, MAX_LINE)
 
 
 def wire_bytes(data: bytes) -> bytes:

@@ -1,0 +1,3 @@
+from typing_extensions import Buffer
+
+def long_line(buf: Buffer, max_line: int, /) -> bool: ...
