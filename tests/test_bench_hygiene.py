@@ -3,15 +3,17 @@ sampler."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from bench.common import ProcSampler, box_busy_seconds, over_box, window_cpu
 from bench.kafka_requests import per_message, summary
-from bench.run_all import add_ratios, goals, settled, target_order
+from bench.run_all import add_ratios, goals, jit_cpu_seconds, settled, target_order
 
 
 def test_requests_per_message_by_api() -> None:
@@ -169,3 +171,18 @@ def test_the_broker_warm_up_ends_when_its_cost_settles() -> None:
     assert not settled([0.6, 0.45])  # still falling by a quarter
     assert settled([0.6, 0.45, 0.42])  # the last two within 10 %
     assert settled([0.30, 0.32]) and not settled([0.30, 0.34])
+
+
+def test_the_run_in_reads_the_broker_jvms_compiler_threads(kafka_broker_pid: int) -> None:
+    """The run-in ends on the broker's JIT share: the compiler threads of the real broker are
+    found (starting a broker compiles thousands of methods), and what they used is part of what
+    the whole process used, so it is not some other field of their stat lines."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def process_cpu() -> float:
+        fields = Path(f"/proc/{kafka_broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    jit = jit_cpu_seconds(kafka_broker_pid)
+    assert 0 < jit <= process_cpu()
+    assert jit_cpu_seconds(kafka_broker_pid) >= jit
