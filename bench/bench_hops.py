@@ -10,9 +10,12 @@ Python, one in (ingest) and two out (delivery sends the journal copy, the relay 
   connection per message); its process CPU per message is read from ``/proc``.
 * ``send``: one thread sends prebuilt messages over one reused connection to ``smtp-sink``, the
   command group pipelined (``MAIL``, ``RCPT``, ``DATA``), then the body, reading only the reply
-  codes; its CPU per message is the process's own (``getrusage``). ``send-smtplib`` does the
-  same through ``smtplib.SMTP.sendmail`` (no pipelining), the library delivery and the relay
-  build on.
+  codes; its CPU per message is the process's own (``getrusage``). ``send-timeout`` is the
+  same with a timeout on the socket, as every real client has (CPython then polls before each
+  call). ``send-smtplib`` does the same through ``smtplib.SMTP.sendmail`` (no pipelining), the
+  library delivery and the relay build on; ``send-client`` through the product's own
+  :class:`~mailjournal.smtp.client.SmtpClient` (pipelined, one reused session, one thread): what
+  a send costs delivery and the relay before their threads and their Kafka work.
 
 Every figure is the least a Python stage pays for its hop; a stage's measured CPU less its
 Kafka floor role and these is its own code.
@@ -24,15 +27,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing as mp
 import smtplib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import RECIPIENT, SENDER, cpu_seconds, proc_cpu, run_source, smtp_sink
 from devtools.kafka_local import free_ports
 
-HOPS = ("receive", "send", "send-smtplib")
+HOPS = ("receive", "send", "send-timeout", "send-smtplib", "send-client")
 
 
 class _Bare(asyncio.Protocol):
@@ -140,10 +145,11 @@ def _replies(f: Any, n: int) -> None:
                 break
 
 
-def _send_raw(port: int, size: int, count: int) -> float:
+def _send_raw(port: int, size: int, count: int, timeout: float | None = None) -> float:
     body = _message(size) + b".\r\n"
     group = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
     with socket.create_connection(("127.0.0.1", port)) as s, s.makefile("rb") as f:
+        s.settimeout(timeout)
         _replies(f, 1)
         s.sendall(b"EHLO floor\r\n")
         _replies(f, 1)
@@ -166,8 +172,38 @@ def _send_smtplib(port: int, size: int, count: int) -> float:
         return cpu_seconds() - c0
 
 
+def _send_client(port: int, size: int, count: int) -> float:
+    from mailjournal.smtp.client import SmtpClient
+    from mailjournal.smtp.wire import Outgoing
+    from tests.fixtures.config import make_config
+
+    hop = {"host": "127.0.0.1", "port": port}
+    client = SmtpClient(
+        make_config({"delivery": {"smart_host": hop}}).delivery, local_hostname="floor"
+    )
+    message = Outgoing.of(_message(size))
+    try:
+        c0 = cpu_seconds()
+        for _ in range(count):
+            result = client.send(SENDER, RECIPIENT, message)
+            if result.code != 250:
+                raise RuntimeError(f"smtp-sink answered {result}")
+        return cpu_seconds() - c0
+    finally:
+        client.close()
+
+
+_SENDERS: dict[str, Callable[[int, int, int], float]] = {
+    "send": _send_raw,
+    # the command timeout delivery sets on its sessions (any positive value costs the same)
+    "send-timeout": functools.partial(_send_raw, timeout=300.0),
+    "send-smtplib": _send_smtplib,
+    "send-client": _send_client,
+}
+
+
 def _send_job(hop: str, port: int, size: int, count: int, out: Any) -> None:
-    send = _send_raw if hop == "send" else _send_smtplib
+    send = _SENDERS[hop]
     send(port, size, min(count, 2000))  # warm-up, unmeasured
     out.put(send(port, size, count))
 

@@ -6,7 +6,7 @@ import psutil
 import pytest
 
 from bench.bench_floor import floor_count, floor_point
-from bench.bench_hops import hop_point
+from bench.bench_hops import HOPS, hop_point
 from bench.common import SMTP_SINK, SMTP_SOURCE, missing_tools
 from bench.run_all import add_ratios, floors, stage_floors
 
@@ -109,7 +109,7 @@ def test_floor_table_with_the_smtp_hops_and_per_stage() -> None:
     assert stage_floors(rows[:2]) == ""  # no floor, no table
 
 
-@pytest.mark.parametrize("hop", ["receive", "send", "send-smtplib"])
+@pytest.mark.parametrize("hop", HOPS)
 def test_each_smtp_hop_floor_measures_its_own_process(hop: str) -> None:
     if missing := missing_tools((SMTP_SOURCE, SMTP_SINK)):
         pytest.fail(f"{missing} not installed: `make test` installs Postfix (sysdeps)")
