@@ -49,7 +49,7 @@ from schemas import (
     new_event_id,
     now_millis,
 )
-from schemas.records import client_info, message_received, recipient
+from schemas.records import client_info, mail_params, message_received, recipient
 from tests.fixtures.config import make_config
 
 LINE = b"La de da de da 1.\r\n"  # smtp-source's body line
@@ -107,14 +107,7 @@ def ingest_steps(message: bytes, config: Config) -> tuple[list[Step], bytes]:
                 tls=None,
                 auth_user=None,
                 mail_from=SENDER,
-                mail_params={
-                    "size": None,
-                    "body": None,
-                    "smtputf8": False,
-                    "ret": None,
-                    "envid": None,
-                    "other": {},
-                },
+                mail_params=mail_params(),
                 recipients=[recipient(RECIPIENT)],
                 headers=headers,
                 sha256=digest,
