@@ -19,9 +19,9 @@ event id); Postfix's from its own log (``delay=`` of the journal recipient's ``s
 with their default settings: the before/after of optimisations measured in the same invocation.
 
 Hygiene: before the first target, a throwaway mailjournal target of each topology in the run
-(journal only; journal + relay) carries unmeasured 1 KB points until the pipeline's CPU per
-message settles (:func:`run_in`; a run without mailjournal targets warms the broker through the
-floor's roles instead, :func:`warm_broker`), and every target gets ``--warmup`` seconds of
+(journal only; journal + relay) carries unmeasured 1 KB points until the broker's JIT has
+settled (:func:`run_in`; a run without mailjournal targets warms the broker through the floor's
+roles instead, :func:`warm_broker`), and every target gets ``--warmup`` seconds of
 1 KB load after it starts and before its first point (without them the first mailjournal target
 paid the broker's warm-up: 790 vs 880 msgs/s in an A/A run, and up to 0.15 ms more Kafka CPU per
 message); ``--order random`` shuffles the targets (seed printed, ``--seed`` repeats it). Beside
@@ -702,7 +702,9 @@ def run_in(
     warm_broker's 50 s and a target's own 8 s warm-up were not enough: in A/A/A/A runs
     (identical targets one after another) the first cost 0.98 and 1.12 ms per message against
     0.89-0.91 and 0.98-1.00 for the others, its Kafka 0.25-0.29 against 0.19-0.22. So every
-    A/B favoured whichever code ran second, by 10-12 %. After this run-in: 0.97 against 0.95."""
+    A/B favoured whichever code ran second, by 10-12 %. After this run-in, the first of two or
+    three identical targets cost 0.97 against 0.95, and 1.07 against 1.06 and 1.07; once, 1.07
+    against 0.93: what is left is the box's own noise, so a 1 KB A/B still wants both orders."""
     assert target.kafka_pid is not None
     seen: list[tuple[float, float]] = []
     for _ in range(RUN_IN_POINTS):
@@ -1055,7 +1057,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="before the first target, run a throwaway mailjournal target of each topology in "
-        "until its CPU per message settles (default on; off with --quick)",
+        "until the broker's JIT has settled (default on; off with --quick)",
     )
     ap.add_argument(
         "--order",
