@@ -26,6 +26,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -253,13 +254,50 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out as free (held together so they are distinct)."""
-    socks = []
+# where listening ports are drawn from: below the kernel's ephemeral range (see free_ports)
+_LISTEN_PORTS_FROM = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (the source ports of outgoing connections)."""
     try:
-        for _ in range(count):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """Ports free now, distinct (held together while they are found), from below the kernel's
+    ephemeral range.
+
+    A server that a test stops and starts again on its port (slapd, a broker, an SMTP sink in
+    an outage test) must find the port free. A port of the ephemeral range can be taken in the
+    meantime as the source port of any outgoing connection on the machine, and the restarted
+    server's bind then fails: slapd exited 1 that way in a full CI run. No connection is given
+    a port outside the range, so a port from below it stays free once its server has let go of
+    it."""
+    span = _ephemeral_low() - _LISTEN_PORTS_FROM
+    if span < 100 * count:  # a machine whose ephemeral range leaves little below it
+        span = 0
+    # from a random place, so that two callers rarely try the same ports in the same order
+    start = random.randrange(span) if span else 0
+    candidates = (_LISTEN_PORTS_FROM + (start + i) % span for i in range(span))
+    socks: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(socks) == count:
+                break
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
+            try:
+                # no SO_REUSEADDR: a port with connections left over (TIME_WAIT) is not free
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < count:  # nothing free below the range: what the kernel hands out
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:

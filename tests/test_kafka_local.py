@@ -185,3 +185,28 @@ def test_sigterm_stop_and_restart_keeps_data(tmp_path: Path) -> None:
     finally:
         KafkaLocal(tmp_path / "k").down()
     assert _dir_processes(tmp_path / "k") == []
+
+
+def test_free_ports_stay_free_while_a_server_restarts() -> None:
+    """A server stopped and started again on its port (slapd, a broker) must find it free. A
+    port of the ephemeral range can meanwhile become the source port of any connection on the
+    machine, and the restart's bind fails (slapd exited 1 so in a full CI run); the ports
+    handed out lie below that range, where no connection is given a port."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    assert all(1024 <= p < low for p in ports), (ports, low)
+    # free now: each binds, as a server's listener would
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+    # the failure they avoid: a connection bound to a server's port makes its bind fail
+    with socket.socket() as listener, socket.socket() as client:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client.bind(("127.0.0.1", ports[0]))
+        client.connect(listener.getsockname())
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                server.bind(("127.0.0.1", ports[0]))
