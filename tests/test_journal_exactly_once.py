@@ -248,16 +248,22 @@ def test_a_second_instance_with_the_same_id_fences_the_first(
     config = eo_config(kafka_config)
     path = write_config_file(config, tmp_path / "journal.toml")
     evs = events(8000)
+    later = events(600)
     produce_events(config, evs)
     old = worker_processes(path, "same")
     wait_until(lambda: decided_count(config) >= 1000, 60, "the first instance to make progress")
     new = worker_processes(path, "same")
+    # its transactional producer is initialised (the old one fenced) before it subscribes
+    wait_until(lambda: "assigned" in new.log_text(), 120, "the second instance to get partitions")
+    # the old one may have decided all it had by now, and an idle instance does not learn of
+    # the fence: new records on every partition give it a transaction to fail on, for sure
+    produce_events(config, later)
     wait_until(lambda: old.proc.poll() is not None, 60, "the fenced instance to exit")
     assert old.proc.returncode == 1, old.log_text()[-3000:]
     assert "fatal" in old.log_text()
-    wait_decided(config, len(evs), 120)
+    wait_decided(config, len(evs) + len(later), 120)
     assert new.stop() == 0, new.log_text()[-3000:]
-    check_exactly_once(config, expected_ids(config, evs))
+    check_exactly_once(config, expected_ids(config, evs + later))
 
 
 def test_invalid_configuration_exits_2(tmp_path: Path) -> None:
