@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import SOURCE_LINE, thread_cpu_per_call
 from delivery.report import build_message, outgoing_message
 from mailjournal.config import Config
 from mailjournal.smtp.wire import dot_stuffed, wire_bytes
 from tests.fixtures.config import make_config
 from tests.fixtures.delivery import make_copy
 
-LINE = b"La de da de da 1.\r\n"  # smtp-source's body line, as in make bench
+LINE = SOURCE_LINE
 
 
 def copy_of(size: int) -> dict[str, Any]:
@@ -36,12 +36,8 @@ def payload_of(copy: dict[str, Any], config: Config) -> bytes:
 
 
 def ms(fn: Callable[[], object], repeats: int) -> float:
-    """CPU ms per call of this thread (not wall time: the machine may be shared)."""
-    fn()
-    start = time.thread_time()
-    for _ in range(repeats):
-        fn()
-    return (time.thread_time() - start) / repeats * 1000
+    """CPU ms per call of this thread."""
+    return thread_cpu_per_call(fn, repeats) * 1000
 
 
 def main() -> None:

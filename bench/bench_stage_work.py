@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RECIPIENT, SENDER
+from bench.common import RECIPIENT, SENDER, SOURCE_LINE, thread_cpu_per_call
 from delivery.report import outgoing_message
 from ingest.datapath import DataParser, DataStatus
 from ingest.headers import selected_headers
@@ -52,7 +51,6 @@ from schemas import (
 from schemas.records import client_info, mail_params, message_received, recipient
 from tests.fixtures.config import make_config
 
-LINE = b"La de da de da 1.\r\n"  # smtp-source's body line
 CHUNK = 64 * 1024  # ingest's reads
 Step = tuple[str, Callable[[], object]]
 
@@ -62,16 +60,7 @@ def smtp_source_message(size: int) -> bytes:
         f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nDate: Mon, 7 Dec 2026 15:00:00 +0000\r\n"
         "Message-Id: <20261207150000.1@bench.example.org>\r\n\r\n"
     ).encode()
-    return head + LINE * max(1, (size - len(head)) // len(LINE))
-
-
-def cpu_us(fn: Callable[[], object], repeats: int) -> float:
-    """CPU microseconds per call of this thread (not wall time: the machine may be shared)."""
-    fn()
-    start = time.thread_time()
-    for _ in range(repeats):
-        fn()
-    return (time.thread_time() - start) / repeats * 1e6
+    return head + SOURCE_LINE * max(1, (size - len(head)) // len(SOURCE_LINE))
 
 
 def ingest_steps(message: bytes, config: Config) -> tuple[list[Step], bytes]:
@@ -213,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for stage, steps in stages.items():
             for label, fn in steps:
-                table.setdefault((stage, label), {})[size] = cpu_us(fn, repeats)
+                table.setdefault((stage, label), {})[size] = thread_cpu_per_call(fn, repeats) * 1e6
     heads = " | ".join(f"{s // 1024} KB" if s < 1048576 else f"{s // 1048576} MB" for s in sizes)
     print(f"| stage | step | {heads} |")
     print("|---|---|" + "---|" * len(sizes))
