@@ -28,7 +28,7 @@ APT_INSTALL = echo "installing Debian packages: $(1)"; \
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(1) </dev/null >/dev/null \
 	|| { echo "apt-get install failed for: $(1)" >&2; exit 1; }
 
-$(BIN)/mailjournal: pyproject.toml setup.py ingest/_datascan.c mailjournal/smtp/_lines.c | build-deps
+$(BIN)/mailjournal: pyproject.toml setup.py ingest/_datascan.c mailjournal/smtp/_lines.c schemas/_avro.c | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

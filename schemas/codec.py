@@ -37,6 +37,9 @@ import fastavro
 from fastavro.schema import fingerprint as _fingerprint_hex
 from fastavro.schema import to_parsing_canonical_form
 
+from schemas import _avro
+from schemas.native import Node, Unsupported, compile_schema
+
 __all__ = [
     "HEADER_SIZE",
     "MAGIC",
@@ -85,6 +88,7 @@ class SchemaEntry:
     header: bytes  # MAGIC + fingerprint
     tail_bytes: str | None  # name of a last top-level field of type "bytes" (see write_body)
     head_schema: dict[str, Any] | None  # the record without its tail field (see decode)
+    program: Node | None  # for the native codec (schemas.native), None where fastavro must do
 
 
 def fingerprint64(schema: dict[str, Any] | list[Any] | str) -> bytes:
@@ -111,8 +115,16 @@ def write_body(
     """``prefix`` + Avro binary encoding of ``record`` with ``entry``'s schema.
 
     ``strict``: a misspelt or missing field is an error, not a silent default or a dropped
-    value; only fields with a schema default may be omitted.
+    value; only fields with a schema default may be omitted. Strict records of a schema the
+    native codec compiles are written by it (:mod:`schemas.native`), the rest by fastavro.
     """
+    if strict and entry.program is not None:
+        try:
+            return _avro.encode(
+                entry.program, record if isinstance(record, dict) else dict(record), prefix
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise SchemaError(f"cannot encode {entry.name} v{entry.version}: {exc}") from exc
     payload: bytes | bytearray | memoryview | None = None
     tail = entry.tail_bytes
     if tail is not None:
@@ -247,7 +259,13 @@ class Codec:
             )
             assert isinstance(parsed_head, dict)
             head = parsed_head
-        return SchemaEntry(name, version, parsed, source, canonical, fp, MAGIC + fp, tail, head)
+        try:
+            program: Node | None = compile_schema(source)
+        except Unsupported:
+            program = None
+        return SchemaEntry(
+            name, version, parsed, source, canonical, fp, MAGIC + fp, tail, head, program
+        )
 
     # -- schema lookup -----------------------------------------------------------------------
 
@@ -349,6 +367,8 @@ class Codec:
             and writer.head_schema is not None
             and reader.head_schema is not None
         )
+        if writer is reader and writer.program is not None:
+            return writer.name, _native_decode(writer, data, tail if viewed else None)
         # BytesIO over bytes shares the buffer (no copy) until written to; we only read.
         fo = io.BytesIO(data)
         fo.seek(HEADER_SIZE)
@@ -407,6 +427,31 @@ class Codec:
                 f"removed version); known schemas: {', '.join(self.names())}"
             )
         return entry
+
+
+def _native_decode(
+    entry: SchemaEntry, data: bytes | bytearray | memoryview, tail: str | None
+) -> dict[str, Any]:
+    """``data``'s record by the native codec; ``tail``: that last bytes field comes back as a
+    view of ``data`` (a ``bytes``), not a copy."""
+    assert entry.program is not None
+    try:
+        record, end, start, length = _avro.decode(
+            entry.program, data, HEADER_SIZE, tail is not None
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise SchemaError(
+            f"cannot decode {entry.name} v{entry.version} record of {len(data)} bytes "
+            f"(truncated or corrupt): {type(exc).__name__}: {exc}"
+        ) from exc
+    if end != len(data):
+        raise SchemaError(
+            f"corrupt {entry.name} v{entry.version} record: {len(data) - end} unexpected "
+            f"bytes after the end of the record"
+        )
+    if tail is not None:
+        record[tail] = memoryview(data)[start : start + length]
+    return record
 
 
 # -------------------------------------------------------------------------------------------------
