@@ -8,7 +8,7 @@ CONFIG ?= config/mailjournal.example.toml
 RUN_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: help install build-deps sysdeps bench-sysdeps kafka-jars kustomize wheels image image-base run test lint format fuzz bench bench-quick bench-paced clean
+.PHONY: help install build-deps sysdeps bench-sysdeps kafka-jars kustomize wheels image image-base run test lint format fuzz fuzz-codec bench bench-quick bench-paced clean
 
 help:
 	@echo "make run    - install and run the whole pipeline on this machine (Ctrl-C stops it)"
@@ -16,6 +16,7 @@ help:
 	@echo "make image  - the container image (buildah; IMAGE_BASE=python:3.11-slim-bookworm for the official base)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make fuzz   - the coverage-guided fuzzer over decide + build, FUZZ_SECONDS (default 60)"
+	@echo "make fuzz-codec - the native Avro decoder against fastavro, differential, FUZZ_SECONDS"
 	@echo "make bench  - benchmarks against Postfix and smtp-sink"
 
 # apt-get install of the packages $(1), as root or through sudo, with no standard input; the
@@ -148,6 +149,13 @@ fuzz: install
 	$(BIN)/python -m tests.fuzz.fuzz_pipeline $(RUN_DIR)/fuzz/corpus tests/fuzz/corpus \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) -timeout=30 -rss_limit_mb=4096 \
 	  -artifact_prefix=$(RUN_DIR)/fuzz/ -print_final_stats=1 $(FUZZ_ARGS)
+
+# the native Avro decoder against fastavro, differential (tests/fuzz/fuzz_codec.py)
+fuzz-codec: install
+	@mkdir -p $(RUN_DIR)/fuzz-codec
+	$(BIN)/python -m tests.fuzz.fuzz_codec $(RUN_DIR)/fuzz-codec \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=30 -rss_limit_mb=4096 \
+	  -artifact_prefix=$(RUN_DIR)/fuzz-codec/ -print_final_stats=1 $(FUZZ_ARGS)
 
 # the bench reads the broker's request metrics through the JVM attach API (bench/kafka_requests.py):
 # that needs a JDK, not only the JRE the tests use

@@ -23,11 +23,14 @@ from tests.avro_reference import (
     reference_encode,
     same,
 )
+from tests.test_schemas import message_received
 
 CODEC = codec_module.default_codec()
 ENTRIES = [e for n in CODEC.names() for e in CODEC.entries(n)]
 IDS = [f"{e.name}-v{e.version}" for e in ENTRIES]
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 13 schema versions: a few dozen records each keeps the file near a minute on a slow box
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DAMAGE_SETTINGS = settings(SETTINGS, max_examples=120)
 
 
 def test_every_kept_schema_version_compiles() -> None:
@@ -57,7 +60,7 @@ def test_native_decode_is_fastavro_decode(entry: SchemaEntry, data: st.DataObjec
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-@SETTINGS
+@DAMAGE_SETTINGS
 @given(data=st.data())
 def test_damaged_bodies_decode_alike(entry: SchemaEntry, data: st.DataObject) -> None:
     body = bytearray(reference_encode(entry, data.draw(records(entry.source))))
@@ -125,7 +128,7 @@ def test_wrong_values_are_refused_as_fastavro_refuses(
 
 
 def test_refusals_name_the_field_path() -> None:
-    record = CODEC.decode(CODEC.encode("MessageReceived", _message()), "MessageReceived")
+    record = CODEC.decode(CODEC.encode("MessageReceived", message_received()), "MessageReceived")
     record["recipients"][0]["address"] = 5
     with pytest.raises(SchemaError, match=r"\.recipients\.address: must be string, not int"):
         CODEC.encode("MessageReceived", record)
@@ -216,15 +219,10 @@ def test_an_array_count_larger_than_the_record_is_refused_before_allocating() ->
 
 
 def test_the_view_of_the_tail_is_where_the_bytes_are() -> None:
-    encoded = CODEC.encode("MessageReceived", _message())
+    message = message_received()
+    encoded = CODEC.encode("MessageReceived", message)
     entry = CODEC.entry("MessageReceived")
     assert entry.program is not None
     record, end, start, length = _avro.decode(entry.program, encoded, 10, True)
     assert end == len(encoded) and record["raw"] is None
-    assert encoded[start : start + length] == _message()["raw"]
-
-
-def _message() -> dict[str, Any]:
-    from tests.test_schemas import message_received
-
-    return message_received()
+    assert encoded[start : start + length] == message["raw"]
