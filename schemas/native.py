@@ -15,7 +15,8 @@ difference, both refusals of what is a bug or damage:
   takes its truth), a value other than None for ``null``;
 - decoding refuses what no Avro writer makes: a boolean octet other than 0 or 1, a number of
   more than ten octets, a negative enum or union index (fastavro indexes its list with it, and
-  -1 reads as the last symbol or branch).
+  -1 reads as the last symbol or branch), an array or map block of -2**63 items (fastavro's
+  negation overflows, and it reads the block as empty).
 """
 
 from __future__ import annotations

@@ -218,6 +218,18 @@ def test_an_array_count_larger_than_the_record_is_refused_before_allocating() ->
         _avro.decode(program, huge + b"\x02", 0, False)
 
 
+def test_a_block_count_of_the_smallest_long_is_refused() -> None:
+    # found by make fuzz-codec: fastavro negates the count in 64 bits, the negation overflows
+    # and it reads the block as empty; no writer makes it
+    entry = CODEC.entry("JournalCheckpoint", 1)
+    assert entry.program is not None
+    body = bytes.fromhex("0000" + "ff" * 9 + "01" + "00" * 7)  # two fields, then -2**63 items
+    reference_decode(entry, body)  # fastavro reads it (raises otherwise)
+    with pytest.raises(ValueError, match="block count out of range"):
+        _avro.decode(entry.program, body, 0, False)
+    check_decode(entry, body)  # a documented refusal of the native decoder alone
+
+
 def test_the_view_of_the_tail_is_where_the_bytes_are() -> None:
     message = message_received()
     encoded = CODEC.encode("MessageReceived", message)
