@@ -123,7 +123,7 @@ def write_body(
             return _avro.encode(
                 entry.program, record if isinstance(record, dict) else dict(record), prefix
             )
-        except (ValueError, TypeError, OverflowError) as exc:
+        except Exception as exc:  # as for fastavro below: the caller gets a SchemaError
             raise SchemaError(f"cannot encode {entry.name} v{entry.version}: {exc}") from exc
     payload: bytes | bytearray | memoryview | None = None
     tail = entry.tail_bytes
@@ -367,37 +367,21 @@ class Codec:
             and writer.head_schema is not None
             and reader.head_schema is not None
         )
-        if writer is reader and writer.program is not None:
-            return writer.name, _native_decode(writer, data, tail if viewed else None)
-        # BytesIO over bytes shares the buffer (no copy) until written to; we only read.
-        fo = io.BytesIO(data)
-        fo.seek(HEADER_SIZE)
         try:
-            if viewed:
-                # Avro writes a record's fields in order: the head, then the tail's length and
-                # bytes, which must end the record exactly.
-                assert writer.head_schema is not None and reader.head_schema is not None
-                record = fastavro.schemaless_reader(
-                    fo, writer.head_schema, None if writer is reader else reader.head_schema
+            if writer is reader and writer.program is not None:
+                # the native codec (schemas.native); the tail comes back as where it lies
+                record, end, start, length = _avro.decode(
+                    writer.program, data, HEADER_SIZE, bool(viewed)
                 )
-                length = fastavro.schemaless_reader(fo, _LONG, None)
-                start = fo.tell()
-                assert isinstance(length, int)
-                if length < 0 or start + length > len(data):
-                    raise ValueError(f"{tail} of {length} bytes does not fit in the record")
-                if isinstance(record, dict):
+                if viewed:
                     record[str(tail)] = memoryview(data)[start : start + length]
-                fo.seek(start + length)
             else:
-                record = fastavro.schemaless_reader(
-                    fo, writer.schema, None if writer is reader else reader.schema
-                )
+                record, end = _fastavro_decode(writer, reader, data, bool(viewed))
         except Exception as exc:
             raise SchemaError(
                 f"cannot decode {writer.name} v{writer.version} record of {len(data)} bytes "
                 f"(truncated or corrupt): {type(exc).__name__}: {exc}"
             ) from exc
-        end = fo.tell()
         if end != len(data):
             raise SchemaError(
                 f"corrupt {writer.name} v{writer.version} record: {len(data) - end} unexpected "
@@ -429,29 +413,34 @@ class Codec:
         return entry
 
 
-def _native_decode(
-    entry: SchemaEntry, data: bytes | bytearray | memoryview, tail: str | None
-) -> dict[str, Any]:
-    """``data``'s record by the native codec; ``tail``: that last bytes field comes back as a
-    view of ``data`` (a ``bytes``), not a copy."""
-    assert entry.program is not None
-    try:
-        record, end, start, length = _avro.decode(
-            entry.program, data, HEADER_SIZE, tail is not None
+def _fastavro_decode(
+    writer: SchemaEntry, reader: SchemaEntry, data: bytes | bytearray | memoryview, viewed: bool
+) -> tuple[Any, int]:
+    """(record, octets read) by fastavro, resolving ``writer``'s schema to ``reader``'s;
+    ``viewed``: the tail field as a view of ``data`` (see :meth:`Codec.decode`)."""
+    # BytesIO over bytes shares the buffer (no copy) until written to; we only read.
+    fo = io.BytesIO(data)
+    fo.seek(HEADER_SIZE)
+    if not viewed:
+        record = fastavro.schemaless_reader(
+            fo, writer.schema, None if writer is reader else reader.schema
         )
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise SchemaError(
-            f"cannot decode {entry.name} v{entry.version} record of {len(data)} bytes "
-            f"(truncated or corrupt): {type(exc).__name__}: {exc}"
-        ) from exc
-    if end != len(data):
-        raise SchemaError(
-            f"corrupt {entry.name} v{entry.version} record: {len(data) - end} unexpected "
-            f"bytes after the end of the record"
-        )
-    if tail is not None:
-        record[tail] = memoryview(data)[start : start + length]
-    return record
+        return record, fo.tell()
+    # Avro writes a record's fields in order: the head, then the tail's length and bytes, which
+    # must end the record exactly.
+    assert writer.head_schema is not None and reader.head_schema is not None
+    tail = writer.tail_bytes
+    record = fastavro.schemaless_reader(
+        fo, writer.head_schema, None if writer is reader else reader.head_schema
+    )
+    length = fastavro.schemaless_reader(fo, _LONG, None)
+    start = fo.tell()
+    assert isinstance(length, int)
+    if length < 0 or start + length > len(data):
+        raise ValueError(f"{tail} of {length} bytes does not fit in the record")
+    if isinstance(record, dict):
+        record[str(tail)] = memoryview(data)[start : start + length]
+    return record, start + length
 
 
 # -------------------------------------------------------------------------------------------------

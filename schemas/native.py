@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from schemas import _avro
+from schemas import _avro, events
 
 Node = tuple[Any, ...]
 
@@ -38,30 +38,26 @@ _PRIMITIVES = {
     "string": (_avro.STRING,),
     "bytes": (_avro.BYTES,),
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Unsupported(ValueError):
     """A schema the native codec does not compile (fastavro handles it)."""
 
 
-def from_millis(ms: int) -> datetime:
-    """A timestamp-millis as fastavro decodes it: an aware UTC datetime."""
-    return _EPOCH + timedelta(microseconds=ms * 1000)
-
-
 def to_millis(value: object) -> int:
-    """A datetime as fastavro encodes it into a timestamp-millis: an aware one exactly, a naive
-    one as local time (``time.mktime``), the microseconds truncated towards zero."""
+    """A datetime as fastavro encodes it into a timestamp-millis: an aware one as
+    :func:`schemas.events.to_millis` does (rounded down to the millisecond), a naive one as
+    local time (``time.mktime``), where :mod:`schemas.events` would take UTC: the codec's bytes
+    must be fastavro's in any zone. Decoding is :func:`schemas.events.from_millis`, fastavro's
+    ``EPOCH + timedelta``."""
     if not isinstance(value, datetime):
         raise TypeError(f"must be a datetime or an int, not {type(value).__name__}")
     if value.tzinfo is not None:
-        delta = value - _EPOCH
-        return (delta.days * 86400 + delta.seconds) * 1000 + int(delta.microseconds / 1000)
+        return events.to_millis(value)
     return int(time.mktime(value.timetuple())) * 1000 + int(value.microsecond / 1000)
 
 
-_TIMESTAMP = (_avro.TIMESTAMP, from_millis, to_millis)
+_TIMESTAMP = (_avro.TIMESTAMP, events.from_millis, to_millis)
 
 
 def compile_schema(schema: Mapping[str, Any]) -> Node:

@@ -30,8 +30,7 @@ NATIVE_ONLY_REFUSALS = (
 def records(schema: Mapping[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Valid records of a top-level record schema (as JSON-decoded); fields with a default are
     sometimes left out."""
-    strategy = _Strategies().of(schema, "")
-    return strategy  # type: ignore[return-value]
+    return _Strategies().of(schema, "")
 
 
 class _Strategies:

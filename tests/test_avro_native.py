@@ -160,7 +160,7 @@ def test_a_str_subclass_is_encoded_by_its_text() -> None:
 
 
 def test_timestamps_as_fastavro_has_them() -> None:
-    aware = datetime(1960, 1, 1, 0, 0, 0, 999, tzinfo=UTC)  # before the epoch: truncated
+    aware = datetime(1960, 1, 1, 0, 0, 0, 999, tzinfo=UTC)  # before the epoch: rounded down
     assert to_millis(aware) == -315619200000
     program = compile_schema(
         {
